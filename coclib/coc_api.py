@@ -1,0 +1,238 @@
+"""The Clash of Clans API through coc.py: raw JSON, every outcome classified.
+
+coc.py is used for what it is good at (key management by developer-portal login,
+sessions, error types) and steered where a refresh worker needs something else:
+
+- its cache is off (a cached 404/403/503 would be re-raised without calling the API);
+- every HTTP request it sends, its own retries and re-logins included, passes our
+  wall-clock `RateLimiter`, through the `throttler` hook coc.py offers;
+- its retries on timeouts and 5xx (sleeps of 1, 3, 5, 7, 9 s) are refused at that
+  hook: the drain decides when to try again, within its deadline;
+- each call is bounded by a timeout the caller gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import coc
+
+from coclib.errors import RequestError, SystemicError, TransientError
+from coclib.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+# Keys coc.py adds to every response dict (and to its cached copy).
+INJECTED_KEYS = frozenset({"status_code", "timestamp", "_response_retry"})
+# One re-login after `accessDenied.invalidIp` is coc.py's recovery; a second means it failed.
+_MAX_RELOGINS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A successful call: the body without coc.py's injected keys."""
+
+    data: dict[str, Any]
+    http_status: int
+    latency_ms: int
+    fetched_at: float
+
+
+class _CallState:
+    """What the throttler hook saw during one call (one asyncio task, via a ContextVar)."""
+
+    __slots__ = ("depth", "last_timed_out", "relogins", "sends", "sent_at")
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.depth = 0
+        self.relogins = 0
+        self.last_timed_out = False
+        self.sent_at = 0.0
+
+
+_call: ContextVar[_CallState | None] = ContextVar("coc_call", default=None)
+
+
+class _RetryRefused(Exception):
+    """coc.py wanted to resend after a timeout or 5xx; the drain owns retries."""
+
+    def __init__(self, timed_out: bool) -> None:
+        self.timed_out = timed_out
+        super().__init__("timeout" if timed_out else "server error")
+
+
+class _ReloginFailed(Exception):
+    """coc.py re-logged in after `accessDenied.invalidIp` and was refused again."""
+
+
+def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
+    """A coc.py throttler class that takes every send from `limiter` (coc.py instantiates it)."""
+
+    class WallClockThrottler(coc.BasicThrottler):
+        async def __aenter__(self) -> WallClockThrottler:
+            state = _call.get()
+            if state is not None:
+                if state.sends and state.depth == 0:
+                    # The previous send finished and coc.py slept to send again: a retry.
+                    raise _RetryRefused(state.last_timed_out)
+                if state.depth > 0:
+                    # coc.py recurses from inside a send after re-creating its keys.
+                    state.relogins += 1
+                    if state.relogins > _MAX_RELOGINS:
+                        raise _ReloginFailed()
+                state.sends += 1
+                state.depth += 1
+            await limiter.acquire()
+            if state is not None:
+                state.sent_at = time.monotonic()
+            return self
+
+        async def __aexit__(self, exc_type, exc, tb) -> None:
+            state = _call.get()
+            if state is not None:
+                state.depth -= 1
+                state.last_timed_out = exc_type is not None and issubclass(exc_type, TimeoutError)
+
+    return WallClockThrottler
+
+
+class _RawClient(coc.Client):
+    """coc.Client without its static game data: 4.7 MB of JSON the raw calls never read."""
+
+    def _load_static(self) -> None:
+        pass
+
+
+class CocApi:
+    """Fetch raw player, clan and current-war JSON; raise our error classes for the rest."""
+
+    def __init__(self, client: coc.Client) -> None:
+        self.client = client
+        self._getters: dict[str, Callable[[str], Awaitable[dict[str, Any]]]] = {
+            "player": client.http.get_player,
+            "clan": client.http.get_clan,
+            "war": client.http.get_clan_current_war,
+        }
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        base_url: str,
+        limiter: RateLimiter,
+        tokens: tuple[str, ...] = (),
+        email: str | None = None,
+        password: str | None = None,
+        request_timeout: float = 10.0,
+        max_in_flight: int = 64,
+    ) -> CocApi:
+        """Log in with static tokens, or with email and password (coc.py creates IP-bound keys)."""
+        key_count = max(1, len(tokens))
+        client = _RawClient(
+            base_url=base_url,
+            key_count=1,
+            # coc.py sizes a semaphore as keys x throttle_limit; our limiter does the pacing.
+            throttle_limit=max(1, -(-max_in_flight // key_count)),
+            throttler=throttler_for(limiter),
+            cache_max_size=0,
+            lookup_cache=False,
+            update_cache=False,
+            correct_tags=False,
+            timeout=request_timeout,
+            load_game_data=coc.LoadGameData(never=True),
+        )
+        try:
+            if tokens:
+                await client.login_with_tokens(*tokens)
+            elif email and password:
+                await client.login(email, password)
+            else:
+                raise ValueError("CocApi.connect needs tokens, or email and password")
+        except coc.InvalidCredentials:
+            raise SystemicError("credentials", "the developer portal refused the email and password") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await _close_quietly(client)
+            raise SystemicError("login", f"could not reach the developer portal: {type(exc).__name__}") from None
+        except coc.HTTPException as exc:
+            await _close_quietly(client)
+            raise SystemicError("login", f"developer portal answered {exc.status}: {exc.reason}") from None
+        except RuntimeError as exc:  # coc.py: no key could be found or created
+            await _close_quietly(client)
+            raise SystemicError("login", str(exc).splitlines()[0][:200]) from None
+        return cls(client)
+
+    async def close(self) -> None:
+        await _close_quietly(self.client)
+
+    async def fetch(self, kind: str, tag: str, *, timeout: float) -> Fetched:
+        """One API call, bounded by `timeout` seconds.
+
+        Raises `RequestError` (this request is bad: 404, private war log, 400),
+        `TransientError` (timeout, 5xx: may pass) or `SystemicError` (maintenance,
+        credentials, throttling: the circuit should open).
+        """
+        state = _CallState()
+        token = _call.set(state)
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self._getters[kind](tag)
+            latency = time.monotonic() - state.sent_at
+            status = data.get("status_code", 200)
+            body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}
+            return Fetched(body, status, round(latency * 1000), time.time())
+        except Exception as exc:
+            raise classify(exc, kind=kind, tag=tag, timeout=timeout) from None
+        finally:
+            _call.reset(token)
+
+
+def classify(exc: Exception, *, kind: str, tag: str, timeout: float) -> Exception:
+    """Map whatever coc.py or aiohttp raised to a request, transient or systemic error."""
+    match exc:
+        case coc.NotFound():
+            return RequestError("not_found", f"no {kind} with tag {tag}", http_status=404)
+        case coc.Maintenance():
+            return SystemicError("maintenance", "the API is in maintenance (503)", http_status=503)
+        case coc.Forbidden() if kind == "war" and exc.reason == "accessDenied" and not exc.message:
+            return RequestError("private_war_log", f"clan {tag} keeps its war log private", http_status=403)
+        case coc.Forbidden():
+            detail = "the API key's IP does not match" if exc.reason == "accessDenied.invalidIp" else "access denied"
+            return SystemicError("forbidden", f"{detail} ({exc.reason})", http_status=403)
+        case _ReloginFailed():
+            return SystemicError("forbidden", "accessDenied.invalidIp again after re-login", http_status=403)
+        case coc.InvalidArgument():
+            return RequestError("bad_request", f"the API rejected {tag}: {exc.reason}", http_status=400)
+        case coc.GatewayError():
+            return TransientError("upstream_error", f"the API kept failing: {exc.reason}", http_status=exc.status)
+        case coc.HTTPException() if exc.status == 429:
+            return SystemicError("throttled", "the API throttled us (429 requestThrottled)", http_status=429)
+        case coc.HTTPException() if isinstance(exc.status, int) and exc.status >= 500:
+            return TransientError("upstream_error", f"{exc.status} {exc.reason}", http_status=exc.status)
+        case coc.HTTPException():
+            return RequestError("http_error", f"{exc.status} {exc.reason}", http_status=exc.status)
+        case _RetryRefused(timed_out=True):
+            return TransientError("timeout", "the API did not answer in time")
+        case _RetryRefused():
+            return TransientError("upstream_error", "the API answered with a server error (5xx)")
+        case TimeoutError():
+            return TransientError("timeout", f"no answer within {timeout:.1f} s")
+        case aiohttp.ClientError():
+            return TransientError("connection_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+        case _:
+            return exc
+
+
+async def _close_quietly(client: coc.Client) -> None:
+    if client.http is not None:
+        try:
+            await client.close()
+        except Exception:  # closing is best effort; the session may never have opened
+            log.debug("closing the coc.py client failed", exc_info=True)

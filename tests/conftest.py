@@ -1,0 +1,135 @@
+"""Shared fixtures: real Postgres and Redis (found or started), and the API simulator.
+
+Postgres: one template database migrated once per session; each test gets a fresh
+copy (CREATE DATABASE … TEMPLATE is cheap). Redis: one logical db, flushed before
+each test. The simulator runs in a background thread for the whole session and has
+its faults reset before each test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from coclib.migrations import migrate
+from coclib.settings import Settings
+from coclib.testing.services import (
+    create_database,
+    drop_database,
+    find_postgres,
+    find_redis,
+    with_redis_db,
+)
+from coclib.testing.simulator import CocApiSimulator, SimulatorThread
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".cache" / "test-services"
+TEST_TOKEN = "test-token"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return find_postgres(STATE_DIR)
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_admin_url: str) -> Iterator[str]:
+    name = f"coc_test_template_{os.getpid()}"
+    url = create_database(pg_admin_url, name)
+    migrate(url)
+    yield name
+    drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = f"coc_test_{os.getpid()}_{next(_counter)}"
+    url = create_database(pg_admin_url, name, template=template_database)
+    yield url
+    drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with no migrations applied."""
+    name = f"coc_test_empty_{os.getpid()}_{next(_counter)}"
+    url = create_database(pg_admin_url, name)
+    yield url
+    drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> str:
+    url = find_redis(STATE_DIR)
+    if os.environ.get("TEST_REDIS_URL"):
+        return url
+    # A found or embedded server: keep to a db of our own rather than the default 0.
+    return with_redis_db(url, 13)
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> str:
+    """A Redis db, flushed for this test."""
+    client = redis.Redis.from_url(redis_base_url)
+    client.flushdb()
+    client.close()
+    return redis_base_url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def _simulator_thread() -> Iterator[CocApiSimulator]:
+    with SimulatorThread(CocApiSimulator(tokens=(TEST_TOKEN,))) as sim:
+        yield sim
+
+
+@pytest.fixture
+def simulator(_simulator_thread: CocApiSimulator) -> CocApiSimulator:
+    """The running simulator, with no faults, no latency and an empty call log."""
+    sim = _simulator_thread
+    sim.reset_faults()
+    sim.latency = (0.0, 0.0)
+    sim.rate_limit = None
+    sim.tokens.clear()
+    sim.tokens.add(TEST_TOKEN)
+    sim.clear_calls()
+    return sim
+
+
+@pytest.fixture
+def worker_env(database_url: str, redis_url: str, simulator: CocApiSimulator) -> dict[str, str]:
+    """Environment variables for a worker wired to this test's services."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "COC_API_BASE_URL": simulator.base_url,
+        "COC_API_TOKENS": TEST_TOKEN,
+        "COC_REQS_PER_SEC": "30",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def settings(worker_env: dict[str, str]) -> Settings:
+    return Settings.from_env(worker_env)
+
+
+@pytest.fixture
+def db_conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A plain autocommit connection for assertions."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        yield conn

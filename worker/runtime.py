@@ -1,0 +1,87 @@
+"""Builds the worker's collaborators from `Settings`, once per process (or warm Lambda container)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from coclib.coc_api import CocApi
+from coclib.db import Database
+from coclib.keys import QueueKeys
+from coclib.migrations import migrate
+from coclib.queue import RefreshQueue
+from coclib.ratelimit import RateLimiter
+from coclib.settings import Settings
+from worker.drain import Drain, DrainPolicy, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """The long-lived parts: Postgres pool, Redis client, rate limiter and API client.
+
+    Nothing connects until first use, so a cold start with Postgres down still answers
+    (and says so) instead of failing at import.
+    """
+
+    def __init__(self, settings: Settings, *, policy: DrainPolicy | None = None) -> None:
+        self.settings = settings
+        self.keys = QueueKeys(settings.refresh_queue_key)
+        self.limiter = RateLimiter(settings.coc_reqs_per_sec)
+        self.policy = policy or DrainPolicy()
+        self.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+        self.queue = RefreshQueue(self.redis, self.keys)
+        self._db: Database | None = None
+        self._api: CocApi | None = None
+        self._api_lock = asyncio.Lock()
+
+    async def db(self) -> Database:
+        if self._db is None:
+            self._db = await Database.open(self.settings.database_url)
+        return self._db
+
+    async def api(self) -> CocApi:
+        """The API client, logged in once and reused (coc.py keeps its keys)."""
+        async with self._api_lock:
+            if self._api is None:
+                self.settings.require_credentials()
+                s = self.settings
+                self._api = await CocApi.connect(
+                    base_url=s.coc_api_base_url,
+                    limiter=self.limiter,
+                    tokens=s.coc_api_tokens,
+                    email=s.coc_email,
+                    password=s.coc_password,
+                    max_in_flight=self.policy.max_in_flight * 2,
+                )
+            return self._api
+
+    async def drain(self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None) -> RunSummary:
+        """One run that returns within `seconds`."""
+        self.settings.require_credentials()
+        drain = Drain(
+            queue=self.queue,
+            db=await self.db(),
+            connect_api=self.api,
+            limiter=self.limiter,
+            policy=self.policy,
+            on_progress=on_progress,
+        )
+        return await drain.run(time.monotonic() + seconds, policy=policy)
+
+    def migrate(self) -> list[str]:
+        return migrate(self.settings.database_url)
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+        await self.redis.aclose()

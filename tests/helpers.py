@@ -1,0 +1,63 @@
+"""Small aids shared by the tests: run a drain, read the ledger, push raw items."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import redis
+from psycopg.rows import dict_row
+
+from coclib.keys import QueueKeys
+from coclib.queue import RefreshRequest, encode
+from coclib.settings import Settings
+from worker.drain import DrainPolicy, RunSummary
+from worker.runtime import Worker
+
+
+def drain(settings: Settings, seconds: float = 30.0, policy: DrainPolicy | None = None) -> RunSummary:
+    """One complete run with a fresh Worker, as a cold Lambda would do it."""
+
+    async def go() -> RunSummary:
+        worker = Worker(settings, policy=policy)
+        try:
+            return await worker.drain(seconds)
+        finally:
+            await worker.close()
+
+    return asyncio.run(go())
+
+
+def push(client: redis.Redis, settings: Settings, *items: RefreshRequest | bytes) -> None:
+    """RPUSH requests (encoded) or raw payloads, as a producer would."""
+    keys = QueueKeys(settings.refresh_queue_key)
+    client.rpush(keys.queue, *[i if isinstance(i, bytes) else encode(i) for i in items])
+
+
+def queue_items(client: redis.Redis, settings: Settings) -> list[bytes]:
+    return client.lrange(QueueKeys(settings.refresh_queue_key).queue, 0, -1)
+
+
+def inflight_items(client: redis.Redis, settings: Settings) -> list[bytes]:
+    return client.lrange(QueueKeys(settings.refresh_queue_key).inflight, 0, -1)
+
+
+def ledger(url: str, request_id: str | None = None) -> list[dict[str, Any]]:
+    """Ledger rows in insertion order, optionally for one request."""
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        if request_id is None:
+            return conn.execute("SELECT * FROM refresh_ledger ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT * FROM refresh_ledger WHERE request_id = %s ORDER BY id", (request_id,)
+        ).fetchall()
+
+
+def outcomes(url: str, request_id: str) -> list[tuple[str, str | None]]:
+    """(outcome, reason) pairs of one request, in order."""
+    return [(r["outcome"], r["reason"]) for r in ledger(url, request_id)]
+
+
+def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(sql, params or None).fetchall()

@@ -1,0 +1,426 @@
+"""The CoC API simulator, over real HTTP: with aiohttp, with coc.py itself, and from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import coc
+import pytest
+
+from coclib.testing.portal import route_portal_to
+from coclib.testing.simulator import (
+    CACHE_CONTROL,
+    Call,
+    CocApiSimulator,
+    SimulatorThread,
+    simulated_body,
+)
+
+TOKEN = "test-token"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.asynccontextmanager
+async def running(**options: Any) -> AsyncIterator[CocApiSimulator]:
+    sim = CocApiSimulator(**options)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def coc_client(sim: CocApiSimulator, *tokens: str) -> AsyncIterator[coc.Client]:
+    # cache_max_size=0: coc.py's cache would otherwise answer repeated URLs without a call.
+    client = coc.Client(base_url=sim.base_url, cache_max_size=0)
+    await client.login_with_tokens(*(tokens or (TOKEN,)))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def fetch(sim: CocApiSimulator, path: str, token: str | None = TOKEN,
+                **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Accept": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as session, session.get(
+            sim.base_url + path, headers=headers, **kwargs) as response:
+        text = await response.text()
+        is_json = response.content_type == "application/json"
+        return response.status, json.loads(text) if is_json else text, dict(response.headers)
+
+
+def war_tag(state: str) -> str:
+    """A clan tag whose simulated current war is in `state` (bodies are deterministic)."""
+    for first in "289PYLQGRJCUV":
+        for second in "0289PYLQGRJCUV":
+            tag = f"#{first}{second}Q"
+            if simulated_body("war", tag)["state"] == state:
+                return tag
+    raise AssertionError(f"no tag found in state {state}")
+
+
+# --- bodies and headers ---------------------------------------------------------------------
+
+
+def test_coc_py_fetches_player_clan_and_war() -> None:
+    async def scenario() -> None:
+        async with running() as sim, coc_client(sim) as client:
+            player = await client.http.get_player("#2PP")
+            assert player["tag"] == "#2PP"
+            assert player["status_code"] == 200
+            assert {"name", "townHallLevel", "expLevel", "trophies", "bestTrophies",
+                    "leagueTier", "troops", "heroes"} <= player.keys()
+
+            clan = await client.http.get_clan("#2PP")
+            assert clan["tag"] == "#2PP"
+            assert clan["members"] == len(clan["memberList"]) >= 1
+            assert {"clanLevel", "clanPoints", "warLeague", "isWarLogPublic"} <= clan.keys()
+
+            war = await client.http.get_clan_current_war(war_tag("inWar"))
+            assert war["state"] == "inWar"
+            assert war["clan"]["tag"] == war_tag("inWar")
+            assert war["teamSize"] == len(war["clan"]["members"]) == len(war["opponent"]["members"])
+            for key in ("preparationStartTime", "startTime", "endTime"):
+                time.strptime(war[key], "%Y%m%dT%H%M%S.000Z")
+
+            not_in_war = await client.http.get_clan_current_war(war_tag("notInWar"))
+            assert not_in_war["state"] == "notInWar"
+
+    asyncio.run(scenario())
+
+
+def test_bodies_are_deterministic_per_tag_and_seed() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            _, first, _ = await fetch(sim, "/players/%232PP")
+            _, again, _ = await fetch(sim, "/players/%232pp")  # the API upper-cases
+            assert first == again == simulated_body("player", "#2PP")
+        async with running(seed=7) as sim:
+            _, other_seed, _ = await fetch(sim, "/players/%232PP")
+            assert other_seed["tag"] == "#2PP"
+            assert other_seed != first
+
+    asyncio.run(scenario())
+
+
+def test_war_totals_are_consistent_with_attacks() -> None:
+    war = simulated_body("war", war_tag("warEnded"))
+    for side, enemy in (("clan", "opponent"), ("opponent", "clan")):
+        made = [a for m in war[side]["members"] for a in m.get("attacks", [])]
+        assert war[side]["attacks"] == len(made)
+        bests = [m["bestOpponentAttack"] for m in war[enemy]["members"]
+                 if "bestOpponentAttack" in m]
+        assert war[side]["stars"] == sum(b["stars"] for b in bests)
+
+
+def test_headers_and_call_log() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            for path, kind in (("/players/%232PP", "player"), ("/clans/%232PP", "clan"),
+                               ("/clans/%232PP/currentwar", "war")):
+                status, body, headers = await fetch(sim, path)
+                assert status == 200
+                assert body == simulated_body(kind, "#2PP")
+                assert headers["Content-Type"] == "application/json; charset=utf-8"
+                assert headers["Cache-Control"] == CACHE_CONTROL[kind]
+            assert CACHE_CONTROL == {"player": "max-age=60", "clan": "max-age=60",
+                                     "war": "max-age=120"}
+            before = time.time()
+            await fetch(sim, "/clans/%23PQL/members")
+            assert [(c.kind, c.tag, c.status, c.token) for c in sim.calls] == [
+                ("player", "#2PP", 200, TOKEN), ("clan", "#2PP", 200, TOKEN),
+                ("war", "#2PP", 200, TOKEN), (None, None, 404, TOKEN)]
+            assert sim.calls[0].path == "/v1/players/%232PP"
+            assert sim.calls[0].method == "GET"
+            assert sim.calls[-1].at >= before
+            sim.clear_calls()
+            assert sim.calls == []
+
+    asyncio.run(scenario())
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_not_found_and_invalid_tags() -> None:
+    async def scenario() -> None:
+        async with running() as sim, coc_client(sim) as client:
+            sim.not_found.add("#2PP")
+            with pytest.raises(coc.NotFound) as caught:
+                await client.http.get_player("#2PP")
+            assert caught.value.reason == "notFound"
+            with pytest.raises(coc.NotFound):
+                await client.http.get_clan_current_war("#2PP")
+            for bad in ("/players/%23ABC", "/players/2PP", "/players/%232"):
+                status, body, headers = await fetch(sim, bad)
+                assert (status, body) == (404, {"reason": "notFound"})
+                assert headers["Cache-Control"] == "max-age=60"
+
+    asyncio.run(scenario())
+
+
+def test_private_war_log_is_accessdenied_without_message() -> None:
+    async def scenario() -> None:
+        async with running() as sim, coc_client(sim) as client:
+            sim.private_war_log.add("#2PP")
+            with pytest.raises(coc.Forbidden) as caught:
+                await client.http.get_clan_current_war("#2PP")
+            assert caught.value.status == 403
+            assert caught.value.reason == "accessDenied"
+            assert caught.value.message is None
+            _, body, _ = await fetch(sim, "/clans/%232PP/currentwar")
+            assert body == {"reason": "accessDenied"}
+            clan = await client.http.get_clan("#2PP")  # the clan itself stays readable
+            assert clan["isWarLogPublic"] is False
+
+    asyncio.run(scenario())
+
+
+def test_maintenance_and_server_error() -> None:
+    async def scenario() -> None:
+        async with running() as sim, coc_client(sim) as client:
+            sim.maintenance = True
+            with pytest.raises(coc.Maintenance) as caught:
+                await client.http.get_player("#2PP")
+            assert caught.value.reason == "inMaintenance"
+            sim.maintenance, sim.server_error = False, True
+            status, body, headers = await fetch(sim, "/players/%232PP")
+            assert (status, body["reason"]) == (500, "unknownException")
+            assert "Cache-Control" not in headers
+            sim.reset_faults()
+            assert (await fetch(sim, "/players/%232PP"))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_bad_tokens_and_invalid_ip() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            async with coc_client(sim, "wrong-token") as client:
+                with pytest.raises(coc.Forbidden) as caught:
+                    await client.http.get_player("#2PP")
+                assert (caught.value.reason, caught.value.message) == (
+                    "accessDenied", "Invalid authorization")
+            assert (await fetch(sim, "/players/%232PP", token=None))[:2] == (
+                403, {"reason": "accessDenied", "message": "Invalid authorization"})
+            sim.invalid_ip = True
+            status, body, _ = await fetch(sim, "/players/%232PP")
+            assert (status, body["reason"]) == (403, "accessDenied.invalidIp")
+            assert body["message"] == (
+                "Invalid authorization: API key does not allow access from IP 127.0.0.1")
+            sim.invalid_ip = False
+            sim.tokens.add("wrong-token")  # the token set is live
+            assert (await fetch(sim, "/players/%232PP", token="wrong-token"))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_tag_status_forces_a_status_for_every_kind() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            sim.tag_status["#2PP"] = 503
+            for path in ("/players/%232PP", "/clans/%232PP", "/clans/%232PP/currentwar"):
+                status, body, _ = await fetch(sim, path)
+                assert (status, body["reason"]) == (503, "inMaintenance")
+            assert (await fetch(sim, "/players/%23PQL"))[0] == 200
+            sim.tag_status["#2PP"] = 502
+            status, body, _ = await fetch(sim, "/players/%232PP")
+            assert status == 502 and "Bad Gateway" in body  # HTML, like the real gateway
+
+    asyncio.run(scenario())
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def test_latency_delays_each_answer() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            started = time.perf_counter()
+            await fetch(sim, "/players/%232PP")
+            assert time.perf_counter() - started < 0.2
+            sim.latency = (0.2, 0.2)
+            started = time.perf_counter()
+            await fetch(sim, "/players/%232PP")
+            assert time.perf_counter() - started >= 0.2
+
+    asyncio.run(scenario())
+
+
+def test_hang_provokes_client_timeouts() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            sim.hang = 5.0
+            started = time.perf_counter()
+            with pytest.raises(asyncio.TimeoutError):
+                await fetch(sim, "/players/%232PP", timeout=aiohttp.ClientTimeout(total=0.3))
+            assert time.perf_counter() - started < 2
+            assert [c.status for c in sim.calls] == [200]  # logged on arrival
+
+    asyncio.run(scenario())
+
+
+def test_rate_limit_throttles_per_token_per_second() -> None:
+    async def scenario() -> None:
+        async with running(rate_limit=5, tokens=("a", "b")) as sim:
+            answers = await asyncio.gather(*(fetch(sim, "/players/%232PP", token="a")
+                                             for _ in range(8)))
+            statuses = sorted(status for status, _, _ in answers)
+            assert statuses == [200] * 5 + [429] * 3
+            throttled = next(body for status, body, _ in answers if status == 429)
+            assert throttled["reason"] == "requestThrottled"
+            assert sim.max_calls_in_window() == 8
+            assert (await fetch(sim, "/players/%232PP", token="b"))[0] == 200  # per token
+            await asyncio.sleep(1.05)
+            assert (await fetch(sim, "/players/%232PP", token="a"))[0] == 200
+
+    asyncio.run(scenario())
+
+
+def test_throttled_switch() -> None:
+    async def scenario() -> None:
+        async with running() as sim, coc_client(sim) as client:
+            sim.throttled = True
+            with pytest.raises(coc.HTTPException) as caught:
+                await client.http.get_player("#2PP")
+            assert (caught.value.status, caught.value.reason) == (429, "requestThrottled")
+
+    asyncio.run(scenario())
+
+
+def test_max_calls_in_window_uses_half_open_windows() -> None:
+    sim = CocApiSimulator()
+    sim.calls.extend(Call(at, "GET", "/v1/players/%232PP", "player", "#2PP", 200, TOKEN)
+                     for at in (10.0, 10.25, 10.5, 11.0, 11.125))  # exact binary fractions
+    assert sim.max_calls_in_window(1.0) == 4  # [10.25, 11.25); [10.0, 11.0) holds only 3
+    assert sim.max_calls_in_window(0.5) == 2  # 10.0 and 10.5 are not in one [t, t + 0.5)
+    assert sim.max_calls_in_window(0.125) == 1
+    assert CocApiSimulator().max_calls_in_window() == 0
+
+
+# --- developer portal -------------------------------------------------------------------------
+
+
+def test_coc_py_email_password_login_through_the_portal() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            with route_portal_to(sim.portal_url):
+                client = coc.Client(base_url=sim.base_url, cache_max_size=0)
+                await client.login(sim.email, sim.password)
+                try:
+                    player = await client.http.get_player("#2PP")
+                finally:
+                    await client.close()
+                (key,) = sim.portal_keys
+                assert key["cidrRanges"] == ["127.0.0.1"]
+                assert player["tag"] == "#2PP"
+                assert sim.calls[-1].token == key["key"]
+
+                again = coc.Client(base_url=sim.base_url, cache_max_size=0)
+                await again.login(sim.email, sim.password)  # reuses the key
+                await again.close()
+                assert len(sim.portal_keys) == 1
+
+                wrong = coc.Client(base_url=sim.base_url, cache_max_size=0)
+                with pytest.raises(coc.InvalidCredentials):
+                    await wrong.login(sim.email, "not-the-password")
+
+    asyncio.run(scenario())
+
+
+def test_portal_endpoints() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=jar) as portal:
+                api = sim.portal_url + "/api"
+                async with portal.post(api + "/apikey/list") as response:
+                    assert response.status == 403  # no session cookie yet
+                async with portal.post(api + "/login", json={"email": sim.email,
+                                                             "password": "nope"}) as response:
+                    assert response.status == 403
+                async with portal.post(api + "/login", json={"email": sim.email,
+                                                             "password": sim.password}) as response:
+                    assert response.status == 200
+                    token = (await response.json())["temporaryAPIToken"]
+                # Decoded exactly as coc.py does, to find its own IP.
+                payload = json.loads(base64.b64decode(token.split(".")[1] + "===="))
+                assert payload["limits"][1]["cidrs"][0] == "127.0.0.1/32"
+
+                created = []
+                for n in range(10):
+                    body = {"name": f"k{n}", "description": "d", "cidrRanges": ["127.0.0.1"],
+                            "scopes": ["clash"]}
+                    async with portal.post(api + "/apikey/create", json=body) as response:
+                        assert response.status == 200
+                        created.append((await response.json())["key"])
+                async with portal.post(api + "/apikey/create", json=body) as response:
+                    assert response.status != 200  # ten keys per account at most
+                async with portal.post(api + "/apikey/list") as response:
+                    assert [k["id"] for k in (await response.json())["keys"]] == [
+                        k["id"] for k in created]
+                assert set(created[0]) >= {"id", "name", "description", "cidrRanges",
+                                           "scopes", "key"}
+
+                assert (await fetch(sim, "/players/%232PP", token=created[0]["key"]))[0] == 200
+                async with portal.post(api + "/apikey/revoke",
+                                       json={"id": created[0]["id"]}) as response:
+                    assert response.status == 200
+                assert (await fetch(sim, "/players/%232PP", token=created[0]["key"]))[0] == 403
+                assert len(sim.portal_keys) == 9
+            assert sim.calls and all(c.path.startswith("/v1/") for c in sim.calls)
+
+    asyncio.run(scenario())
+
+
+# --- thread and command line ------------------------------------------------------------------
+
+
+def _get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_simulator_thread_serves_synchronous_callers() -> None:
+    with SimulatorThread(CocApiSimulator()) as sim:
+        url = sim.base_url + "/players/%232PP"
+        assert _get(url, TOKEN) == 200
+        sim.maintenance = True  # flipped from this thread while the server runs in its own
+        assert _get(url, TOKEN) == 503
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_command_line_serves_until_killed() -> None:
+    command = [sys.executable, "-m", "coclib.testing.simulator", "--port", "0",
+               "--tokens", "a,b", "--latency", "0,0.01", "--rate-limit", "30"]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # printed once listening, with the chosen port
+            base_url = line.split("base_url=")[1].split()[0]
+            assert _get(base_url + "/clans/%232PP", "b") == 200
+            assert _get(base_url + "/clans/%232PP", "c") == 403
+        finally:
+            process.terminate()
+        assert process.wait(timeout=10) == 0  # SIGTERM is a clean stop

@@ -1,7 +1,7 @@
 """A wall-clock rate limiter shared by every API call in flight.
 
 coc.py's own throttlers measure `time.process_time()` (CPU time), which barely moves
-while a process waits on the network, so they cannot promise a rate. This one counts
+while a process waits on the network, so they cannot promise a rate. This one spaces
 starts on the monotonic clock.
 """
 
@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 
 class RateLimiter:
-    """At most `capacity` starts in any window of `window` seconds, granted in FIFO order.
+    """Starts spaced at least `interval` seconds apart, granted in FIFO order.
 
-    For a rate r the capacity is floor(r) (at least 1) and the window is one second (longer
-    when r < 1), stretched by `margin`: the limiter's clock is not the API's, and a request
-    reaches the API a little after it was granted, by a varying amount. Spacing the limiter's
-    windows `margin` apart keeps the promise as the API counts, at the cost of running at
-    1 / (1 + margin) of the limit.
+    For a rate r, at most `capacity` = floor(r) starts (at least 1) may fall in any one
+    second, so the spacing is 1 / capacity (1 / r when r < 1), stretched by `margin`:
+    the limiter's clock is not the API's, and a request reaches the API a little after
+    it was granted, by a varying amount. As long as that variation stays under
+    `margin` x the spacing's second, the API never counts more than `capacity` in a
+    second. Even spacing (rather than bursts of `capacity`) also keeps the average
+    over any stretch of time under the rate. The cost: running at 1 / (1 + margin)
+    of the limit.
     """
 
     def __init__(
@@ -32,28 +34,24 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if rate <= 0:
+        if not rate > 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.capacity = max(1, math.floor(rate))
-        self.window = max(1.0, self.capacity / rate) * (1.0 + margin)
+        self.interval = (1.0 + margin) / min(rate, self.capacity)
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()
+        self._next = -math.inf
         self._lock = asyncio.Lock()
         self.granted = 0
 
     async def acquire(self) -> None:
         """Wait for a start. Waiters are served in the order they asked (asyncio.Lock is fair)."""
         async with self._lock:
-            while True:
+            now = self._clock()
+            while now < self._next:
+                await self._sleep(self._next - now)
                 now = self._clock()
-                horizon = now - self.window
-                starts = self._starts
-                while starts and starts[0] <= horizon:
-                    starts.popleft()
-                if len(starts) < self.capacity:
-                    starts.append(now)
-                    self.granted += 1
-                    return
-                await self._sleep(starts[0] - horizon)
+            # Space from when this start really happened, not when it was due.
+            self._next = now + self.interval
+            self.granted += 1

@@ -48,14 +48,16 @@ class Fetched:
 class _CallState:
     """What the throttler hook saw during one call (one asyncio task, via a ContextVar)."""
 
-    __slots__ = ("depth", "last_timed_out", "relogins", "sends", "sent_at")
+    __slots__ = ("depth", "last_timed_out", "relogins", "scope", "sends", "sent_at", "timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.sends = 0
         self.depth = 0
         self.relogins = 0
         self.last_timed_out = False
         self.sent_at = 0.0
+        self.scope: asyncio.Timeout | None = None  # bounds the call; re-armed at the limiter
+        self.timeout = timeout
 
 
 _call: ContextVar[_CallState | None] = ContextVar("coc_call", default=None)
@@ -91,8 +93,13 @@ def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
                 state.sends += 1
                 state.depth += 1
             await limiter.acquire()
-            if state is not None:
+            if state is not None and state.scope is not None:
                 state.sent_at = time.monotonic()
+                # The call's own timeout starts now: waiting for the limiter is not the API's
+                # fault. The run's deadline, if sooner, still wins.
+                when = asyncio.get_running_loop().time() + state.timeout
+                current = state.scope.when()
+                state.scope.reschedule(when if current is None else min(current, when))
             return self
 
         async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -157,10 +164,14 @@ class CocApi:
             else:
                 raise ValueError("CocApi.connect needs tokens, or email and password")
         except coc.InvalidCredentials:
-            raise SystemicError("credentials", "the developer portal refused the email and password") from None
+            raise SystemicError(
+                "credentials", "the developer portal refused the email and password"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             await _close_quietly(client)
-            raise SystemicError("login", f"could not reach the developer portal: {type(exc).__name__}") from None
+            raise SystemicError(
+                "login", f"could not reach the developer portal: {type(exc).__name__}"
+            ) from None
         except coc.HTTPException as exc:
             await _close_quietly(client)
             raise SystemicError("login", f"developer portal answered {exc.status}: {exc.reason}") from None
@@ -172,29 +183,37 @@ class CocApi:
     async def close(self) -> None:
         await _close_quietly(self.client)
 
-    async def fetch(self, kind: str, tag: str, *, timeout: float) -> Fetched:
-        """One API call, bounded by `timeout` seconds.
+    async def fetch(self, kind: str, tag: str, *, timeout: float, within: float | None = None) -> Fetched:
+        """One API call: at most `timeout` seconds once the rate limiter lets it go, and
+        everything (the wait for the limiter included) within `within` seconds if given.
 
         Raises `RequestError` (this request is bad: 404, private war log, 400),
         `TransientError` (timeout, 5xx: may pass) or `SystemicError` (maintenance,
         credentials, throttling: the circuit should open).
         """
-        state = _CallState()
+        loop = asyncio.get_running_loop()
+        state = _CallState(timeout)
         token = _call.set(state)
         try:
-            async with asyncio.timeout(timeout):
-                data = await self._getters[kind](tag)
-            latency = time.monotonic() - state.sent_at
-            status = data.get("status_code", 200)
-            body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}
-            return Fetched(body, status, round(latency * 1000), time.time())
-        except Exception as exc:
-            raise classify(exc, kind=kind, tag=tag, timeout=timeout) from None
+            async with asyncio.timeout(None if within is None else loop.time() + within) as state.scope:
+                return await self._fetch(kind, tag, state)
+        except TimeoutError:
+            raise TransientError("timeout", f"no answer within {timeout:.1f} s") from None
         finally:
             _call.reset(token)
 
+    async def _fetch(self, kind: str, tag: str, state: _CallState) -> Fetched:
+        try:
+            data = await self._getters[kind](tag)
+        except Exception as exc:
+            raise classify(exc, kind=kind, tag=tag) from None
+        latency = time.monotonic() - state.sent_at
+        status = data.get("status_code", 200)
+        body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}
+        return Fetched(body, status, round(latency * 1000), time.time())
 
-def classify(exc: Exception, *, kind: str, tag: str, timeout: float) -> Exception:
+
+def classify(exc: Exception, *, kind: str, tag: str) -> Exception:
     """Map whatever coc.py or aiohttp raised to a request, transient or systemic error."""
     match exc:
         case coc.NotFound():
@@ -204,14 +223,20 @@ def classify(exc: Exception, *, kind: str, tag: str, timeout: float) -> Exceptio
         case coc.Forbidden() if kind == "war" and exc.reason == "accessDenied" and not exc.message:
             return RequestError("private_war_log", f"clan {tag} keeps its war log private", http_status=403)
         case coc.Forbidden():
-            detail = "the API key's IP does not match" if exc.reason == "accessDenied.invalidIp" else "access denied"
+            detail = (
+                "the API key's IP does not match"
+                if exc.reason == "accessDenied.invalidIp"
+                else "access denied"
+            )
             return SystemicError("forbidden", f"{detail} ({exc.reason})", http_status=403)
         case _ReloginFailed():
             return SystemicError("forbidden", "accessDenied.invalidIp again after re-login", http_status=403)
         case coc.InvalidArgument():
             return RequestError("bad_request", f"the API rejected {tag}: {exc.reason}", http_status=400)
         case coc.GatewayError():
-            return TransientError("upstream_error", f"the API kept failing: {exc.reason}", http_status=exc.status)
+            return TransientError(
+                "upstream_error", f"the API kept failing: {exc.reason}", http_status=exc.status
+            )
         case coc.HTTPException() if exc.status == 429:
             return SystemicError("throttled", "the API throttled us (429 requestThrottled)", http_status=429)
         case coc.HTTPException() if isinstance(exc.status, int) and exc.status >= 500:
@@ -222,8 +247,6 @@ def classify(exc: Exception, *, kind: str, tag: str, timeout: float) -> Exceptio
             return TransientError("timeout", "the API did not answer in time")
         case _RetryRefused():
             return TransientError("upstream_error", "the API answered with a server error (5xx)")
-        case TimeoutError():
-            return TransientError("timeout", f"no answer within {timeout:.1f} s")
         case aiohttp.ClientError():
             return TransientError("connection_error", f"{type(exc).__name__}: {str(exc)[:200]}")
         case _:

@@ -88,7 +88,9 @@ class Database:
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable(_describe(exc)) from exc
 
-    async def run(self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None) -> None:
+    async def run(
+        self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
+    ) -> None:
         """Execute one statement on a connection from `transaction()`."""
         self.round_trips += 1
         await conn.execute(query, params)

@@ -12,6 +12,7 @@ import logging
 import secrets
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -70,4 +71,7 @@ class Lease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
-        await self.redis.eval(_RELEASE, 1, self.key, self.token)
+        try:
+            await self.redis.eval(_RELEASE, 1, self.key, self.token)
+        except RedisError:
+            log.warning("could not release the drain lease; it expires in %d ms", self.ttl_ms, exc_info=True)

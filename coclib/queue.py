@@ -167,7 +167,9 @@ def enqueue(
     if kind not in KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     request = RefreshRequest(uuid.uuid4().hex, kind, parse_tag(tag), time.time())
-    pushed = client.eval(_ENQUEUE, 2, keys.queue, keys.pending(kind, request.tag), encode(request), dedupe_ttl)
+    pushed = client.eval(
+        _ENQUEUE, 2, keys.queue, keys.pending(kind, request.tag), encode(request), dedupe_ttl
+    )
     return request.id if pushed else None
 
 

@@ -163,7 +163,9 @@ def parse_rate(raw: str | None) -> float:
     try:
         rate = float(raw)
     except ValueError:
-        raise ConfigError("COC_REQS_PER_SEC", f"expected a number of requests per second, got {raw!r}") from None
+        raise ConfigError(
+            "COC_REQS_PER_SEC", f"expected a number of requests per second, got {raw!r}"
+        ) from None
     if not math.isfinite(rate) or rate <= 0:
         raise ConfigError("COC_REQS_PER_SEC", f"must be a positive number, got {raw!r}")
     if rate > MAX_REQS_PER_SEC:

@@ -27,7 +27,9 @@ class Snapshot:
     fetched_at: float
 
 
-async def upsert_snapshots(db: Database, conn: psycopg.AsyncConnection, snapshots: Iterable[Snapshot]) -> None:
+async def upsert_snapshots(
+    db: Database, conn: psycopg.AsyncConnection, snapshots: Iterable[Snapshot]
+) -> None:
     """Upsert every snapshot on `conn` (the caller's transaction), one pipelined batch per kind."""
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for snap in snapshots:

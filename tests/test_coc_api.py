@@ -37,7 +37,9 @@ def test_fetch_returns_the_body_without_injected_keys(simulator, kind):
 
 def test_cache_is_off_every_fetch_reaches_the_api(simulator):
     async def go():
-        api = await CocApi.connect(base_url=simulator.base_url, limiter=RateLimiter(30), tokens=("test-token",))
+        api = await CocApi.connect(
+            base_url=simulator.base_url, limiter=RateLimiter(30), tokens=("test-token",)
+        )
         simulator.not_found.add("#2PQ")
         for _ in range(2):
             with pytest.raises(RequestError):

@@ -17,7 +17,13 @@ def req(i: int | str, kind: str = "player", tag: str = "#2PP") -> RefreshRequest
 
 
 def test_valid_request_is_attempted_fetched_and_stored(settings, redis_client, database_url, simulator):
-    push(redis_client, settings, req("a", "player", "#2PP"), req("b", "clan", "#8QU8J9LP"), req("c", "war", "#8QU8J9LP"))
+    push(
+        redis_client,
+        settings,
+        req("a", "player", "#2PP"),
+        req("b", "clan", "#8QU8J9LP"),
+        req("c", "war", "#8QU8J9LP"),
+    )
 
     summary = drain(settings)
 
@@ -142,7 +148,11 @@ def test_many_server_errors_in_a_row_open_the_circuit_and_fail_nothing(
     settings, redis_client, database_url, simulator
 ):
     simulator.server_error = True
-    push(redis_client, settings, *[req(i, tag=t) for i, t in enumerate(["#2PP", "#2PQ", "#2PR", "#2PU", "#2PV"])])
+    push(
+        redis_client,
+        settings,
+        *[req(i, tag=t) for i, t in enumerate(["#2PP", "#2PQ", "#2PR", "#2PU", "#2PV"])],
+    )
     before = queue_items(redis_client, settings)
 
     summary = drain(settings, policy=DrainPolicy(transient_streak=3, retry_backoff=0.05))
@@ -157,7 +167,9 @@ def test_deadline_skips_and_requeues_in_order(settings, redis_client, database_u
     push(redis_client, settings, *[req(i, tag="#2PP") for i in range(40)])
     before = queue_items(redis_client, settings)
 
-    summary = drain(settings, seconds=2.0, policy=DrainPolicy(finish_reserve=0.5, max_in_flight=4, dispatch_batch=1))
+    summary = drain(
+        settings, seconds=2.0, policy=DrainPolicy(finish_reserve=0.5, max_in_flight=4, dispatch_batch=1)
+    )
 
     assert summary.stopped == "deadline"
     fetched = {r["request_id"] for r in ledger(database_url) if r["outcome"] == "fetched"}

@@ -47,7 +47,9 @@ def test_concurrent_migrations_apply_each_file_exactly_once(empty_database_url):
 
 def test_a_broken_migration_rolls_back_whole_and_is_not_recorded(empty_database_url, tmp_path):
     (tmp_path / "0001_initial.sql").write_text((MIGRATIONS_DIR / "0001_initial.sql").read_text())
-    (tmp_path / "0002_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n")
+    (tmp_path / "0002_broken.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT * FROM no_such_table;\n"
+    )
     with pytest.raises(psycopg.errors.UndefinedTable):
         migrate(empty_database_url, tmp_path)
     with psycopg.connect(empty_database_url) as conn:
@@ -57,7 +59,7 @@ def test_a_broken_migration_rolls_back_whole_and_is_not_recorded(empty_database_
 
 def test_badly_named_or_duplicate_files_are_refused(tmp_path):
     (tmp_path / "1_x.sql").write_text("SELECT 1")
-    with pytest.raises(ValueError, match="NNNN_name.sql"):
+    with pytest.raises(ValueError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
     (tmp_path / "1_x.sql").unlink()
     (tmp_path / "0001_a.sql").write_text("SELECT 1")

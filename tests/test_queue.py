@@ -61,7 +61,10 @@ def test_enqueue_sets_id_and_time_and_deduplicates_waiting_requests(redis_client
     other_kind = enqueue(redis_client, "clan", "#2PP", keys=KEYS)
     assert first and second is None and other_kind
     items = [orjson.loads(raw) for raw in redis_client.lrange(KEYS.queue, 0, -1)]
-    assert [(i["id"], i["kind"], i["tag"]) for i in items] == [(first, "player", "#2PP"), (other_kind, "clan", "#2PP")]
+    assert [(i["id"], i["kind"], i["tag"]) for i in items] == [
+        (first, "player", "#2PP"),
+        (other_kind, "clan", "#2PP"),
+    ]
     assert all(isinstance(i["enqueued_at"], float) for i in items)
 
 
@@ -95,7 +98,9 @@ def test_put_back_restores_original_order_at_the_head(redis_base_url, items, dat
     async def go():
         client = aioredis.Redis.from_url(redis_base_url)  # each example clears its own keys
         await client.delete(KEYS.queue, KEYS.inflight)
-        raws = [orjson.dumps({"id": f"r{i}-{n}", "kind": "player", "tag": "#2PP"}) for i, n in enumerate(items)]
+        raws = [
+            orjson.dumps({"id": f"r{i}-{n}", "kind": "player", "tag": "#2PP"}) for i, n in enumerate(items)
+        ]
         await client.rpush(KEYS.queue, *raws, b"tail")
         queue = RefreshQueue(client, KEYS)
         taken = await queue.take(len(raws))

@@ -9,7 +9,10 @@ import pytest
 from coclib.errors import ConfigError
 from coclib.settings import Settings
 
-BASE = {"DATABASE_URL": "postgresql://app:s3cr3t-db@db.internal:5432/coc", "REDIS_URL": "redis://cache:6379/0"}
+BASE = {
+    "DATABASE_URL": "postgresql://app:s3cr3t-db@db.internal:5432/coc",
+    "REDIS_URL": "redis://cache:6379/0",
+}
 
 
 def test_defaults():
@@ -66,8 +69,13 @@ def test_tokens_are_split_and_credentials_required_for_a_drain():
 
 def test_repr_masks_every_secret():
     s = Settings.from_env(
-        {**BASE, "COC_EMAIL": "dev@example.com", "COC_PASSWORD": "hunter2-portal", "COC_API_TOKENS": "eyJtoken.xyz",
-         "REDIS_URL": "rediss://:redis-pass-9@cache:6380/0"}
+        {
+            **BASE,
+            "COC_EMAIL": "dev@example.com",
+            "COC_PASSWORD": "hunter2-portal",
+            "COC_API_TOKENS": "eyJtoken.xyz",
+            "REDIS_URL": "rediss://:redis-pass-9@cache:6380/0",
+        }
     )
     shown = repr(s) + str(s)
     for secret in ("s3cr3t-db", "hunter2-portal", "eyJtoken.xyz", "redis-pass-9"):

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve(args.host, args.port, schedule_seconds=args.schedule)
         settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.secrets(), static={"environment": settings.environment})
+        configure_logging(
+            settings.log_level, settings.secrets(), static={"environment": settings.environment}
+        )
         if args.command == "migrate":
             applied = Worker(settings).migrate()
             print(f"applied: {', '.join(applied)}" if applied else "up to date")

@@ -74,7 +74,10 @@ async def _report(worker: Worker, run_id: str) -> None:
         "FROM refresh_failures WHERE run_id = %(run)s ORDER BY occurred_at",
         {"run": run_id},
     )
-    print("\nFailure audit (SELECT … FROM refresh_failures):\n" + _render(failures, ["kind", "tag", "reason", "detail"]))
+    print(
+        "\nFailure audit (SELECT … FROM refresh_failures):\n"
+        + _render(failures, ["kind", "tag", "reason", "detail"])
+    )
     health = await db.fetch_one("SELECT * FROM refresh_health")
     print("\nrefresh_health: " + ", ".join(f"{k}={v}" for k, v in (health or {}).items() if v is not None))
 
@@ -125,10 +128,11 @@ async def _drain_and_report(worker: Worker, queued: int) -> int:
         summary = await worker.drain(295.0, on_progress=progress)
         bar.close()
         result = summary.as_dict()
-        print(f"\nRun {summary.run_id}: stopped={summary.stopped}, "
-              f"{result['api_requests_per_second']} API requests/s over {summary.duration_s:.1f} s")
+        print(
+            f"\nRun {summary.run_id}: stopped={summary.stopped}, "
+            f"{result['api_requests_per_second']} API requests/s over {summary.duration_s:.1f} s"
+        )
         await _report(worker, summary.run_id)
         return 0 if summary.stopped in ("queue_empty", "max_requests") else 1
     finally:
         await worker.close()
-

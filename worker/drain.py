@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from coclib.coc_api import CocApi, Fetched
 from coclib.db import Database
@@ -55,12 +58,12 @@ CANCELLED = "cancelled"
 class DrainPolicy:
     """The drain's knobs. The defaults suit 10-30 requests/s and 100-300 ms API latency."""
 
-    max_in_flight: int = 32  # calls started and not finished (most wait in the limiter)
+    max_in_flight: int = 32  # calls started and not finished, at most (less at lower rates)
     dispatch_batch: int = 8  # start calls in groups: one `attempted` transaction per group
     prefetch: int = 64  # items moved to the in-flight list per take
     flush_rows: int = 64  # terminal rows per transaction…
     flush_interval: float = 0.5  # …or at least this often (seconds)
-    call_timeout: float = 10.0  # one API call; coc.py's own retries are refused
+    call_timeout: float = 10.0  # one API call from when the limiter lets it go
     max_tries: int = 3  # per request per run, for timeouts and 5xx
     retry_backoff: float = 0.5  # seconds before the first transient retry; doubles
     transient_streak: int = 5  # different requests failing transiently in a row: API down
@@ -167,6 +170,11 @@ class _Run:
         self.lease = Lease(drain.queue.redis, drain.queue.keys.lease)
         self.api: CocApi | None = None
         self.granted_at_start = drain.limiter.granted
+        # Enough calls in flight to keep the limiter busy through 500 ms of API latency, in
+        # groups, but no more: a call waiting in the limiter has its `attempted` row already.
+        rate = drain.limiter.rate
+        self.dispatch_batch = min(policy.dispatch_batch, max(1, math.ceil(rate / 4)))
+        self.max_in_flight = min(policy.max_in_flight, math.ceil(rate / 2) + 2 * self.dispatch_batch)
 
         self.buffer: deque[_Work] = deque()  # prefetched, not started
         self.retries: list[_Work] = []  # met a timeout or 5xx; start again at ready_at
@@ -205,6 +213,10 @@ class _Run:
                 # The final writes must happen even though we were cancelled.
                 await asyncio.shield(self._finish())
                 raise
+            except RedisError as exc:
+                # Finishing may work (the outage may be brief); if not, what we took stays
+                # in the in-flight list for the next run to recover.
+                self._halt(CIRCUIT_OPEN, f"redis_unavailable: {type(exc).__name__}")
             if database_up:
                 await self._finish()
         finally:
@@ -245,7 +257,10 @@ class _Run:
                     continue  # look at the queue once more before calling it empty
                 self._close_parked(api_down=len(self.streak) > 1)
                 if self._idle() and self.stop is None:
-                    full = self.policy.max_requests is not None and self.summary.taken >= self.policy.max_requests
+                    full = (
+                        self.policy.max_requests is not None
+                        and self.summary.taken >= self.policy.max_requests
+                    )
                     self._halt(MAX_REQUESTS if full else QUEUE_EMPTY, None)
                     break
             if self.rows and (
@@ -263,11 +278,13 @@ class _Run:
 
     async def _refill(self) -> None:
         limit = self.policy.max_requests
-        room = self.policy.prefetch if limit is None else min(self.policy.prefetch, limit - self.summary.taken)
+        room = (
+            self.policy.prefetch if limit is None else min(self.policy.prefetch, limit - self.summary.taken)
+        )
         if room <= 0:
             self.queue_seen_empty = True  # as far as this run may take, it is
             return
-        low = len(self.buffer) < self.policy.max_in_flight
+        low = len(self.buffer) < self.max_in_flight
         if not low or (self.queue_seen_empty and not self._idle()):
             return
         taken = await self.d.queue.take(room)
@@ -283,14 +300,14 @@ class _Run:
         now = self.clock()
         ready = sorted((w for w in self.retries if w.ready_at <= now), key=lambda w: w.taken.seq)
         available = len(ready) + len(self.buffer)
-        free = self.policy.max_in_flight - len(self.in_flight)
+        free = self.max_in_flight - len(self.in_flight)
         if not available or free <= 0:
             return
         # Start calls in groups so `attempted` rows share a transaction, unless few are waiting.
-        if free < min(self.policy.dispatch_batch, available) and self.in_flight:
+        if free < min(self.dispatch_batch, available) and self.in_flight:
             return
-        timeout = min(self.policy.call_timeout, self.soft_deadline - now)
-        if timeout <= 0.2:
+        within = self.soft_deadline - now
+        if within <= 0.2:
             return  # no call could finish before the deadline
         group = ready[:free]
         for work in group:
@@ -311,7 +328,10 @@ class _Run:
         assert self.api is not None
         for work in group:
             work.tries += 1
-            task = asyncio.create_task(self.api.fetch(work.request.kind, work.request.tag, timeout=timeout))
+            call = self.api.fetch(
+                work.request.kind, work.request.tag, timeout=self.policy.call_timeout, within=within
+            )
+            task = asyncio.create_task(call)
             task.add_done_callback(self._on_done)
             self.in_flight[task] = work
 
@@ -352,7 +372,12 @@ class _Run:
                 fetched = task.result()
                 request = work.request
                 self.snapshots.append(Snapshot(request.kind, request.tag, fetched.data, fetched.fetched_at))
-                self._settle(work.taken, Outcome.FETCHED, http_status=fetched.http_status, latency_ms=fetched.latency_ms)
+                self._settle(
+                    work.taken,
+                    Outcome.FETCHED,
+                    http_status=fetched.http_status,
+                    latency_ms=fetched.latency_ms,
+                )
             elif isinstance(exc, RequestError):
                 self._api_answered()
                 self._settle(work.taken, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
@@ -363,7 +388,9 @@ class _Run:
                 self._halt(CIRCUIT_OPEN, f"{exc.cause}: {exc.detail}")
             else:
                 # A bug must not lose the request: defer it and stop, loudly.
-                log.error("unexpected error fetching %s %s", work.request.kind, work.request.tag, exc_info=exc)
+                log.error(
+                    "unexpected error fetching %s %s", work.request.kind, work.request.tag, exc_info=exc
+                )
                 self.unfinished.append(work)
                 self._halt(CIRCUIT_OPEN, f"internal_error: {type(exc).__name__}")
 
@@ -422,8 +449,12 @@ class _Run:
     def _halt(self, stop: str, cause: str | None) -> None:
         if self.stop is None:
             self.stop, self.cause = stop, cause
-            log.log(logging.INFO if stop in (QUEUE_EMPTY, MAX_REQUESTS) else logging.WARNING,
-                    "drain stopping: %s%s", stop, f" ({cause})" if cause else "")
+            log.log(
+                logging.INFO if stop in (QUEUE_EMPTY, MAX_REQUESTS) else logging.WARNING,
+                "drain stopping: %s%s",
+                stop,
+                f" ({cause})" if cause else "",
+            )
 
     # -- writing ---------------------------------------------------------------------
 
@@ -465,7 +496,10 @@ class _Run:
         if self.stop == CIRCUIT_OPEN or self.stop == LEASE_LOST:
             outcome, reason = Outcome.DEFERRED, (self.cause or self.stop).split(":")[0]
         else:
-            outcome, reason = Outcome.SKIPPED_DEADLINE, REASON_DEADLINE if self.stop == DEADLINE else self.stop
+            outcome, reason = (
+                Outcome.SKIPPED_DEADLINE,
+                REASON_DEADLINE if self.stop == DEADLINE else self.stop,
+            )
         closing = [
             LedgerRow(w.taken.request_id, outcome, w.request.kind, w.request.tag, reason, self.cause)
             for w in leftover
@@ -526,7 +560,9 @@ class _Run:
         ids = [t.request_id for t in items]
         queries = load_queries()
         try:
-            done = {r["request_id"] for r in await self.d.db.fetch_all(queries["settled_requests"], {"ids": ids})}
+            done = {
+                r["request_id"] for r in await self.d.db.fetch_all(queries["settled_requests"], {"ids": ids})
+            }
             interrupted = {
                 r["request_id"]: r["interrupted"]
                 for r in await self.d.db.fetch_all(queries["interruptions"], {"ids": ids})
@@ -543,13 +579,19 @@ class _Run:
                 settled.append(item)
                 stats["already_settled"] += 1
             elif item.error is not None:
-                rows.append(LedgerRow(item.request_id, Outcome.FAILED, reason=item.error.reason, detail=item.error.detail))
+                rows.append(
+                    LedgerRow(
+                        item.request_id, Outcome.FAILED, reason=item.error.reason, detail=item.error.detail
+                    )
+                )
                 settled.append(item)
                 stats["failed"] += 1
             elif interrupted.get(item.request_id, 0) >= self.policy.interrupted_limit:
                 r = item.request
                 detail = f"interrupted in {interrupted[item.request_id]} runs"
-                rows.append(LedgerRow(item.request_id, Outcome.FAILED, r.kind, r.tag, REASON_INTERRUPTED, detail))
+                rows.append(
+                    LedgerRow(item.request_id, Outcome.FAILED, r.kind, r.tag, REASON_INTERRUPTED, detail)
+                )
                 settled.append(item)
                 stats["failed"] += 1
             else:

@@ -15,7 +15,9 @@ from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
+from ledger.health import HealthRules
 from worker.drain import Drain, DrainPolicy, RunSummary
+from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ class Worker:
                 )
             return self._api
 
-    async def drain(self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None) -> RunSummary:
+    async def drain(
+        self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None
+    ) -> RunSummary:
         """One run that returns within `seconds`."""
         self.settings.require_credentials()
         drain = Drain(
@@ -73,6 +77,12 @@ class Worker:
             on_progress=on_progress,
         )
         return await drain.run(time.monotonic() + seconds, policy=policy)
+
+    async def health(
+        self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS
+    ) -> HealthReport:
+        """Health from the ledger and the queue; reads only, takes no lease, answers within `budget`."""
+        return await check_health(db=self.db, redis=self.redis, keys=self.keys, rules=rules, budget=budget)
 
     def migrate(self) -> list[str]:
         return migrate(self.settings.database_url)

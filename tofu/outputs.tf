@@ -1,0 +1,75 @@
+output "function_name" {
+  description = "Name of the Lambda function."
+  value       = aws_lambda_function.this.function_name
+}
+
+output "function_arn" {
+  description = "Unqualified ARN of the Lambda function."
+  value       = aws_lambda_function.this.arn
+}
+
+output "published_version" {
+  description = "Version published by this apply (the `live` alias points here unless live_version pins it)."
+  value       = aws_lambda_function.this.version
+}
+
+output "alias_arn" {
+  description = "ARN of the `live` alias, which the schedule and the API invoke."
+  value       = aws_lambda_alias.live.arn
+}
+
+output "live_version" {
+  description = "Version the `live` alias points at."
+  value       = aws_lambda_alias.live.function_version
+}
+
+output "layer_version_arn" {
+  description = "ARN of the coclib layer version the function uses; null when use_layer is false."
+  value       = one(aws_lambda_layer_version.coclib[*].arn)
+}
+
+output "role_arn" {
+  description = "ARN of the function's execution role."
+  value       = aws_iam_role.this.arn
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group of the function (`aws logs tail <name> --follow`)."
+  value       = aws_cloudwatch_log_group.function.name
+}
+
+output "schedule_rule_name" {
+  description = "Name of the EventBridge rule that runs the drain."
+  value       = aws_cloudwatch_event_rule.schedule.name
+}
+
+output "api_url" {
+  description = "Invoke URL of the API stage (append /health or /refresh); null without the API."
+  value       = one(aws_api_gateway_stage.this[*].invoke_url)
+}
+
+output "api_key_id" {
+  description = "ID of the API key for POST /refresh; read its value with `aws apigateway get-api-key --api-key <id> --include-value`. null without the API."
+  value       = one(aws_api_gateway_api_key.this[*].id)
+}
+
+output "api_key_value" {
+  description = "Value of the API key for POST /refresh (sensitive); null without the API."
+  value       = one(aws_api_gateway_api_key.this[*].value)
+  sensitive   = true
+}
+
+output "alarm_topic_arn" {
+  description = "ARN of the SNS topic the alarms notify; null unless create_alarm_topic."
+  value       = one(aws_sns_topic.alarms[*].arn)
+}
+
+output "alarm_names" {
+  description = "Names of the CloudWatch alarms, by purpose."
+  value = {
+    errors         = aws_cloudwatch_metric_alarm.errors.alarm_name
+    no_invocations = aws_cloudwatch_metric_alarm.no_invocations.alarm_name
+    duration       = aws_cloudwatch_metric_alarm.duration.alarm_name
+    backlog        = aws_cloudwatch_metric_alarm.backlog.alarm_name
+  }
+}

@@ -1,0 +1,126 @@
+"""Helpers for the packaging tests: running package-lambda.sh, unzipping, reading ELF files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "package-lambda.sh"
+SHA = "test0123abcd"
+# What the function zip is built from; a copy of these is a buildable checkout.
+SOURCES = (
+    "lambda_function.py",
+    "package-lambda.sh",
+    "pyproject.toml",
+    "worker",
+    "ledger",
+    "coclib",
+    "sql",
+)
+
+
+@dataclass(frozen=True)
+class Build:
+    out: Path
+    function_zip: Path
+    layer_zip: Path | None
+    output: str  # stdout and stderr together
+    seconds: float
+
+
+def run_package(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Runs package-lambda.sh with the test interpreter as its PYTHON."""
+    full_env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    full_env.pop("GITHUB_SHA", None)
+    return subprocess.run(
+        ["bash", str(cwd / "package-lambda.sh"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def build(out: Path, *args: str, checkout: Path = REPO) -> Build:
+    started = time.monotonic()
+    proc = run_package("--out", str(out), "--sha", SHA, *args, cwd=checkout)
+    seconds = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"package-lambda.sh {' '.join(args)} failed:\n{output}"
+    layer = out / f"coclib-layer-{SHA}.zip"
+    return Build(out, out / f"refresh-worker-{SHA}.zip", layer if layer.exists() else None, output, seconds)
+
+
+def copy_checkout(dest: Path, source: Path = REPO) -> Path:
+    """A buildable copy of a checkout (no git, no caches): a snapshot, or one to break."""
+    dest.mkdir(parents=True)
+    for name in SOURCES:
+        src = source / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def extract(zip_path: Path, dest: Path) -> None:
+    """Unzips keeping the modes stored in the zip, as Lambda does."""
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            target = zf.extract(info, dest)
+            if info.external_attr >> 16:
+                os.chmod(target, (info.external_attr >> 16) & 0o777)
+
+
+def readelf(path: Path) -> str:
+    tool = shutil.which("readelf")
+    if tool is None:
+        pytest.fail(
+            "readelf not found: install binutils (apt-get install binutils); the GLIBC "
+            "check cross-checks package-lambda.sh against it"
+        )
+    return subprocess.run(
+        [tool, "-h", "-V", "-W", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def glibc_needed(path: Path) -> set[tuple[int, ...]]:
+    """The GLIBC_x.y versions a shared object needs, according to binutils."""
+    return {
+        tuple(int(p) for p in v.split("."))
+        for v in re.findall(r"Name: GLIBC_(\d+(?:\.\d+)+)\b", readelf(path))
+    }
+
+
+def needed_libraries(path: Path) -> set[str]:
+    """The sonames a shared object is linked against (DT_NEEDED)."""
+    tool = shutil.which("readelf") or "readelf"
+    out = subprocess.run([tool, "-d", "-W", str(path)], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
+
+
+def elf_machine(path: Path) -> str:
+    return re.search(r"Machine:\s+(.+)", readelf(path)).group(1).strip()
+
+
+def elf_files(root: Path) -> list[Path]:
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(path)
+    return found

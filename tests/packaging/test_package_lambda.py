@@ -1,0 +1,307 @@
+"""package-lambda.sh: what goes into the zips, reproducibility, sizes, GLIBC, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .support import (
+    REPO,
+    SCRIPT,
+    SHA,
+    build,
+    copy_checkout,
+    elf_files,
+    elf_machine,
+    extract,
+    glibc_needed,
+    needed_libraries,
+    run_package,
+)
+
+MB = 1024 * 1024
+# What the Lambda Python runtimes' base images (Amazon Linux 2 and 2023) provide.
+LAMBDA_SYSTEM_LIBRARIES = {
+    "libc.so.6",
+    "libm.so.6",
+    "libdl.so.2",
+    "librt.so.1",
+    "libpthread.so.0",
+    "libutil.so.1",
+    "libresolv.so.2",
+    "libgcc_s.so.1",
+    "libstdc++.so.6",
+    "libz.so.1",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+}
+RUNTIME_DEPENDENCIES = (
+    "coc",
+    "redis",
+    "psycopg",
+    "psycopg_binary",
+    "psycopg_pool",
+    "orjson",
+    "aws_lambda_powertools",
+    "aiohttp",
+)
+
+
+def names(zip_path: Path) -> list[str]:
+    with zipfile.ZipFile(zip_path) as zf:
+        return zf.namelist()
+
+
+def repo_files(top: str) -> set[str]:
+    return {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / top).rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix != ".pyc"
+        and not any(part.startswith(".") for part in p.relative_to(REPO).parts)
+    }
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_help_explains_the_options():
+    proc = run_package("--help")
+    assert proc.returncode == 0
+    for word in (
+        "--arch",
+        "x86_64",
+        "arm64",
+        "--python",
+        "3.11",
+        "3.12",
+        "3.13",
+        "--single-zip",
+        "--sha",
+        "--out",
+        "manylinux2014",
+        "GLIBC",
+        "50 MB",
+        "250 MB",
+    ):
+        assert word in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "i386"], "--arch must be x86_64 or arm64"),
+        (["--python", "3.10"], "--python must be 3.11, 3.12 or 3.13"),
+        (["--sha", "a/b"], "--sha may hold only"),
+        (["--arch"], "--arch needs a value"),
+        (["--zip"], "unknown option '--zip'"),
+    ],
+)
+def test_bad_options_are_refused(args, message):
+    proc = run_package(*args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    assert SCRIPT.read_text().splitlines()[:3][-1] == "set -euo pipefail"
+
+
+def test_function_zip_holds_the_code_and_nothing_else(lambda_build):
+    shipped = set(names(lambda_build.function_zip))
+    assert "lambda_function.py" in shipped
+    expected = {"lambda_function.py"} | {
+        f
+        for top in ("worker", "ledger", "coclib", "sql")
+        for f in repo_files(top)
+        if not f.startswith("coclib/testing/")
+    }
+    assert shipped == expected
+    assert not [
+        n
+        for n in shipped
+        if n.startswith(("tests/", "bench/", "coclib/testing/"))
+        or "__pycache__" in n
+        or n.endswith((".pyc", ".pyo"))
+    ]
+
+
+def test_layer_holds_coclib_and_the_dependencies_under_python(lambda_build):
+    shipped = names(lambda_build.layer_zip)
+    assert all(n.startswith("python/") for n in shipped)
+    tops = {n.split("/")[1] for n in shipped}
+    assert set(RUNTIME_DEPENDENCIES) <= tops
+    assert {f"python/{f}" for f in repo_files("coclib") if not f.startswith("coclib/testing/")} <= set(
+        shipped
+    )
+    assert not [
+        n
+        for n in shipped
+        if n.startswith(("python/coclib/testing/", "python/bin/")) or "__pycache__" in n or n.endswith(".pyc")
+    ]
+    assert not {"worker", "ledger", "sql", "tests"} & tops
+
+
+def test_zip_entries_are_normalised(lambda_build):
+    for zip_path in (lambda_build.function_zip, lambda_build.layer_zip):
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = zf.infolist()
+        assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+        for info in infos:
+            assert info.date_time == (1980, 1, 1, 0, 0, 0)
+            assert info.compress_type == zipfile.ZIP_DEFLATED
+            assert info.external_attr >> 16 in (0o100644, 0o100755), info.filename
+
+
+def test_sizes_are_within_targets_and_printed(lambda_build):
+    function_size = lambda_build.function_zip.stat().st_size
+    layer_size = lambda_build.layer_zip.stat().st_size
+    assert function_size <= 1 * MB
+    assert layer_size <= 15 * MB
+    unzipped = sum(
+        i.file_size
+        for z in (lambda_build.function_zip, lambda_build.layer_zip)
+        for i in zipfile.ZipFile(z).infolist()
+    )
+    assert unzipped <= 250 * MB
+    for zip_path in (lambda_build.function_zip, lambda_build.layer_zip):
+        assert re.search(
+            rf"{re.escape(zip_path.name)}: [\d.]+ [KM]B zipped, [\d.]+ [KM]B unzipped",
+            lambda_build.output,
+        )
+        assert sha256(zip_path) in lambda_build.output
+
+
+def test_two_builds_are_byte_identical_and_fast(tmp_path):
+    # Two copies of one snapshot, in different directories: the bytes depend on the sources
+    # only, not on where they are, where the zips go or the staging directory.
+    first = copy_checkout(tmp_path / "first")
+    second = copy_checkout(tmp_path / "elsewhere" / "second", source=first)
+    a = build(tmp_path / "a", checkout=first)
+    started = time.monotonic()
+    b = build(tmp_path / "b", checkout=second)
+    assert time.monotonic() - started < 60, "a build with a warm pip cache takes under a minute"
+    assert sha256(a.function_zip) == sha256(b.function_zip)
+    assert sha256(a.layer_zip) == sha256(b.layer_zip)
+
+
+def test_shared_objects_need_no_glibc_newer_than_python311_on_amazon_linux_2(lambda_build, tmp_path):
+    extract(lambda_build.function_zip, tmp_path / "task")
+    extract(lambda_build.layer_zip, tmp_path / "opt")
+    objects = elf_files(tmp_path)
+    assert objects, "psycopg-binary, orjson and aiohttp ship shared objects"
+    newest = max(v for path in objects for v in glibc_needed(path))
+    assert newest <= (2, 26), f"needs GLIBC {newest}, python3.11 on Lambda (AL2) has 2.26"
+    assert {elf_machine(path) for path in objects} == {"Advanced Micro Devices X86-64"}
+    # The script's own ELF reading agrees with binutils.
+    assert f"newest GLIBC needed: {'.'.join(map(str, newest))} " in lambda_build.output
+    # Everything else they link against ships with them (auditwheel's .libs directories).
+    shipped = {path.name for path in objects}
+    missing = {
+        (path.name, lib)
+        for path in objects
+        for lib in needed_libraries(path)
+        if lib not in shipped and lib not in LAMBDA_SYSTEM_LIBRARIES
+    }
+    assert not missing, f"linked against libraries Lambda does not have: {sorted(missing)}"
+
+
+@pytest.mark.slow
+def test_arm64_python312_build_ships_aarch64_objects(tmp_path):
+    arm = build(tmp_path / "dist", "--arch", "arm64", "--python", "3.12")
+    extract(arm.layer_zip, tmp_path / "opt")
+    objects = elf_files(tmp_path / "opt")
+    assert {elf_machine(path) for path in objects} == {"AArch64"}
+    assert max(v for path in objects for v in glibc_needed(path)) <= (2, 34)
+    assert any("cpython-312-aarch64-linux-gnu" in p.name for p in objects)
+
+
+@pytest.mark.slow
+def test_single_zip_mode_builds_one_zip_with_everything(lambda_build, tmp_path):
+    single = build(tmp_path / "dist", "--single-zip")
+    assert single.layer_zip is None
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [f"refresh-worker-{SHA}.zip"]
+    shipped = set(names(single.function_zip))
+    assert set(names(lambda_build.function_zip)) <= shipped
+    assert {n.removeprefix("python/") for n in names(lambda_build.layer_zip)} <= shipped
+
+
+def newer_glibc_object() -> Path:
+    """A shared object on this machine that needs a GLIBC newer than 2.26."""
+    import sysconfig
+
+    dirs = [
+        Path(sysconfig.get_config_var("DESTSHARED") or "/nonexistent"),
+        Path("/usr/lib/x86_64-linux-gnu"),
+        Path("/lib/x86_64-linux-gnu"),
+        Path("/usr/lib64"),
+    ]
+    for directory in dirs:
+        for path in sorted(directory.glob("*.so*")) if directory.is_dir() else []:
+            if path.is_file() and not path.is_symlink() and max(glibc_needed(path), default=(0,)) > (2, 26):
+                return path
+    pytest.fail(f"no shared object needing GLIBC > 2.26 in {dirs} to test the refusal with")
+
+
+@pytest.mark.slow
+def test_build_refuses_shared_objects_lambda_cannot_load(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout")
+    too_new = newer_glibc_object()
+    (checkout / "coclib" / "_too_new.so").write_bytes(too_new.read_bytes())
+    foreign = bytearray(too_new.read_bytes())
+    foreign[18:20] = (183).to_bytes(2, "little")  # e_machine: AArch64
+    (checkout / "coclib" / "_foreign.so").write_bytes(bytes(foreign))
+
+    proc = run_package("--sha", SHA, cwd=checkout)
+
+    assert proc.returncode != 0
+    assert "coclib/_too_new.so: needs GLIBC_2." in proc.stderr
+    assert "python3.11 on Lambda has 2.26" in proc.stderr
+    assert "coclib/_foreign.so: ELF machine 183, not x86_64" in proc.stderr
+    assert not list((checkout / "dist").glob("*.zip"))
+
+
+def test_a_dependency_without_a_wheel_stops_the_build(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout")
+    pyproject = (checkout / "pyproject.toml").read_text()
+    start = pyproject.index("dependencies = [")
+    end = pyproject.index("\n]", start) + 2
+    (checkout / "pyproject.toml").write_text(
+        pyproject[:start] + 'dependencies = ["sdist-only-fixture==1.0"]' + pyproject[end:]
+    )
+    index = tmp_path / "index"  # a local index holding only a source distribution
+    index.mkdir()
+    with tarfile.open(index / "sdist_only_fixture-1.0.tar.gz", "w:gz") as tar:
+        tar.add(checkout / "pyproject.toml", arcname="sdist_only_fixture-1.0/pyproject.toml")
+
+    proc = run_package("--sha", SHA, cwd=checkout, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index)})
+
+    assert proc.returncode != 0
+    assert (
+        "no wheel of 'sdist-only-fixture==1.0' for python3.11 (cp311) on manylinux2014_x86_64" in proc.stderr
+    )
+    assert not (checkout / "dist").exists() or not list((checkout / "dist").glob("*.zip"))
+
+
+@pytest.mark.slow
+def test_build_refuses_zips_over_lambdas_limits(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout")
+    (checkout / "sql" / "huge.bin").write_bytes(os.urandom(51 * MB))  # does not compress
+
+    proc = run_package("--sha", SHA, cwd=checkout)
+
+    assert proc.returncode != 0
+    assert f"refresh-worker-{SHA}.zip is 51.0" in proc.stderr
+    assert "Lambda takes at most 50.00 MB" in proc.stderr
+    assert not list((checkout / "dist").glob("*.zip"))

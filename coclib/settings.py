@@ -6,6 +6,7 @@ receives a `Settings` (or the pieces it needs) as an argument.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -13,6 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from coclib.errors import ConfigError
 
@@ -131,6 +135,8 @@ class Settings:
                 found.append(urlsplit(url).password)
             except ValueError:
                 continue
+        with contextlib.suppress(psycopg.ProgrammingError):  # a key=value conninfo string
+            found.append(conninfo_to_dict(self.database_url).get("password"))
         return tuple(s for s in found if s)
 
     def __repr__(self) -> str:

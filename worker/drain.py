@@ -182,6 +182,10 @@ class _Run:
         self.in_flight: dict[asyncio.Task[Fetched], _Work] = {}
         self.unfinished: list[_Work] = []  # to be deferred or skipped at the end
         self.unrecorded: list[Taken] = []  # Postgres lost them: back to the queue, no row
+        # Settled in a batch whose commit failed: it may have landed (the connection can die
+        # after COMMIT reached the server). They stay in the in-flight list, unacknowledged,
+        # for the next run's recovery to settle or requeue by what the ledger says.
+        self.in_doubt: list[Taken] = []
 
         self.rows: list[LedgerRow] = []  # terminal rows not yet committed…
         self.snapshots: list[Snapshot] = []  # …with their snapshots…
@@ -465,8 +469,8 @@ class _Run:
         try:
             await self.writer.append(rows, snapshots)
         except DatabaseUnavailable as exc:
-            # Nothing of this batch is recorded, so nothing of it may be acknowledged.
-            self.unrecorded.extend(settled)
+            # Nothing of this batch may be acknowledged, nor put back: it may have committed.
+            self.in_doubt.extend(settled)
             self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
             return
         self._count(rows)
@@ -507,18 +511,19 @@ class _Run:
         rows, snapshots, settled = [*self.rows, *closing], self.snapshots, self.settled
         self.rows, self.snapshots, self.settled = [], [], []
         put_back = [w.taken for w in leftover]
-        if not self.unrecorded:
+        if not self.unrecorded and not self.in_doubt:
             summary = self._summary_with(rows)
             try:
                 await self.writer.append(rows, snapshots, run_summary=summary)
             except DatabaseUnavailable as exc:
-                self.unrecorded.extend(settled)
+                self.in_doubt.extend(settled)  # left in the in-flight list for recovery
                 settled = []
                 self.stop, self.cause = CIRCUIT_OPEN, f"database_unavailable: {exc.detail}"
             else:
                 self._count(rows)
         else:
-            # Postgres is gone: nothing more can be recorded, so everything taken goes back.
+            # Postgres is gone: nothing more can be recorded, so everything taken goes back
+            # (these rows were never sent), except the batch in doubt.
             self.unrecorded.extend(settled)
             settled = []
         await self.d.queue.ack(settled)

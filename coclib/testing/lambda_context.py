@@ -1,0 +1,203 @@
+"""Lambda invocation inputs for tests and the local server: a context and real event shapes.
+
+`LambdaContext` has the attributes and the method of the context object the Python runtime
+(awslambdaric) passes to a handler, with the same types: `memory_limit_in_mb` is a string,
+`get_remaining_time_in_millis()` counts down from the function's timeout on the wall clock.
+
+The event builders follow the shapes AWS documents and sends:
+
+* `scheduled_event()`: an EventBridge rule's scheduled event (`aws_cloudwatch_event_rule` with
+  a `schedule_expression` and no custom input, as tofu/schedule.tf configures it);
+* `rest_event()`: an API Gateway REST API Lambda proxy integration event (payload 1.0), as the
+  method resources of tofu/api_gateway.tf send it (`resource` is the path, no `{proxy+}`);
+* `http_api_event()`: an HTTP API / function URL event (payload 2.0), which the worker refuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+
+
+class LambdaContext:
+    """The context object of one invocation (awslambdaric's `LambdaContext`, same attributes)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float = 300.0,
+        function_name: str = "coc-refresh-worker",
+        function_version: str = "$LATEST",
+        memory_mb: int = 512,
+        region: str = REGION,
+        account: str = ACCOUNT,
+        alias: str | None = "live",
+        request_id: str | None = None,
+    ) -> None:
+        self.aws_request_id = request_id or str(uuid.uuid4())
+        self.function_name = function_name
+        self.function_version = function_version
+        self.memory_limit_in_mb = str(memory_mb)  # a string on Lambda too
+        qualifier = f":{alias}" if alias else ""
+        self.invoked_function_arn = f"arn:aws:lambda:{region}:{account}:function:{function_name}{qualifier}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        today = datetime.now(UTC).strftime("%Y/%m/%d")
+        self.log_stream_name = f"{today}/[{function_version}]{uuid.uuid4().hex}"
+        self.identity = None
+        self.client_context = None
+        self.tenant_id = None
+        self._deadline_ms = int(time.time() * 1000 + timeout_seconds * 1000)
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds until Lambda stops the invocation (never negative)."""
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+    def __repr__(self) -> str:
+        return (
+            f"LambdaContext(function_name={self.function_name!r}, aws_request_id={self.aws_request_id!r}, "
+            f"remaining_ms={self.get_remaining_time_in_millis()})"
+        )
+
+
+def scheduled_event(
+    *,
+    rule: str = "coc-refresh-worker-schedule",
+    region: str = REGION,
+    account: str = ACCOUNT,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """An EventBridge scheduled event, as a rule with a schedule expression delivers it."""
+    moment = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account,
+        "time": moment,
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:{account}:rule/{rule}"],
+        "detail": {},
+    }
+
+
+def rest_event(
+    method: str,
+    path: str,
+    *,
+    body: str | bytes | None = None,
+    headers: dict[str, str] | None = None,
+    query: dict[str, list[str]] | None = None,
+    stage: str = "prod",
+    source_ip: str = "203.0.113.7",
+    api_id: str = "a1b2c3d4e5",
+    region: str = REGION,
+    account: str = ACCOUNT,
+) -> dict[str, Any]:
+    """An API Gateway REST API proxy event (payload 1.0) for `method path`.
+
+    A `bytes` body that is not UTF-8 is sent base64-encoded, as API Gateway does for binary
+    media types; JSON text is sent as is.
+    """
+    domain = f"{api_id}.execute-api.{region}.amazonaws.com"
+    request_id = str(uuid.uuid4())
+    all_headers = {
+        "Accept": "*/*",
+        "Host": domain,
+        "User-Agent": "curl/8.5.0",
+        "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}",
+        "X-Forwarded-For": source_ip,
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-Proto": "https",
+        **(headers or {}),
+    }
+    encoded = False
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            body, encoded = base64.b64encode(body).decode("ascii"), True
+    if body is not None:
+        all_headers.setdefault("Content-Type", "application/json")
+    now = datetime.now(UTC)
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": all_headers,
+        "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} if query else None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourceId": uuid.uuid4().hex[:6],
+            "resourcePath": path,
+            "httpMethod": method,
+            "extendedRequestId": base64.b32encode(uuid.uuid4().bytes).decode()[:16],
+            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "path": f"/{stage}{path}",
+            "accountId": account,
+            "protocol": "HTTP/1.1",
+            "stage": stage,
+            "domainPrefix": api_id,
+            "requestTimeEpoch": int(now.timestamp() * 1000),
+            "requestId": request_id,
+            "identity": {
+                "cognitoIdentityPoolId": None,
+                "accountId": None,
+                "cognitoIdentityId": None,
+                "caller": None,
+                "sourceIp": source_ip,
+                "principalOrgId": None,
+                "accessKey": None,
+                "cognitoAuthenticationType": None,
+                "cognitoAuthenticationProvider": None,
+                "userArn": None,
+                "userAgent": all_headers["User-Agent"],
+                "user": None,
+                "apiKey": None,
+                "apiKeyId": None,
+            },
+            "domainName": domain,
+            "apiId": api_id,
+        },
+        "body": body,
+        "isBase64Encoded": encoded,
+    }
+
+
+def http_api_event(method: str, path: str) -> dict[str, Any]:
+    """An API Gateway HTTP API (or function URL) event, payload format 2.0."""
+    now = datetime.now(UTC)
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"accept": "*/*", "user-agent": "curl/8.5.0"},
+        "requestContext": {
+            "accountId": ACCOUNT,
+            "apiId": "a1b2c3d4e5",
+            "domainName": f"a1b2c3d4e5.execute-api.{REGION}.amazonaws.com",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "curl/8.5.0",
+            },
+            "requestId": str(uuid.uuid4()),
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "isBase64Encoded": False,
+    }

@@ -67,7 +67,8 @@ class Database:
                 "row_factory": dict_row,
                 "autocommit": True,
                 "connect_timeout": max(1, round(connect_timeout)),
-                "options": f"-c statement_timeout={statement_timeout_ms}",
+                # JIT compiling costs more than our short queries take (bench/ledger.md).
+                "options": f"-c statement_timeout={statement_timeout_ms} -c jit=off",
             },
         )
         await pool.open(wait=False)

@@ -60,6 +60,7 @@ class Settings:
     environment: str = "development"
     log_level: str = "INFO"
     refresh_queue_key: str = DEFAULT_QUEUE_KEY
+    ledger_retention_days: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -70,9 +71,7 @@ class Settings:
             value = env.get(name)
             return value.strip() if value is not None and value.strip() else None
 
-        database_url = _required(get, "DATABASE_URL")
-        if not database_url.startswith(("postgres://", "postgresql://")) and "=" not in database_url:
-            raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
+        database_url = database_url_from_env(env)
         redis_url = _required(get, "REDIS_URL")
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
@@ -101,6 +100,10 @@ class Settings:
                 "must contain a {hash tag} so every derived key shares its Redis Cluster slot",
             )
 
+        retention = get("LEDGER_RETENTION_DAYS")
+        if retention is not None and (not retention.isdigit() or int(retention) < 1):
+            raise ConfigError("LEDGER_RETENTION_DAYS", "must be a whole number of days, 1 or more")
+
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -112,6 +115,7 @@ class Settings:
             environment=environment,
             log_level=log_level,
             refresh_queue_key=queue_key,
+            ledger_retention_days=int(retention) if retention else None,
         )
 
     @property
@@ -153,6 +157,17 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """Only `DATABASE_URL`, validated: for tools that need Postgres alone (`python -m ledger`)."""
+    env = os.environ if environ is None else environ
+    value = (env.get("DATABASE_URL") or "").strip()
+    if not value:
+        raise ConfigError("DATABASE_URL", "is required but not set")
+    if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
+        raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
+    return value
 
 
 def _required(get, name: str) -> str:

@@ -14,9 +14,10 @@
     (600 s, five schedule periods) or ever, and the oldest queued request has waited at
     least that long too (or its age is unknown), so a queue that just received its first
     request is not called stalled;
-  - *orphaned attempts*: the view's `orphaned_attempts` (attempts that nothing settled or
-    ended after the grace period of `refresh_orphaned_attempts`, over the view's window) is
-    above `max_orphaned_attempts` (0): a run died between an API call and its commit;
+  - *orphaned attempts*: the view's `orphaned_attempts` (attempts in the last hour that
+    nothing settled or ended after the 10-minute grace period, found through
+    `refresh_orphaned_attempts_between`) is above `max_orphaned_attempts` (0): a run died
+    between an API call and its commit;
   - *circuit open*: the last recorded run stopped with `circuit_open` (maintenance, bad
     credentials, throttling, an API outage; a run that finds Postgres down records nothing,
     and that case is already unhealthy).

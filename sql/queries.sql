@@ -64,3 +64,22 @@ SELECT 1 AS ok;
 -- name: health
 -- Ledger statistics for GET /health.
 SELECT * FROM refresh_health;
+
+-- name: ensure_partitions
+-- Make today's and the next days' ledger partitions; returns how many were new.
+SELECT refresh_ledger_ensure_partitions(%(days_ahead)s) AS created;
+
+-- name: expired_partitions
+-- The ledger partitions retention with this many days would drop.
+SELECT * FROM refresh_ledger_expired_partitions(%(days)s);
+
+-- name: drop_expired_partitions
+-- Retention: drop every partition whose rows are all older than this many days.
+SELECT * FROM refresh_ledger_drop_partitions_older_than(%(days)s);
+
+-- name: list_partitions
+-- Every ledger partition with its range, estimated rows and size; the default last.
+SELECT partition::text AS partition, range_start, range_end, is_default, estimated_rows,
+       pg_size_pretty(total_bytes) AS size
+FROM refresh_ledger_partitions
+ORDER BY is_default, range_start;

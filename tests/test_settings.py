@@ -21,6 +21,8 @@ def test_defaults():
     assert s.coc_api_base_url == "https://api.clashofclans.com/v1"
     assert s.environment == "development" and s.log_level == "INFO"
     assert s.refresh_queue_key == "{coc:refresh}:queue"
+    assert s.ledger_retention_days is None
+    assert Settings.from_env({**BASE, "LEDGER_RETENTION_DAYS": "30"}).ledger_retention_days == 30
     assert not s.has_credentials
 
 
@@ -41,6 +43,8 @@ def test_defaults():
         ({"COC_PASSWORD": "pw-only"}, "COC_EMAIL"),
         ({"COC_API_BASE_URL": "api.example"}, "COC_API_BASE_URL"),
         ({"REFRESH_QUEUE_KEY": "no-hash-tag:queue"}, "REFRESH_QUEUE_KEY"),
+        ({"LEDGER_RETENTION_DAYS": "0"}, "LEDGER_RETENTION_DAYS"),
+        ({"LEDGER_RETENTION_DAYS": "a week"}, "LEDGER_RETENTION_DAYS"),
     ],
 )
 def test_a_bad_setting_is_one_error_naming_the_variable(changes, variable):

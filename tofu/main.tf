@@ -40,7 +40,8 @@ locals {
     },
     var.coc_email != null ? { COC_EMAIL = var.coc_email } : {},
     var.coc_password != null ? { COC_PASSWORD = var.coc_password } : {},
-    length(var.coc_api_tokens) > 0 ? { COC_API_TOKENS = join(",", var.coc_api_tokens) } : {}
+    length(var.coc_api_tokens) > 0 ? { COC_API_TOKENS = join(",", var.coc_api_tokens) } : {},
+    var.ledger_retention_days != null ? { LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days) } : {}
   )
 
   has_coc_credentials = (var.coc_email != null && var.coc_password != null) || length(var.coc_api_tokens) > 0

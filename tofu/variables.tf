@@ -248,6 +248,17 @@ variable "refresh_queue_key" {
   }
 }
 
+variable "ledger_retention_days" {
+  description = "LEDGER_RETENTION_DAYS: after each run, drop ledger partitions whose rows are all older than this many days. null keeps all history. The database role must own refresh_ledger."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.ledger_retention_days == null || try(var.ledger_retention_days >= 1 && floor(var.ledger_retention_days) == var.ledger_retention_days, false)
+    error_message = "ledger_retention_days must be a whole number of days, 1 or more, or null."
+  }
+}
+
 # ---------------------------------------------------------------------------
 # Schedule
 # ---------------------------------------------------------------------------

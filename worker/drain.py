@@ -40,6 +40,7 @@ from coclib.ratelimit import RateLimiter
 from coclib.snapshots import Snapshot
 from coclib.sqlfiles import load_queries
 from ledger.outcomes import REASON_DEADLINE, REASON_INTERRUPTED, LedgerRow, Outcome
+from ledger.partitions import ensure_partitions
 from ledger.writer import LedgerWriter, row_dict
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class _Run:
         except DatabaseUnavailable as exc:
             self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
             return False
+        await ensure_partitions(self.d.db)  # never raises: the default partition catches rows
         try:
             self.api = await self.d.connect_api()
         except SystemicError as exc:

@@ -16,7 +16,8 @@ from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
 from ledger.health import HealthRules
-from worker.drain import Drain, DrainPolicy, RunSummary
+from ledger.partitions import apply_retention
+from worker.drain import LEASE_HELD, Drain, DrainPolicy, RunSummary
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,11 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        return await drain.run(time.monotonic() + seconds, policy=policy)
+        summary = await drain.run(time.monotonic() + seconds, policy=policy)
+        days = self.settings.ledger_retention_days
+        if days is not None and summary.stopped != LEASE_HELD:
+            await apply_retention(drain.db, days)  # never raises: the next run tries again
+        return summary
 
     async def health(
         self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS

@@ -302,6 +302,6 @@ def test_build_refuses_zips_over_lambdas_limits(tmp_path):
     proc = run_package("--sha", SHA, cwd=checkout)
 
     assert proc.returncode != 0
-    assert f"refresh-worker-{SHA}.zip is 51.0" in proc.stderr
+    assert re.search(rf"refresh-worker-{SHA}\.zip is 51\.\d+ MB", proc.stderr), proc.stderr
     assert "Lambda takes at most 50.00 MB" in proc.stderr
     assert not list((checkout / "dist").glob("*.zip"))

@@ -512,6 +512,7 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "ENVIRONMENT",
         "LOG_LEVEL",
         "REFRESH_QUEUE_KEY",
+        "LEDGER_RETENTION_DAYS",
         "PYTHONPATH",
     }
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env

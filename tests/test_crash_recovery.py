@@ -1,0 +1,143 @@
+"""Crash recovery: `python -m worker drain` killed with SIGKILL at random moments, then recovered.
+
+A real drain process (the command line an operator or the local server runs, the same code
+the Lambda handler calls) works through a backlog against this test's Postgres, Redis and the
+session's simulator (it serves on 127.0.0.1 from a thread of the test process, so the child
+reaches it over TCP). The test kills it with SIGKILL at a random moment, several times in a
+row; each kill can land anywhere: during start-up, recovery, a take, an `attempted` write, a
+call, a flush, an acknowledgement or the final put-back.
+
+A killed drain leaves its lease in Redis for its 30-second TTL. Rather than wait, the test
+deletes the lease key after each kill, which is exactly what its expiry would do, and starts
+the next process (or, at the end, runs in-process drains until the queue is empty).
+
+After every kill: nothing lost (every request is queued, in flight or settled), nothing
+duplicated in the queue or in-flight lists, nothing settled twice, no settled request back in
+the queue, the ledger only grew, and the API never saw a call without an `attempted` row before
+it. At the end: every request ended `fetched` or `failed` (`interrupted` included) exactly once,
+with an outcome that fits it, and the queue and in-flight lists are empty.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from coclib.keys import QueueKeys
+from coclib.settings import Settings
+from tests.helpers import drain
+from tests.invariants import (
+    Ledger,
+    RequestFactory,
+    check_calls,
+    check_conservation,
+    check_outcomes,
+    check_request_histories,
+    read_world,
+)
+from worker.drain import DrainPolicy
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLS = 7
+
+
+def _backlog(factory: RequestFactory, sim) -> list:
+    # About 300 requests: at 30/s more work than the killed processes get through.
+    items = [factory.request("valid", kind) for kind in ("player", "clan", "war") for _ in range(95)]
+    items += [factory.request("not_found", "player") for _ in range(8)]
+    items += [factory.request("private", "war") for _ in range(5)]
+    items += [factory.malformed(v) for v in ("not_json", "bad_kind", "bad_tag", "too_big", "no_tag")]
+    random.Random(7).shuffle(items)
+    sim.not_found.update(i.tag for i in items if i.category == "not_found")
+    sim.private_war_log.update(i.tag for i in items if i.category == "private")
+    return items
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
+    seed, worker_env, database_url, simulator, tmp_path
+):
+    rng = random.Random(seed)
+    queue_key = f"{{coc:crash:{uuid.uuid4().hex[:12]}}}:queue"
+    env = {**worker_env, "REFRESH_QUEUE_KEY": queue_key, "LOG_LEVEL": "WARNING"}
+    settings = Settings.from_env(env)
+    keys = QueueKeys(queue_key)
+    client = redis.Redis.from_url(settings.redis_url)
+    simulator.latency = (0.05, 0.25)
+
+    factory = RequestFactory()
+    items = _backlog(factory, simulator)
+    by_id = {i.id: i for i in items}
+    client.rpush(keys.queue, *[i.raw for i in items])
+
+    ledger = Ledger()
+    child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    kills: list[tuple[float, int, int]] = []  # (seconds after start, ledger rows, in-flight items)
+    try:
+        for n in range(KILLS):
+            log = (tmp_path / f"drain-{n}.log").open("wb")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "drain", "--seconds", "20"],
+                cwd=ROOT,
+                env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            at = rng.uniform(0.2, 2.5)
+            time.sleep(at)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            log.close()
+
+            world = read_world(database_url, client, keys, simulator.calls)
+            context = f"kill {n + 1} at {at:.2f} s (seed {seed}); log: {tmp_path}/drain-{n}.log"
+            try:
+                ledger.advance(world)
+                check_conservation(world, by_id, inflight_allowed=True)
+                check_request_histories(world)
+                check_calls(world, by_id)
+                check_outcomes(world, by_id)
+            except AssertionError as exc:
+                raise AssertionError(f"after {context}: {exc}") from exc
+            kills.append((round(at, 2), len(world.rows), len(world.inflight)))
+            # The dead drain's lease would expire after its 30 s TTL: expire it now.
+            client.delete(keys.lease)
+
+        # Recovery: in-process drains, each a fresh worker as a cold Lambda start would be.
+        summaries = []
+        for _ in range(4):
+            world = read_world(database_url, client, keys, simulator.calls)
+            if not world.queue and not world.inflight:
+                break
+            summaries.append(drain(settings, seconds=30, policy=DrainPolicy()))
+
+        world = read_world(database_url, client, keys, simulator.calls)
+        ledger.advance(world)
+        assert summaries, f"the killed processes drained everything: nothing left to recover ({kills})"
+        assert world.queue == [] and world.inflight == [], f"not drained after {summaries}"
+        check_conservation(world, by_id, inflight_allowed=False)
+        check_request_histories(world, finished_runs=[s.run_id for s in summaries])
+        check_calls(world, by_id)
+        check_outcomes(world, by_id, interrupted_limit=DrainPolicy().interrupted_limit)
+        for item in items:
+            settles = world.settling(item.id)
+            assert len(settles) == 1, f"{item.id} settled {len(settles)} times: {world.rows_of(item.id)}"
+        # The kills really did interrupt work: some runs left attempts without a terminal row.
+        abandoned = {(r["request_id"], r["run_id"]) for r in world.rows if r["outcome"] == "attempted"} - {
+            (r["request_id"], r["run_id"]) for r in world.rows if r["outcome"] != "attempted"
+        }
+        assert abandoned, f"no kill landed while a request was in flight: {kills}"
+        assert any(n for _, _, n in kills), f"no kill left anything in the in-flight list: {kills}"
+    finally:
+        client.delete(*client.keys(queue_key.split("}")[0] + "}*") or [keys.queue])
+        client.close()

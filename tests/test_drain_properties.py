@@ -1,0 +1,598 @@
+"""The drain as a hypothesis state machine against real Postgres, Redis and the simulator.
+
+Each example gets a fresh database (a copy of the session's migrated template), its own
+Redis queue key (its own `{hash tag}`, so no other test's items can mix in) and an empty
+simulator call log. Between steps the machine pushes requests (valid, 404 tags, private
+war logs, malformed payloads), flips faults (latency, tags going missing, maintenance, a
+revoked key, server errors) and runs drains: to completion, with a short deadline,
+cancelled part-way, or against a dead Postgres.
+
+The drains of one example share one `RateLimiter` and one API client, as the runs of a warm
+Lambda container do; each run is a new `Drain.run()` (its own run id and lease).
+
+After every step (`invariants.py` has the details):
+  * conservation: every request is queued, in flight, or settled exactly once; nothing is
+    duplicated; a finished run leaves the in-flight list empty;
+  * per request and run at most one terminal row, nothing after a settling row (so a
+    `failed` request is never attempted again), every request a finished run attempted has
+    its terminal row; the ledger only grows and old rows never change;
+  * the API saw a call only after its `attempted` row, never after the request settled,
+    never for a malformed item; never more than COC_REQS_PER_SEC calls in a 1-second window;
+  * outcomes fit the request and the API's answers; snapshots hold the API's body and a
+    `fetched_at` between the attempt and the `fetched` row.
+After every drain: the queue is exactly the old in-flight list plus the old queue, minus what
+is now settled (and minus what a cancelled run left in flight), in the same order; first
+attempts in the run follow that order; its summary agrees with the ledger; a maintenance
+window, a revoked key and a dead Postgres fail nothing that needed the API (a dead Postgres
+changes nothing at all). At the end of each example every fault is switched off, drains run
+until the queue is empty, and every request must have ended `fetched` or `failed` exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+
+import psycopg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from coclib.coc_api import CocApi
+from coclib.db import Database
+from coclib.keys import QueueKeys
+from coclib.queue import RefreshQueue
+from coclib.ratelimit import RateLimiter
+from coclib.testing.services import create_database, drop_database
+from tests.conftest import TEST_TOKEN
+from tests.invariants import (
+    KINDS,
+    MALFORMED,
+    OFFLINE_REASONS,
+    Ledger,
+    RequestFactory,
+    check_calls,
+    check_conservation,
+    check_outcomes,
+    check_request_histories,
+    check_run_order,
+    check_summary,
+    expected_queue_after,
+    raw_id,
+    read_world,
+    run_rows,
+)
+from worker.drain import CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY, Drain, DrainPolicy
+
+RATE = 20  # COC_REQS_PER_SEC for these drains
+DEAD_POSTGRES = "postgresql://postgres@127.0.0.1:1/nowhere"
+_databases = itertools.count()
+
+policies = st.builds(
+    DrainPolicy,
+    max_in_flight=st.integers(1, 16),
+    dispatch_batch=st.integers(1, 8),
+    prefetch=st.integers(1, 24),
+    flush_rows=st.integers(1, 32),
+    flush_interval=st.sampled_from([0.05, 0.2, 0.5]),
+    call_timeout=st.just(3.0),
+    max_tries=st.integers(1, 3),
+    retry_backoff=st.just(0.02),
+    transient_streak=st.integers(2, 5),
+    finish_reserve=st.just(0.1),
+    interrupted_limit=st.integers(1, 3),
+)
+
+
+class PostgresProxy:
+    """A TCP proxy to Postgres that dies, for good, right after the server commits the k-th COMMIT.
+
+    It reads the protocol's message framing in both directions (no TLS: the URL it hands out
+    says sslmode=disable): when the server's CommandComplete for the k-th COMMIT a client sent
+    comes back, every connection is cut before that answer reaches the client, and new
+    connections are refused. The client cannot know its transaction committed: Postgres died
+    at the worst moment.
+    """
+
+    def __init__(self, target: dict[str, str], cut_at_commit: int) -> None:
+        self.target = target
+        self.cut_at = cut_at_commit
+        self.commits = 0
+        self.cut = False
+        self.server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        info = {
+            **self.target,
+            "host": "127.0.0.1",
+            "port": str(port),
+            "sslmode": "disable",
+            "gssencmode": "disable",
+        }
+        return psycopg.conninfo.make_conninfo(**info)
+
+    async def die(self) -> None:
+        self.cut = True
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.cut:
+            client_w.transport.abort()
+            return
+        host = self.target.get("host") or "127.0.0.1"
+        server_r, server_w = await asyncio.open_connection(host, int(self.target.get("port") or 5432))
+        self._writers |= {client_w, server_w}
+        armed = False
+
+        async def message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[bytes, bytes]:
+            kind = await reader.readexactly(1) if typed else b""
+            head = await reader.readexactly(4)
+            return kind, head + await reader.readexactly(int.from_bytes(head, "big") - 4)
+
+        async def upstream() -> None:
+            nonlocal armed
+            kind, body = await message(client_r, typed=False)  # the startup message
+            server_w.write(body)
+            while True:
+                kind, body = await message(client_r)
+                if kind in (b"Q", b"P") and b"COMMIT" in body[:80]:
+                    self.commits += 1
+                    armed = armed or self.commits == self.cut_at
+                server_w.write(kind + body)
+                await server_w.drain()
+
+        async def downstream() -> None:
+            while True:
+                kind, body = await message(server_r)
+                if armed and kind == b"C" and body[4:].startswith(b"COMMIT"):
+                    await self.die()  # committed on the server; the client never hears of it
+                    return
+                client_w.write(kind + body)
+                await client_w.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for writer in (client_w, server_w):
+                writer.transport.abort()
+                self._writers.discard(writer)
+
+
+# (category, kind, option): option is how a request is spelled, or which malformed payload.
+request_specs = st.one_of(
+    st.tuples(st.just("valid"), st.sampled_from(KINDS), st.sampled_from(["id", "no_id", "lower_case"])),
+    st.tuples(st.just("not_found"), st.sampled_from(KINDS), st.just("id")),
+    st.tuples(st.just("private"), st.just("war"), st.just("id")),
+    st.tuples(st.just("malformed"), st.none(), st.sampled_from(sorted(MALFORMED))),
+)
+
+
+class DrainMachine(RuleBasedStateMachine):
+    # Set by the test function from its fixtures.
+    admin_url: str
+    template: str
+    redis_url: str
+    sim = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db_name = f"coc_prop_{os.getpid()}_{next(_databases)}"
+        self.db_url = create_database(self.admin_url, self.db_name, template=self.template)
+        self.keys = QueueKeys(f"{{coc:prop:{uuid.uuid4().hex[:12]}}}:queue")
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.factory = RequestFactory()
+        self.items: dict[str, object] = {}
+        self.ledger = Ledger()
+        self.finished_runs: set[str] = set()
+        self.inflight_allowed = False
+        self.missing: set[str] = set()  # valid tags the API now answers 404 for
+        self.policy = DrainPolicy()
+        sim = self.sim
+        sim.reset_faults()
+        sim.latency = (0.0, 0.0)
+        sim.rate_limit = None
+        sim.tokens.clear()
+        sim.tokens.add(TEST_TOKEN)
+        sim.clear_calls()
+        self.limiter = RateLimiter(RATE)
+        self.runner = asyncio.Runner()
+        self.aredis: aioredis.Redis | None = None
+        self.queue: RefreshQueue | None = None
+        self.db: Database | None = None
+        self.api: CocApi | None = None
+        self.clean = True  # false once a step raised: teardown then only cleans up
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self.aredis is None:
+            self.aredis = aioredis.Redis.from_url(self.redis_url)
+            self.queue = RefreshQueue(self.aredis, self.keys)
+            self.db = await Database.open(self.db_url)
+
+    async def _connect_api(self) -> CocApi:
+        if self.api is None:
+            self.api = await CocApi.connect(
+                base_url=self.sim.base_url, limiter=self.limiter, tokens=(TEST_TOKEN,), max_in_flight=64
+            )
+        return self.api
+
+    async def _run(self, seconds: float, *, db: Database | None = None, cancel_after: float | None = None):
+        await self._open()
+        drain = Drain(
+            queue=self.queue,
+            db=db or self.db,
+            connect_api=self._connect_api,
+            limiter=self.limiter,
+            policy=self.policy,
+        )
+        task = asyncio.ensure_future(drain.run(time.monotonic() + seconds))
+        if cancel_after is None:
+            return await task
+        await asyncio.sleep(cancel_after)
+        task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
+    def world(self):
+        return read_world(self.db_url, self.redis, self.keys, self.sim.calls)
+
+    def push(self, *items) -> None:
+        self.redis.rpush(self.keys.queue, *[i.raw for i in items])
+        for item in items:
+            self.items[item.id] = item
+
+    @property
+    def systemic_fault(self) -> bool:
+        return self.sim.maintenance or TEST_TOKEN not in self.sim.tokens
+
+    @property
+    def any_fault(self) -> bool:
+        return self.systemic_fault or self.sim.server_error
+
+    def drain_step(
+        self,
+        seconds: float,
+        *,
+        cancel_after: float | None = None,
+        dead_postgres: bool = False,
+        postgres_dies_at_commit: int | None = None,
+    ):
+        self.clean = False
+        before = self.world()
+        calls_before = len(before.calls)
+        proxy = None
+        if postgres_dies_at_commit is not None:
+            proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(self.db_url), postgres_dies_at_commit)
+
+            async def through_proxy():
+                url = await proxy.start()
+                db = await Database.open(url, connect_timeout=0.5)
+                try:
+                    return await self._run(seconds, db=db)
+                finally:
+                    await proxy.die()
+                    await db.close()
+
+            summary = self.runner.run(through_proxy())
+        elif dead_postgres:
+            dead = self.runner.run(Database.open(DEAD_POSTGRES, connect_timeout=0.5))
+            try:
+                summary = self.runner.run(self._run(seconds, db=dead))
+            finally:
+                self.runner.run(dead.close())
+        else:
+            summary = self.runner.run(self._run(seconds, cancel_after=cancel_after))
+        after = self.world()
+        # Shown by --hypothesis-show-statistics: how runs ended, and whether Postgres died with
+        # a batch in doubt (settled items left in the in-flight list for recovery).
+        event(f"run stopped: {summary.stopped if summary else 'cancelled'}")
+        if proxy is not None and proxy.commits >= proxy.cut_at:
+            settled = after.settled_ids()
+            in_doubt = any(raw_id(r) in settled for r in after.inflight)
+            event(f"postgres died; settled items left in flight: {in_doubt}")
+
+        assert after.lease is None, "the drain left its lease behind"
+        # The queue afterwards: the old in-flight list and queue, minus what settled, in order.
+        assert after.queue == expected_queue_after(before.inflight, before.queue, after)
+        if summary is not None:
+            check_run_order(after, summary.run_id, [raw_id(r) for r in [*before.inflight, *before.queue]])
+        if dead_postgres:
+            assert summary.stopped == CIRCUIT_OPEN and "database_unavailable" in summary.cause
+            assert after.queue == before.queue and after.inflight == before.inflight
+            assert after.rows == before.rows
+            assert len(after.calls) == calls_before, "a drain without Postgres called the API"
+        elif summary is None or (proxy is not None and proxy.commits >= proxy.cut_at):
+            # A cancelled run, or one whose Postgres died, may leave items for recovery.
+            self.inflight_allowed = True
+            if summary is not None:
+                assert summary.stopped == CIRCUIT_OPEN and "database_unavailable" in summary.cause, summary
+        else:
+            self.inflight_allowed = False
+            self.finished_runs.add(summary.run_id)
+            check_summary(after, summary)
+            rows = run_rows(after, summary.run_id)
+            if self.systemic_fault:
+                # Maintenance or a revoked key: nothing that needed the API failed or was fetched.
+                bad = [
+                    (r["request_id"], r["outcome"], r["reason"])
+                    for r in rows
+                    if r["outcome"] == "fetched"
+                    or (r["outcome"] == "failed" and r["reason"] not in OFFLINE_REASONS | {"interrupted"})
+                ]
+                assert not bad, f"a systemic fault settled requests: {bad}"
+                assert summary.stopped in (CIRCUIT_OPEN, QUEUE_EMPTY, DEADLINE)
+                if any(r["outcome"] == "attempted" for r in rows) and seconds >= 10:
+                    assert summary.stopped == CIRCUIT_OPEN
+            elif not self.any_fault and seconds >= 10:
+                assert summary.stopped == QUEUE_EMPTY, summary
+                assert after.queue == [] and after.inflight == []
+        self.clean = True
+
+    # -- rules: requests -------------------------------------------------------------------
+
+    @initialize(policy=policies, specs=st.lists(request_specs, min_size=1, max_size=12))
+    def start(self, policy, specs):
+        self.policy = policy
+        self.enqueue(specs)
+
+    @rule(specs=st.lists(request_specs, min_size=1, max_size=6))
+    def enqueue(self, specs):
+        items = []
+        for category, kind, option in specs:
+            if category == "malformed":
+                items.append(self.factory.malformed(option))
+                continue
+            item = self.factory.request(
+                category, kind, with_id=option != "no_id", lower_case=option == "lower_case"
+            )
+            if category == "not_found":
+                self.sim.not_found.add(item.tag)
+            elif category == "private":
+                self.sim.private_war_log.add(item.tag)
+            items.append(item)
+        self.push(*items)
+
+    @rule(n=st.integers(12, 30))
+    def enqueue_backlog(self, n):
+        self.push(*[self.factory.request("valid", "player") for _ in range(n)])
+
+    # -- rules: faults ---------------------------------------------------------------------
+
+    @rule(pick=st.integers(0, 1000))
+    def a_tag_goes_missing(self, pick):
+        # Chosen from the model, not from Redis, so the choice does not depend on timing.
+        valid = [i for i in self.items.values() if i.category == "valid"]
+        if valid:
+            tag = valid[pick % len(valid)].tag
+            self.missing.add(tag)
+            self.sim.not_found.add(tag)
+
+    @rule()
+    def missing_tags_come_back(self):
+        self.sim.not_found.difference_update(self.missing)
+
+    @rule(low=st.sampled_from([0.0, 0.02, 0.1]), spread=st.sampled_from([0.0, 0.05, 0.2]))
+    def latency(self, low, spread):
+        self.sim.latency = (low, low + spread)
+
+    @rule(on=st.booleans())
+    def maintenance(self, on):
+        self.sim.maintenance = on
+
+    @rule(on=st.booleans())
+    def key_revoked(self, on):
+        if on:
+            self.sim.tokens.discard(TEST_TOKEN)
+        else:
+            self.sim.tokens.add(TEST_TOKEN)
+
+    @rule(on=st.booleans())
+    def server_errors(self, on):
+        self.sim.server_error = on
+
+    # -- rules: drains ---------------------------------------------------------------------
+
+    @rule()
+    def drain(self):
+        self.drain_step(30.0)
+
+    @rule(seconds=st.floats(0.2, 1.5))
+    def drain_with_a_short_deadline(self, seconds):
+        self.drain_step(seconds)
+
+    @rule(after=st.floats(0.0, 0.8))
+    def drain_cancelled_part_way(self, after):
+        self.drain_step(30.0, cancel_after=after)
+
+    @rule(commit=st.integers(1, 6))
+    def drain_while_postgres_dies(self, commit):
+        self.drain_step(30.0, postgres_dies_at_commit=commit)
+
+    @rule()
+    def drain_with_postgres_down(self):
+        self.drain_step(30.0, dead_postgres=True)
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def ledger_queue_and_api_agree(self):
+        self.clean = False
+        world = self.world()
+        self.ledger.advance(world)
+        check_conservation(world, self.items, inflight_allowed=self.inflight_allowed)
+        check_request_histories(world, finished_runs=self.finished_runs)
+        check_calls(world, self.items)
+        check_outcomes(
+            world, self.items, missing_tags=self.missing, interrupted_limit=self.policy.interrupted_limit
+        )
+        assert self.sim.max_calls_in_window(1.0) <= RATE
+        self.clean = True
+
+    # -- the end: faults off, drain until empty, everything settled once -------------------
+
+    def settle_everything(self):
+        sim = self.sim
+        sim.maintenance = sim.server_error = False
+        sim.tokens.add(TEST_TOKEN)
+        sim.latency = (0.0, 0.0)
+        sim.not_found.difference_update(self.missing)
+        for _ in range(6):
+            world = self.world()
+            if not world.queue and not world.inflight:
+                break
+            self.drain_step(30.0)
+        world = self.world()
+        assert world.queue == [] and world.inflight == [], "faults off, yet drains did not empty the queue"
+        self.ledger.advance(world)
+        check_conservation(world, self.items, inflight_allowed=False)
+        check_request_histories(world, finished_runs=self.finished_runs)
+        check_calls(world, self.items)
+        check_outcomes(
+            world, self.items, missing_tags=self.missing, interrupted_limit=self.policy.interrupted_limit
+        )
+        for item in self.items.values():
+            settles = world.settling(item.id)
+            assert len(settles) == 1, f"{item.id} ended with {len(settles)} settling rows"
+        assert self.sim.max_calls_in_window(1.0) <= RATE
+
+    def teardown(self):
+        try:
+            if self.clean:
+                self.settle_everything()
+        finally:
+
+            async def close():
+                if self.api is not None:
+                    await self.api.close()
+                if self.db is not None:
+                    await self.db.close()
+                if self.aredis is not None:
+                    await self.aredis.aclose()
+
+            self.runner.run(close())
+            self.runner.close()
+            keys = self.redis.keys(self.keys.queue.split("}")[0] + "}*")
+            if keys:
+                self.redis.delete(*keys)
+            self.redis.close()
+            drop_database(self.admin_url, self.db_name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a failure is shrunk for up to 5 minutes: let it report
+def test_drain_state_machine(pg_admin_url, template_database, redis_url, simulator):
+    DrainMachine.admin_url = pg_admin_url
+    DrainMachine.template = template_database
+    DrainMachine.redis_url = redis_url
+    DrainMachine.sim = simulator
+    run_state_machine_as_test(
+        DrainMachine,
+        settings=settings(
+            max_examples=int(os.environ.get("DRAIN_PROPERTY_EXAMPLES", "14")),
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+@pytest.mark.parametrize("cut_at_commit", range(1, 9))
+def test_postgres_dying_right_after_a_commit_neither_loses_nor_repeats_a_request(
+    cut_at_commit, database_url, redis_url, simulator
+):
+    """Postgres dies just after committing the k-th transaction, before the worker hears back.
+
+    One call at a time and one row per flush, so the commits alternate between `attempted`
+    groups and terminal batches and every k hits a different point of the run. Whatever the
+    worker does about the transaction it cannot know landed, a later run must end with every
+    request settled exactly once, and a settled request must never be taken again.
+    """
+    factory = RequestFactory()
+    items = [factory.request("valid", "player") for _ in range(3)]
+    items += [factory.request("not_found", "clan") for _ in range(2)]
+    items.append(factory.malformed("bad_kind"))
+    simulator.not_found.update(i.tag for i in items if i.category == "not_found")
+    keys = QueueKeys(f"{{coc:pgdies:{uuid.uuid4().hex[:12]}}}:queue")
+    client = redis.Redis.from_url(redis_url)
+    client.rpush(keys.queue, *[i.raw for i in items])
+    by_id = {i.id: i for i in items}
+    policy = DrainPolicy(
+        max_in_flight=1,
+        dispatch_batch=1,
+        prefetch=2,
+        flush_rows=1,
+        flush_interval=0.01,
+        retry_backoff=0.01,
+        finish_reserve=0.1,
+    )
+
+    async def drains():
+        aredis = aioredis.Redis.from_url(redis_url)
+        queue = RefreshQueue(aredis, keys)
+        limiter = RateLimiter(RATE)
+        api = await CocApi.connect(base_url=simulator.base_url, limiter=limiter, tokens=(TEST_TOKEN,))
+
+        async def connect():
+            return api
+
+        proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(database_url), cut_at_commit)
+        dying = await Database.open(await proxy.start(), connect_timeout=0.5)
+        db = await Database.open(database_url)
+        try:
+            first = await Drain(
+                queue=queue, db=dying, connect_api=connect, limiter=limiter, policy=policy
+            ).run(time.monotonic() + 30)
+            middle = read_world(database_url, client, keys, simulator.calls)
+            summaries = []
+            for _ in range(3):  # Postgres is back
+                summaries.append(
+                    await Drain(queue=queue, db=db, connect_api=connect, limiter=limiter, policy=policy).run(
+                        time.monotonic() + 30
+                    )
+                )
+            return first, middle, summaries
+        finally:
+            await proxy.die()
+            await dying.close()
+            await db.close()
+            await api.close()
+            await aredis.aclose()
+
+    try:
+        first, middle, summaries = asyncio.run(drains())
+        assert proxy_cut(first), first
+        # Right after the death: nothing lost, nothing settled twice, nothing settled queued.
+        check_conservation(middle, by_id, inflight_allowed=True)
+        world = read_world(database_url, client, keys, simulator.calls)
+        assert world.queue == [] and world.inflight == []
+        check_conservation(world, by_id, inflight_allowed=False)
+        check_request_histories(world, finished_runs=[s.run_id for s in summaries])
+        check_calls(world, by_id)
+        check_outcomes(world, by_id, interrupted_limit=policy.interrupted_limit)
+        for item in items:
+            assert len(world.settling(item.id)) == 1, (item.id, world.rows_of(item.id))
+    finally:
+        client.close()
+
+
+def proxy_cut(summary) -> bool:
+    return summary.stopped == CIRCUIT_OPEN and "database_unavailable" in (summary.cause or "")

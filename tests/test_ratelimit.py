@@ -1,0 +1,244 @@
+"""Properties of `coclib.ratelimit.RateLimiter`, on a virtual clock (no timed assertions).
+
+Every test runs the limiter inside an event loop whose clock is virtual: `loop.time()`
+returns a counter, and when every task is waiting the loop jumps the counter to the next
+timer instead of sleeping (the selector is asked to wait `timeout` seconds; we add the
+timeout to the counter and poll without blocking). The limiter gets that clock and
+`asyncio.sleep` injected, so its waits cost no wall time and its grant times are exact.
+
+Arrivals are tasks that sleep (virtually) until their arrival time, note the order in which
+they asked, call `acquire()` and note the virtual time of the grant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import selectors
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coclib.ratelimit import RateLimiter
+
+MARGIN = 0.02  # the limiter's default, restated: the tests must notice if it changes
+EPS = 1e-9
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """A selector whose waits advance a virtual clock instead of blocking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None):
+        if timeout is None:
+            # Nothing scheduled and nothing ready: every task waits forever.
+            raise AssertionError("deadlock: every task is waiting and no timer is pending")
+        if timeout > 0:
+            self.now += timeout
+        return super().select(0)
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self._virtual = _VirtualSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def run_virtual(main):
+    """Run `main()` (a coroutine function taking the loop) on a virtual-time loop."""
+    loop = _VirtualLoop()
+    try:
+        return loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+
+
+@dataclass
+class Trace:
+    asked: list[int]  # arrival indices in the order they called acquire()
+    granted: list[tuple[int, float]]  # (arrival index, virtual grant time) in grant order
+    ask_time: dict[int, float]
+    limiter: RateLimiter
+
+
+def simulate(rate: float, arrivals: Sequence[float], *, overshoot: float = 0.0, seed: int = 0) -> Trace:
+    """Arrival i calls acquire() at virtual time arrivals[i] (sorted, seconds from 0).
+
+    `overshoot`: the limiter's sleeps last up to this much longer than asked (uniformly), as
+    real timers do (epoll rounds up to the millisecond; a busy loop wakes later still).
+    """
+    rng = random.Random(seed)
+
+    async def late_sleep(delay: float) -> None:
+        await asyncio.sleep(delay + rng.uniform(0.0, overshoot))
+
+    async def main(loop: asyncio.AbstractEventLoop) -> Trace:
+        limiter = RateLimiter(rate, clock=loop.time, sleep=late_sleep if overshoot else asyncio.sleep)
+        asked: list[int] = []
+        ask_time: dict[int, float] = {}
+        granted: list[tuple[int, float]] = []
+
+        async def arrive(i: int, at: float) -> None:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            asked.append(i)
+            ask_time[i] = loop.time()
+            await limiter.acquire()
+            granted.append((i, loop.time()))
+
+        await asyncio.gather(*(arrive(i, at) for i, at in enumerate(arrivals)))
+        return Trace(asked, granted, ask_time, limiter)
+
+    return run_virtual(main)
+
+
+def max_in_window(times: Sequence[float], window: float = 1.0) -> int:
+    """The most grants whose time falls in any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    best, first = 0, 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] >= window - EPS:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def allowed_per_second(rate: float) -> int:
+    return max(1, math.floor(rate))
+
+
+rates = st.one_of(
+    st.floats(min_value=0.5, max_value=30.0, allow_nan=False),
+    st.integers(min_value=1, max_value=30).map(float),
+)
+# Gaps between arrivals: mostly bursts (zero), some short, some long enough to drain the window.
+gaps = st.one_of(
+    st.just(0.0),
+    st.floats(min_value=0.0, max_value=0.2),
+    st.floats(min_value=0.0, max_value=3.0),
+)
+arrival_patterns = st.lists(gaps, min_size=1, max_size=120).map(
+    lambda gs: [sum(gs[: i + 1]) for i in range(len(gs))]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=rates,
+    arrivals=arrival_patterns,
+    overshoot=st.sampled_from([0.0, 0.001, 0.005, 0.05]),
+    seed=st.integers(0, 1000),
+)
+def test_no_one_second_window_holds_more_than_the_rate(rate, arrivals, overshoot, seed):
+    trace = simulate(rate, arrivals, overshoot=overshoot, seed=seed)
+
+    times = [t for _, t in trace.granted]
+    assert len(times) == len(arrivals)
+    assert max_in_window(times, 1.0) <= allowed_per_second(rate)
+    # And with most of the margin to spare on the limiter's own clock: what is left is what
+    # absorbs the varying delay between a grant and the API seeing the request.
+    spare = (1 + 0.85 * MARGIN) * max(1.0, 1.0 / rate)
+    assert max_in_window(times, spare) <= allowed_per_second(rate)
+    if rate < 1:
+        # Below one a second the promise is about the rate itself: at most one in any 1/rate s.
+        assert max_in_window(times, 1.0 / rate) <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=rates, arrivals=arrival_patterns)
+def test_grants_are_fifo_and_an_idle_limiter_does_not_make_anyone_wait(rate, arrivals):
+    trace = simulate(rate, arrivals)
+
+    # FIFO: served in exactly the order they asked.
+    assert [i for i, _ in trace.granted] == trace.asked
+    # Nobody is granted before asking.
+    for i, t in trace.granted:
+        assert t >= trace.ask_time[i] - EPS
+    # Liveness: whoever asks when nobody is waiting and nothing was granted for a whole
+    # window (1 s stretched by the margin; 1/rate s when rate < 1) is granted at once.
+    quiet = max(1.0, 1.0 / rate) * (1 + MARGIN)
+    times = [t for _, t in trace.granted]
+    for k, (i, t) in enumerate(trace.granted):
+        asked = trace.ask_time[i]
+        if k == 0 or times[k - 1] <= asked - quiet:
+            assert t == pytest.approx(asked, abs=1e-9), (k, asked, t)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rate=rates, overshoot=st.sampled_from([0.0, 0.0005, 0.001]), seed=st.integers(0, 1000))
+def test_throughput_under_backlog_approaches_the_limit(rate, overshoot, seed):
+    """Also when the limiter's sleeps overshoot by up to a millisecond, as real timers do: at
+    30/s the spacing is 34 ms, and losing 0.5 ms at every start would cost 1.5% of the rate."""
+    # A backlog: everyone asks at once, far more than one window's worth.
+    n = allowed_per_second(rate) * 40 + 1
+    trace = simulate(rate, [0.0] * n, overshoot=overshoot, seed=seed)
+
+    times = [t for _, t in trace.granted]
+    achieved = (n - 1) / (times[-1] - times[0])
+    # What the limit allows: floor(rate) in any second (one per 1/rate s below one a second),
+    # run at 1 / (1 + margin) of that so the API's clock sees the limit kept.
+    allowed = (rate if rate < 1 else allowed_per_second(rate)) / (1 + MARGIN)
+    assert achieved == pytest.approx(allowed, rel=0.01)
+    assert achieved <= rate
+    if rate == int(rate) or rate < 1:
+        assert achieved >= 0.98 * rate / (1 + MARGIN)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rate=rates, before=st.integers(0, 5), after=st.integers(0, 5), cancel_at=st.floats(0.0, 3.0))
+def test_a_cancelled_waiter_neither_blocks_the_queue_nor_uses_a_start(rate, before, after, cancel_at):
+    """Everyone asks at 0; one waiter in the middle gives up at `cancel_at`. The others are
+    granted exactly when they would have been had it never asked (or, if it was granted
+    before giving up, exactly as if it had stayed)."""
+
+    async def main(loop):
+        limiter = RateLimiter(rate, clock=loop.time, sleep=asyncio.sleep)
+        granted: dict[str, float] = {}
+
+        async def want(name: str) -> None:
+            await limiter.acquire()
+            granted[name] = loop.time()
+
+        names = [f"b{i}" for i in range(before)] + ["quitter"] + [f"a{i}" for i in range(after)]
+        tasks = {name: asyncio.ensure_future(want(name)) for name in names}
+        await asyncio.sleep(cancel_at)
+        tasks["quitter"].cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return granted, limiter.granted
+
+    granted, count = run_virtual(main)
+    others = [f"b{i}" for i in range(before)] + [f"a{i}" for i in range(after)]
+    quit_early = "quitter" not in granted
+    reference = simulate(rate, [0.0] * (before + after + (0 if quit_early else 1)))
+    expected = [t for _, t in reference.granted]
+    if not quit_early:
+        expected.pop(before)  # the quitter's own start
+    assert [granted[name] for name in others] == pytest.approx(expected, abs=1e-9)
+    assert count == len(granted)
+
+
+@pytest.mark.parametrize("bad", [0, -1, -0.5])
+def test_rate_must_be_positive(bad):
+    with pytest.raises(ValueError):
+        RateLimiter(bad)
+
+
+def test_the_virtual_clock_really_is_virtual():
+    # Guard for the harness itself: a long simulated backlog must not take wall time, and
+    # the virtual clock must have moved by what the limiter waited.
+    import time
+
+    started = time.monotonic()
+    trace = simulate(1.0, [0.0] * 50)
+    assert time.monotonic() - started < 5
+    # 50 starts at one a second cannot fit in less than 49 (virtual) seconds.
+    assert trace.granted[-1][1] >= 49

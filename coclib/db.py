@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,7 +37,7 @@ class Database:
     """The gateway to Postgres: `run`, `fetch_one`, `fetch_all` and `transaction`.
 
     Every call takes a connection from the pool; `round_trips` counts statements
-    sent (a pipelined `run_many` counts once), for the benchmark.
+    sent, for the benchmark.
     """
 
     def __init__(self, pool: AsyncConnectionPool, *, acquire_timeout: float = 5.0) -> None:
@@ -95,14 +95,6 @@ class Database:
         """Execute one statement on a connection from `transaction()`."""
         self.round_trips += 1
         await conn.execute(query, params)
-
-    async def run_many(
-        self, conn: psycopg.AsyncConnection, query: str, params: Iterable[Mapping[str, Any]]
-    ) -> None:
-        """Execute one statement for each parameter set, pipelined in one round trip."""
-        self.round_trips += 1
-        async with conn.cursor() as cur:
-            await cur.executemany(query, params)
 
     async def fetch_all(
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None

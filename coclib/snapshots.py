@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from coclib.db import Database
 from coclib.sqlfiles import load_queries
 
-_UPSERT_BY_KIND = {"player": "upsert_player", "clan": "upsert_clan", "war": "upsert_war"}
+_UPSERT_BY_KIND = {"player": "upsert_players", "clan": "upsert_clans", "war": "upsert_wars"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +30,13 @@ class Snapshot:
 async def upsert_snapshots(
     db: Database, conn: psycopg.AsyncConnection, snapshots: Iterable[Snapshot]
 ) -> None:
-    """Upsert every snapshot on `conn` (the caller's transaction), one pipelined batch per kind."""
-    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    """Upsert every snapshot on `conn` (the caller's transaction): one statement per kind."""
+    by_kind: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"tag": [], "data": [], "fetched_at": []})
     for snap in snapshots:
-        by_kind[snap.kind].append(
-            {
-                "tag": snap.tag,
-                "data": Jsonb(snap.data),
-                "fetched_at": datetime.fromtimestamp(snap.fetched_at, UTC),
-            }
-        )
+        arrays = by_kind[snap.kind]
+        arrays["tag"].append(snap.tag)
+        arrays["data"].append(Jsonb(snap.data))
+        arrays["fetched_at"].append(datetime.fromtimestamp(snap.fetched_at, UTC))
     queries = load_queries()
-    for kind, params in by_kind.items():
-        await db.run_many(conn, queries[_UPSERT_BY_KIND[kind]], params)
+    for kind, arrays in by_kind.items():
+        await db.run(conn, queries[_UPSERT_BY_KIND[kind]], arrays)

@@ -1,26 +1,35 @@
 -- Named queries, loaded once by coclib.sqlfiles.load_queries(): each starts with
 -- `-- name: <name>` and a line saying what it does. Parameters are %(name)s.
 
--- name: upsert_player
--- Store a player's snapshot unless a newer fetch is already stored.
+-- name: upsert_players
+-- Store players' snapshots, given as parallel arrays (one round trip for a whole batch),
+-- unless a newer fetch is already stored. DISTINCT ON: a statement may touch a row once.
+-- The bodies go in binary (%(data)b): as a text array literal every quote in every body
+-- would be escaped, which costs ten times the CPU of the rest of the write.
 INSERT INTO players AS p (tag, data, fetched_at)
-VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+SELECT DISTINCT ON (tag) tag, data, fetched_at
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
+ORDER BY tag, fetched_at DESC
 ON CONFLICT (tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
     WHERE p.fetched_at <= EXCLUDED.fetched_at;
 
--- name: upsert_clan
--- Store a clan's snapshot unless a newer fetch is already stored.
+-- name: upsert_clans
+-- Store clans' snapshots, as upsert_players does players'.
 INSERT INTO clans AS c (tag, data, fetched_at)
-VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+SELECT DISTINCT ON (tag) tag, data, fetched_at
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
+ORDER BY tag, fetched_at DESC
 ON CONFLICT (tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
     WHERE c.fetched_at <= EXCLUDED.fetched_at;
 
--- name: upsert_war
--- Store a clan's current war unless a newer fetch is already stored.
+-- name: upsert_wars
+-- Store clans' current wars, as upsert_players does players'.
 INSERT INTO wars AS w (clan_tag, data, fetched_at)
-VALUES (%(tag)s, %(data)s, %(fetched_at)s)
+SELECT DISTINCT ON (tag) tag, data, fetched_at
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
+ORDER BY tag, fetched_at DESC
 ON CONFLICT (clan_tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
     WHERE w.fetched_at <= EXCLUDED.fetched_at;

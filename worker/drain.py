@@ -343,7 +343,15 @@ class _Run:
 
     def _on_done(self, task: asyncio.Task[Fetched]) -> None:
         self._done.append(task)
-        self._wake.set()
+        # Wake the loop for a dispatch group's worth of results (or the last ones), not for
+        # each: every wake-up costs CPU, and fewer than a group's free slots start nothing.
+        # A fault wakes it at once: it may open the circuit.
+        if (
+            len(self._done) >= min(self.dispatch_batch, len(self.in_flight))
+            or task.cancelled()
+            or task.exception() is not None
+        ):
+            self._wake.set()
 
     async def _wait(self) -> None:
         if self._done:

@@ -142,9 +142,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         # JIT compiling costs more than any audit query (see sql/migrations/0003).
-        with psycopg.connect(
-            database_url, autocommit=True, connect_timeout=10, options="-c jit=off"
-        ) as conn:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10, options="-c jit=off") as conn:
             if args.command == "audit":
                 return _audit(args, audits, conn)
             if args.command == "partitions":

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # rows land in the default partition rather than failing.
 DAYS_AHEAD = 3
 
+
 async def ensure_partitions(db: Database, days_ahead: int = DAYS_AHEAD) -> int | None:
     """Make today's and the next `days_ahead` days' partitions; return how many were new.
 

@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,6 +35,7 @@ from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, plain,
 from tests.conftest import ROOT, TEST_TOKEN
 from tests.helpers import drain, push
 from worker.drain import DrainPolicy
+
 
 def _find_psql() -> str:
     """The machine's psql, else the one pgserver (the `local` extra) ships with its Postgres."""

@@ -325,7 +325,8 @@ def test_a_drain_applies_the_retention_setting(conn: psycopg.Connection, worker_
     old = {name(today() - timedelta(days=10)), name(today() - timedelta(days=8))}
     assert not old & set(partitions(conn))
     assert set(placed) - old - {"refresh_ledger_default"} <= set(partitions(conn))
-    assert conn.execute("SELECT outcome FROM refresh_ledger WHERE request_id = 'fresh' ORDER BY id").fetchall() == [
+    fresh = "SELECT outcome FROM refresh_ledger WHERE request_id = 'fresh' ORDER BY id"
+    assert conn.execute(fresh).fetchall() == [
         {"outcome": "attempted"},
         {"outcome": "fetched"},
     ]

@@ -13,6 +13,7 @@ they asked, call `acquire()` and note the virtual time of the grant.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import selectors
@@ -261,7 +262,7 @@ def test_a_backlog_is_granted_in_groups_that_divide_the_capacity(rate, backlog):
     )
     instants = sorted({round(t, 9) for _, t in trace.granted})
     assert len(instants) == math.ceil(backlog / limiter.group)
-    gaps = [b - a for a, b in zip(instants, instants[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(instants)]
     spacing = limiter.group * limiter.interval
     # (The first gap may be short by the lateness the limiter forgives; never by more.)
     assert all(spacing - limiter.slack - EPS <= gap <= spacing + EPS for gap in gaps)

@@ -53,13 +53,16 @@ async def coc_client(sim: CocApiSimulator, *tokens: str) -> AsyncIterator[coc.Cl
         await client.close()
 
 
-async def fetch(sim: CocApiSimulator, path: str, token: str | None = TOKEN,
-                **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+async def fetch(
+    sim: CocApiSimulator, path: str, token: str | None = TOKEN, **kwargs: Any
+) -> tuple[int, Any, dict[str, str]]:
     headers = {"Accept": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as session, session.get(
-            sim.base_url + path, headers=headers, **kwargs) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(sim.base_url + path, headers=headers, **kwargs) as response,
+    ):
         text = await response.text()
         is_json = response.content_type == "application/json"
         return response.status, json.loads(text) if is_json else text, dict(response.headers)
@@ -84,8 +87,16 @@ def test_coc_py_fetches_player_clan_and_war() -> None:
             player = await client.http.get_player("#2PP")
             assert player["tag"] == "#2PP"
             assert player["status_code"] == 200
-            assert {"name", "townHallLevel", "expLevel", "trophies", "bestTrophies",
-                    "leagueTier", "troops", "heroes"} <= player.keys()
+            assert {
+                "name",
+                "townHallLevel",
+                "expLevel",
+                "trophies",
+                "bestTrophies",
+                "leagueTier",
+                "troops",
+                "heroes",
+            } <= player.keys()
 
             clan = await client.http.get_clan("#2PP")
             assert clan["tag"] == "#2PP"
@@ -124,28 +135,32 @@ def test_war_totals_are_consistent_with_attacks() -> None:
     for side, enemy in (("clan", "opponent"), ("opponent", "clan")):
         made = [a for m in war[side]["members"] for a in m.get("attacks", [])]
         assert war[side]["attacks"] == len(made)
-        bests = [m["bestOpponentAttack"] for m in war[enemy]["members"]
-                 if "bestOpponentAttack" in m]
+        bests = [m["bestOpponentAttack"] for m in war[enemy]["members"] if "bestOpponentAttack" in m]
         assert war[side]["stars"] == sum(b["stars"] for b in bests)
 
 
 def test_headers_and_call_log() -> None:
     async def scenario() -> None:
         async with running() as sim:
-            for path, kind in (("/players/%232PP", "player"), ("/clans/%232PP", "clan"),
-                               ("/clans/%232PP/currentwar", "war")):
+            for path, kind in (
+                ("/players/%232PP", "player"),
+                ("/clans/%232PP", "clan"),
+                ("/clans/%232PP/currentwar", "war"),
+            ):
                 status, body, headers = await fetch(sim, path)
                 assert status == 200
                 assert body == simulated_body(kind, "#2PP")
                 assert headers["Content-Type"] == "application/json; charset=utf-8"
                 assert headers["Cache-Control"] == CACHE_CONTROL[kind]
-            assert CACHE_CONTROL == {"player": "max-age=60", "clan": "max-age=60",
-                                     "war": "max-age=120"}
+            assert CACHE_CONTROL == {"player": "max-age=60", "clan": "max-age=60", "war": "max-age=120"}
             before = time.time()
             await fetch(sim, "/clans/%23PQL/members")
             assert [(c.kind, c.tag, c.status, c.token) for c in sim.calls] == [
-                ("player", "#2PP", 200, TOKEN), ("clan", "#2PP", 200, TOKEN),
-                ("war", "#2PP", 200, TOKEN), (None, None, 404, TOKEN)]
+                ("player", "#2PP", 200, TOKEN),
+                ("clan", "#2PP", 200, TOKEN),
+                ("war", "#2PP", 200, TOKEN),
+                (None, None, 404, TOKEN),
+            ]
             assert sim.calls[0].path == "/v1/players/%232PP"
             assert sim.calls[0].method == "GET"
             assert sim.calls[-1].at >= before
@@ -216,14 +231,19 @@ def test_bad_tokens_and_invalid_ip() -> None:
                 with pytest.raises(coc.Forbidden) as caught:
                     await client.http.get_player("#2PP")
                 assert (caught.value.reason, caught.value.message) == (
-                    "accessDenied", "Invalid authorization")
+                    "accessDenied",
+                    "Invalid authorization",
+                )
             assert (await fetch(sim, "/players/%232PP", token=None))[:2] == (
-                403, {"reason": "accessDenied", "message": "Invalid authorization"})
+                403,
+                {"reason": "accessDenied", "message": "Invalid authorization"},
+            )
             sim.invalid_ip = True
             status, body, _ = await fetch(sim, "/players/%232PP")
             assert (status, body["reason"]) == (403, "accessDenied.invalidIp")
             assert body["message"] == (
-                "Invalid authorization: API key does not allow access from IP 127.0.0.1")
+                "Invalid authorization: API key does not allow access from IP 127.0.0.1"
+            )
             sim.invalid_ip = False
             sim.tokens.add("wrong-token")  # the token set is live
             assert (await fetch(sim, "/players/%232PP", token="wrong-token"))[0] == 200
@@ -279,8 +299,7 @@ def test_hang_provokes_client_timeouts() -> None:
 def test_rate_limit_throttles_per_token_per_second() -> None:
     async def scenario() -> None:
         async with running(rate_limit=5, tokens=("a", "b")) as sim:
-            answers = await asyncio.gather(*(fetch(sim, "/players/%232PP", token="a")
-                                             for _ in range(8)))
+            answers = await asyncio.gather(*(fetch(sim, "/players/%232PP", token="a") for _ in range(8)))
             statuses = sorted(status for status, _, _ in answers)
             assert statuses == [200] * 5 + [429] * 3
             throttled = next(body for status, body, _ in answers if status == 429)
@@ -306,8 +325,10 @@ def test_throttled_switch() -> None:
 
 def test_max_calls_in_window_uses_half_open_windows() -> None:
     sim = CocApiSimulator()
-    sim.calls.extend(Call(at, "GET", "/v1/players/%232PP", "player", "#2PP", 200, TOKEN)
-                     for at in (10.0, 10.25, 10.5, 11.0, 11.125))  # exact binary fractions
+    sim.calls.extend(
+        Call(at, "GET", "/v1/players/%232PP", "player", "#2PP", 200, TOKEN)
+        for at in (10.0, 10.25, 10.5, 11.0, 11.125)
+    )  # exact binary fractions
     assert sim.max_calls_in_window(1.0) == 4  # [10.25, 11.25); [10.0, 11.0) holds only 3
     assert sim.max_calls_in_window(0.5) == 2  # 10.0 and 10.5 are not in one [t, t + 0.5)
     assert sim.max_calls_in_window(0.125) == 1
@@ -352,11 +373,13 @@ def test_portal_endpoints() -> None:
                 api = sim.portal_url + "/api"
                 async with portal.post(api + "/apikey/list") as response:
                     assert response.status == 403  # no session cookie yet
-                async with portal.post(api + "/login", json={"email": sim.email,
-                                                             "password": "nope"}) as response:
+                async with portal.post(
+                    api + "/login", json={"email": sim.email, "password": "nope"}
+                ) as response:
                     assert response.status == 403
-                async with portal.post(api + "/login", json={"email": sim.email,
-                                                             "password": sim.password}) as response:
+                async with portal.post(
+                    api + "/login", json={"email": sim.email, "password": sim.password}
+                ) as response:
                     assert response.status == 200
                     token = (await response.json())["temporaryAPIToken"]
                 # Decoded exactly as coc.py does, to find its own IP.
@@ -365,22 +388,23 @@ def test_portal_endpoints() -> None:
 
                 created = []
                 for n in range(10):
-                    body = {"name": f"k{n}", "description": "d", "cidrRanges": ["127.0.0.1"],
-                            "scopes": ["clash"]}
+                    body = {
+                        "name": f"k{n}",
+                        "description": "d",
+                        "cidrRanges": ["127.0.0.1"],
+                        "scopes": ["clash"],
+                    }
                     async with portal.post(api + "/apikey/create", json=body) as response:
                         assert response.status == 200
                         created.append((await response.json())["key"])
                 async with portal.post(api + "/apikey/create", json=body) as response:
                     assert response.status != 200  # ten keys per account at most
                 async with portal.post(api + "/apikey/list") as response:
-                    assert [k["id"] for k in (await response.json())["keys"]] == [
-                        k["id"] for k in created]
-                assert set(created[0]) >= {"id", "name", "description", "cidrRanges",
-                                           "scopes", "key"}
+                    assert [k["id"] for k in (await response.json())["keys"]] == [k["id"] for k in created]
+                assert set(created[0]) >= {"id", "name", "description", "cidrRanges", "scopes", "key"}
 
                 assert (await fetch(sim, "/players/%232PP", token=created[0]["key"]))[0] == 200
-                async with portal.post(api + "/apikey/revoke",
-                                       json={"id": created[0]["id"]}) as response:
+                async with portal.post(api + "/apikey/revoke", json={"id": created[0]["id"]}) as response:
                     assert response.status == 200
                 assert (await fetch(sim, "/players/%232PP", token=created[0]["key"]))[0] == 403
                 assert len(sim.portal_keys) == 9
@@ -412,8 +436,19 @@ def test_simulator_thread_serves_synchronous_callers() -> None:
 
 
 def test_command_line_serves_until_killed() -> None:
-    command = [sys.executable, "-m", "coclib.testing.simulator", "--port", "0",
-               "--tokens", "a,b", "--latency", "0,0.01", "--rate-limit", "30"]
+    command = [
+        sys.executable,
+        "-m",
+        "coclib.testing.simulator",
+        "--port",
+        "0",
+        "--tokens",
+        "a,b",
+        "--latency",
+        "0,0.01",
+        "--rate-limit",
+        "30",
+    ]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None

@@ -32,7 +32,7 @@ def _stored(database_url: str) -> dict[tuple[str, str], tuple[dict, datetime]]:
     with psycopg.connect(database_url) as conn:
         found = {}
         for kind, (table, key) in TABLES.items():
-            for tag, data, at in conn.execute(f"SELECT {key}, data, fetched_at FROM {table}"):  # noqa: S608
+            for tag, data, at in conn.execute(f"SELECT {key}, data, fetched_at FROM {table}"):
                 found[(kind, tag)] = (data, at)
         conn.execute("TRUNCATE players, clans, wars")
         return found

@@ -43,7 +43,7 @@ class _RewritingSession:
     def _url(self, url: Any) -> Any:
         text = str(url)
         if text.startswith(PORTAL_ADDRESS):
-            return self._target + text[len(PORTAL_ADDRESS):]
+            return self._target + text[len(PORTAL_ADDRESS) :]
         return url
 
     def request(self, method: str, url: Any, **kwargs: Any) -> Any:

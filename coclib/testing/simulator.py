@@ -78,8 +78,14 @@ def invalid_ip_body(ip: str) -> dict[str, str]:
     }
 
 
-_FORCED_BODIES = {400: BAD_REQUEST, 403: INVALID_AUTHORIZATION, 404: NOT_FOUND,
-                  429: THROTTLED, 500: UNKNOWN_EXCEPTION, 503: MAINTENANCE}
+_FORCED_BODIES = {
+    400: BAD_REQUEST,
+    403: INVALID_AUTHORIZATION,
+    404: NOT_FOUND,
+    429: THROTTLED,
+    500: UNKNOWN_EXCEPTION,
+    503: MAINTENANCE,
+}
 # Gateway errors come from the load balancer as HTML, not JSON (coc.py has a branch for it).
 _GATEWAY_HTML = "<html><head><title>{0}</title></head><body><h1>{0}</h1></body></html>"
 _GATEWAY_TEXT = {502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
@@ -155,8 +161,26 @@ def _bearer(header: str | None) -> str | None:
 
 # --- deterministic bodies -----------------------------------------------------------------
 
-_SYLLABLES = ("ka", "ro", "mi", "zu", "thor", "vel", "an", "dra", "lo", "qui", "sen", "bar",
-              "gor", "li", "ny", "ex", "ti", "mar")
+_SYLLABLES = (
+    "ka",
+    "ro",
+    "mi",
+    "zu",
+    "thor",
+    "vel",
+    "an",
+    "dra",
+    "lo",
+    "qui",
+    "sen",
+    "bar",
+    "gor",
+    "li",
+    "ny",
+    "ex",
+    "ti",
+    "mar",
+)
 _CLAN_WORDS = ("Warriors", "Legends", "Order", "Family", "Empire", "Raiders", "Knights")
 
 
@@ -192,8 +216,15 @@ def _level(rng: random.Random, max_level: int, growth: float) -> int:
 
 
 def _units(rng: random.Random, units: list[dict[str, Any]], growth: float) -> list[dict]:
-    return [{"name": u["name"], "level": _level(rng, u["maxLevel"], growth),
-             "maxLevel": u["maxLevel"], "village": u["village"]} for u in units]
+    return [
+        {
+            "name": u["name"],
+            "level": _level(rng, u["maxLevel"], growth),
+            "maxLevel": u["maxLevel"],
+            "village": u["village"],
+        }
+        for u in units
+    ]
 
 
 def _player(seed: int, tag: str) -> dict[str, Any]:
@@ -201,26 +232,39 @@ def _player(seed: int, tag: str) -> dict[str, Any]:
     th = rng.randint(6, 17)
     trophies, builder = rng.randint(400, 5600), rng.randint(200, 5000)
     body: dict[str, Any] = {
-        "tag": tag, "name": _name(rng), "townHallLevel": th,
+        "tag": tag,
+        "name": _name(rng),
+        "townHallLevel": th,
         "expLevel": rng.randint(8 * th, 15 * th),
-        "trophies": trophies, "bestTrophies": trophies + rng.randint(0, 1500),
-        "warStars": rng.randint(0, 200 * th), "attackWins": rng.randint(0, 250),
-        "defenseWins": rng.randint(0, 30), "builderHallLevel": rng.randint(1, 10),
-        "builderBaseTrophies": builder, "bestBuilderBaseTrophies": builder + rng.randint(0, 600),
+        "trophies": trophies,
+        "bestTrophies": trophies + rng.randint(0, 1500),
+        "warStars": rng.randint(0, 200 * th),
+        "attackWins": rng.randint(0, 250),
+        "defenseWins": rng.randint(0, 30),
+        "builderHallLevel": rng.randint(1, 10),
+        "builderBaseTrophies": builder,
+        "bestBuilderBaseTrophies": builder + rng.randint(0, 600),
     }
     in_clan = rng.random() < 0.85
     if in_clan:
         body["role"] = rng.choice(("member", "member", "admin", "coLeader", "leader"))
-    body |= {"warPreference": rng.choice(("in", "out")), "donations": rng.randint(0, 3000),
-             "donationsReceived": rng.randint(0, 3000),
-             "clanCapitalContributions": rng.randint(0, 4_000_000)}
+    body |= {
+        "warPreference": rng.choice(("in", "out")),
+        "donations": rng.randint(0, 3000),
+        "donationsReceived": rng.randint(0, 3000),
+        "clanCapitalContributions": rng.randint(0, 4_000_000),
+    }
     if in_clan:
         body["clan"] = _clan_identity(seed, _new_tag(rng)) | {"badgeUrls": t["clanBadgeUrls"]}
     growth = th / 17
     return body | {
-        "leagueTier": t["leagueTier"], "builderBaseLeague": t["builderBaseLeague"],
-        "achievements": t["achievements"], "playerHouse": t["playerHouse"], "labels": t["labels"],
-        "troops": _units(rng, t["troops"], growth), "heroes": _units(rng, t["heroes"], growth),
+        "leagueTier": t["leagueTier"],
+        "builderBaseLeague": t["builderBaseLeague"],
+        "achievements": t["achievements"],
+        "playerHouse": t["playerHouse"],
+        "labels": t["labels"],
+        "troops": _units(rng, t["troops"], growth),
+        "heroes": _units(rng, t["heroes"], growth),
         "heroEquipment": _units(rng, t["heroEquipment"], growth),
         "spells": _units(rng, t["spells"], growth),
     }
@@ -235,20 +279,28 @@ def _clan_points(trophies: list[int]) -> int:
 
 def _clan_members(rng: random.Random, t: dict[str, Any], count: int) -> list[dict[str, Any]]:
     trophies = sorted((rng.randint(800, 5600) for _ in range(count)), reverse=True)
-    roles = ["leader"] + [rng.choice(("member", "member", "admin", "coLeader"))
-                          for _ in range(count - 1)]
+    roles = ["leader"] + [rng.choice(("member", "member", "admin", "coLeader")) for _ in range(count - 1)]
     rng.shuffle(roles)
     members = []
     for rank, (tr, role) in enumerate(zip(trophies, roles, strict=True), start=1):
         league = next(x["league"] for x in t["memberLeagues"] if tr >= x["minTrophies"])
-        members.append({
-            "tag": _new_tag(rng), "name": _name(rng), "role": role,
-            "expLevel": rng.randint(20, 300), "league": league, "trophies": tr,
-            "builderBaseTrophies": rng.randint(200, 5000), "clanRank": rank,
-            "previousClanRank": rng.randint(0, count), "donations": rng.randint(0, 2000),
-            "donationsReceived": rng.randint(0, 2000), "playerHouse": t["memberPlayerHouse"],
-            "builderBaseLeague": t["memberBuilderBaseLeague"],
-        })
+        members.append(
+            {
+                "tag": _new_tag(rng),
+                "name": _name(rng),
+                "role": role,
+                "expLevel": rng.randint(20, 300),
+                "league": league,
+                "trophies": tr,
+                "builderBaseTrophies": rng.randint(200, 5000),
+                "clanRank": rank,
+                "previousClanRank": rng.randint(0, count),
+                "donations": rng.randint(0, 2000),
+                "donationsReceived": rng.randint(0, 2000),
+                "playerHouse": t["memberPlayerHouse"],
+                "builderBaseLeague": t["memberBuilderBaseLeague"],
+            }
+        )
     return members
 
 
@@ -257,39 +309,56 @@ def _clan(seed: int, tag: str, war_log_public: bool) -> dict[str, Any]:
     identity = _clan_identity(seed, tag)
     members = _clan_members(rng, t, rng.randint(1, 50))
     body: dict[str, Any] = {
-        "tag": tag, "name": identity["name"], "type": rng.choice(t["type"]),
-        "description": t["description"], "location": t["location"],
-        "isFamilyFriendly": rng.random() < 0.3, "badgeUrls": t["badgeUrls"],
+        "tag": tag,
+        "name": identity["name"],
+        "type": rng.choice(t["type"]),
+        "description": t["description"],
+        "location": t["location"],
+        "isFamilyFriendly": rng.random() < 0.3,
+        "badgeUrls": t["badgeUrls"],
         "clanLevel": identity["clanLevel"],
         "clanPoints": _clan_points([m["trophies"] for m in members]),
         "clanBuilderBasePoints": _clan_points([m["builderBaseTrophies"] for m in members]),
-        "clanCapitalPoints": rng.randint(0, 4000), "capitalLeague": t["capitalLeague"],
+        "clanCapitalPoints": rng.randint(0, 4000),
+        "capitalLeague": t["capitalLeague"],
         "requiredTrophies": rng.choice((0, 400, 1000, 2000, 3000)),
         "warFrequency": rng.choice(("always", "moreThanOncePerWeek", "oncePerWeek", "never")),
-        "warWinStreak": rng.randint(0, 20), "warWins": rng.randint(0, 800),
+        "warWinStreak": rng.randint(0, 20),
+        "warWins": rng.randint(0, 800),
         "isWarLogPublic": war_log_public,
     }
     if war_log_public:  # the API shows ties and losses only for public war logs
         body |= {"warTies": rng.randint(0, 40), "warLosses": rng.randint(0, 400)}
     return body | {
-        "warLeague": t["warLeague"], "members": len(members), "memberList": members,
-        "labels": t["labels"], "requiredBuilderBaseTrophies": rng.choice((0, 400, 1000)),
-        "requiredTownhallLevel": rng.randint(1, 15), "clanCapital": t["clanCapital"],
+        "warLeague": t["warLeague"],
+        "members": len(members),
+        "memberList": members,
+        "labels": t["labels"],
+        "requiredBuilderBaseTrophies": rng.choice((0, 400, 1000)),
+        "requiredTownhallLevel": rng.randint(1, 15),
+        "clanCapital": t["clanCapital"],
         "chatLanguage": t["chatLanguage"],
     }
 
 
 def _roster(rng: random.Random, size: int) -> list[dict[str, Any]]:
     levels = sorted((rng.randint(8, 17) for _ in range(size)), reverse=True)
-    return [{"tag": _new_tag(rng), "name": _name(rng), "townhallLevel": th, "mapPosition": pos,
-             "opponentAttacks": 0} for pos, th in enumerate(levels, start=1)]
+    return [
+        {
+            "tag": _new_tag(rng),
+            "name": _name(rng),
+            "townhallLevel": th,
+            "mapPosition": pos,
+            "opponentAttacks": 0,
+        }
+        for pos, th in enumerate(levels, start=1)
+    ]
 
 
 _DESTRUCTION = {0: (0, 49), 1: (20, 99), 2: (50, 99), 3: (100, 100)}
 
 
-def _fight(rng: random.Random, ours: list[dict], theirs: list[dict], per_member: int,
-           finished: bool) -> None:
+def _fight(rng: random.Random, ours: list[dict], theirs: list[dict], per_member: int, finished: bool) -> None:
     """Add attacks to both rosters, with opponentAttacks and bestOpponentAttack kept consistent."""
     attacks: list[tuple[dict, dict, dict]] = []
     for side, enemy in ((ours, theirs), (theirs, ours)):
@@ -299,9 +368,14 @@ def _fight(rng: random.Random, ours: list[dict], theirs: list[dict], per_member:
                 defender = rng.choice(enemy)
                 stars = rng.choices((0, 1, 2, 3), weights=(1, 2, 4, 5))[0]
                 percent = rng.randint(*_DESTRUCTION[stars])
-                attack = {"attackerTag": member["tag"], "defenderTag": defender["tag"],
-                          "stars": stars, "destructionPercentage": percent,
-                          "order": 0, "duration": rng.randint(30, 180)}
+                attack = {
+                    "attackerTag": member["tag"],
+                    "defenderTag": defender["tag"],
+                    "stars": stars,
+                    "destructionPercentage": percent,
+                    "order": 0,
+                    "duration": rng.randint(30, 180),
+                }
                 attacks.append((member, defender, attack))
     rng.shuffle(attacks)
     for order, (member, defender, attack) in enumerate(attacks, start=1):
@@ -319,10 +393,13 @@ def _war_side(identity: dict, badges: dict, members: list[dict], enemy: list[dic
     bests = [e["bestOpponentAttack"] for e in enemy if "bestOpponentAttack" in e]
     destruction = sum(b["destructionPercentage"] for b in bests) / len(enemy)
     return {
-        "tag": identity["tag"], "name": identity["name"], "badgeUrls": badges,
+        "tag": identity["tag"],
+        "name": identity["name"],
+        "badgeUrls": badges,
         "clanLevel": identity["clanLevel"],
         "attacks": sum(len(m.get("attacks", ())) for m in members),
-        "stars": sum(b["stars"] for b in bests), "destructionPercentage": round(destruction, 2),
+        "stars": sum(b["stars"] for b in bests),
+        "destructionPercentage": round(destruction, 2),
         "members": members,
     }
 
@@ -344,8 +421,11 @@ def _war(seed: int, tag: str) -> dict[str, Any]:
         _fight(rng, ours, theirs, t["attacksPerMember"], finished=state == "warEnded")
     opponent = _clan_identity(seed, _new_tag(rng))
     return {
-        "state": state, "teamSize": size, "attacksPerMember": t["attacksPerMember"],
-        "preparationStartTime": _api_time(prep), "startTime": _api_time(start),
+        "state": state,
+        "teamSize": size,
+        "attacksPerMember": t["attacksPerMember"],
+        "preparationStartTime": _api_time(prep),
+        "startTime": _api_time(start),
         "endTime": _api_time(start + timedelta(hours=24)),
         "clan": _war_side(_clan_identity(seed, tag), t["clanBadgeUrls"], ours, theirs),
         "opponent": _war_side(opponent, t["opponentBadgeUrls"], theirs, ours),
@@ -399,10 +479,16 @@ class CocApiSimulator:
     `max_calls_in_window` counts all calls, whatever their token.
     """
 
-    def __init__(self, *, tokens: tuple[str, ...] | list[str] | set[str] = ("test-token",),
-                 email: str = "dev@example.com", password: str = "portal-password",
-                 latency: tuple[float, float] = (0.0, 0.0), rate_limit: float | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        tokens: tuple[str, ...] | list[str] | set[str] = ("test-token",),
+        email: str = "dev@example.com",
+        password: str = "portal-password",
+        latency: tuple[float, float] = (0.0, 0.0),
+        rate_limit: float | None = None,
+        seed: int = 0,
+    ) -> None:
         self.tokens: set[str] = set(tokens)
         self.email, self.password, self.seed = email, password, seed
         self.latency: tuple[float, float] = tuple(latency)  # type: ignore[assignment]
@@ -467,8 +553,7 @@ class CocApiSimulator:
         app.router.add_post("/api/apikey/revoke", self._revoke_key)
         # handler_cancellation: a client that gives up (timeout) must not keep a hang alive,
         # and a short shutdown_timeout keeps stop() quick while calls are hanging.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
         bound = self._runner.addresses[0][1]
@@ -491,8 +576,9 @@ class CocApiSimulator:
         tag = normalise_tag(raw_tag) if raw_tag is not None else None
         answer = self._decide(at, token, kind, tag, request.remote or "127.0.0.1")
         with self._lock:
-            self.calls.append(Call(at, request.method, request.rel_url.raw_path, kind, tag,
-                                   answer.status, token))
+            self.calls.append(
+                Call(at, request.method, request.rel_url.raw_path, kind, tag, answer.status, token)
+            )
         low, high = self.latency
         delay = self._random.uniform(low, high) + (self.hang or 0.0)
         if delay > 0:
@@ -502,8 +588,9 @@ class CocApiSimulator:
             headers["Cache-Control"] = answer.cache_control
         return web.Response(status=answer.status, body=answer.body, headers=headers)
 
-    def _decide(self, at: float, token: str | None, kind: str | None, tag: str | None,
-                remote: str) -> _Answer:
+    def _decide(
+        self, at: float, token: str | None, kind: str | None, tag: str | None, remote: str
+    ) -> _Answer:
         # Assumed order of the real gateway: key, IP, throttling, then the service itself.
         # Every arrival counts towards its token's rate window, refused ones too, so a 429 from
         # the limiter happens exactly when max_calls_in_window() (one token) exceeds the limit.
@@ -551,20 +638,38 @@ class CocApiSimulator:
         self._sessions.add(session)
         ip = self.portal_ip or request.remote or "127.0.0.1"
         now = int(time.time())
-        temporary = _jwt(self._secret, {
-            "iss": "supercell", "aud": "supercell:gameapi", "jti": str(uuid.uuid4()),
-            "iat": now, "exp": now + 3600, "sub": f"developer/{self._developer_id}",
-            "scopes": ["clash"],
-            # coc.py finds its own IP at limits[1].cidrs[0].
-            "limits": [{"tier": "developer/silver", "type": "throttling"},
-                       {"cidrs": [f"{ip}/32"], "type": "client"},
-                       {"origins": ["developer.clashofclans.com"], "type": "cors"}],
-        })
+        temporary = _jwt(
+            self._secret,
+            {
+                "iss": "supercell",
+                "aud": "supercell:gameapi",
+                "jti": str(uuid.uuid4()),
+                "iat": now,
+                "exp": now + 3600,
+                "sub": f"developer/{self._developer_id}",
+                "scopes": ["clash"],
+                # coc.py finds its own IP at limits[1].cidrs[0].
+                "limits": [
+                    {"tier": "developer/silver", "type": "throttling"},
+                    {"cidrs": [f"{ip}/32"], "type": "client"},
+                    {"origins": ["developer.clashofclans.com"], "type": "cors"},
+                ],
+            },
+        )
         reply = _portal_reply(
-            200, "ok", sessionExpiresInSeconds=3600,
-            developer={"id": self._developer_id, "name": "Simulated Developer", "game": "clash",
-                       "email": self.email, "tier": "developer/silver"},
-            temporaryAPIToken=temporary, swaggerUrl="https://api.clashofclans.com/api-docs")
+            200,
+            "ok",
+            sessionExpiresInSeconds=3600,
+            developer={
+                "id": self._developer_id,
+                "name": "Simulated Developer",
+                "game": "clash",
+                "email": self.email,
+                "tier": "developer/silver",
+            },
+            temporaryAPIToken=temporary,
+            swaggerUrl="https://api.clashofclans.com/api-docs",
+        )
         reply.set_cookie("session", session, httponly=True, path="/")
         return reply
 
@@ -580,20 +685,36 @@ class CocApiSimulator:
         if not self._signed_in(request):
             return _portal_reply(403, "forbidden")
         if len(self._keys) >= PORTAL_MAX_KEYS:
-            return _portal_reply(400, "badRequest",
-                                 description=f"Maximum of {PORTAL_MAX_KEYS} keys reached")
+            return _portal_reply(400, "badRequest", description=f"Maximum of {PORTAL_MAX_KEYS} keys reached")
         body = await _json_body(request)
         cidrs, scopes = list(body.get("cidrRanges") or []), list(body.get("scopes") or ["clash"])
-        token = _jwt(self._secret, {
-            "iss": "supercell", "aud": "supercell:gameapi", "jti": str(uuid.uuid4()),
-            "iat": int(time.time()), "sub": f"developer/{self._developer_id}", "scopes": scopes,
-            "limits": [{"tier": "developer/silver", "type": "throttling"},
-                       {"cidrs": cidrs, "type": "client"}],
-        })
-        key = {"id": str(uuid.uuid4()), "developerId": self._developer_id,
-               "tier": "developer/silver", "name": str(body.get("name", "")),
-               "description": str(body.get("description", "")), "origins": None,
-               "scopes": scopes, "cidrRanges": cidrs, "validUntil": None, "key": token}
+        token = _jwt(
+            self._secret,
+            {
+                "iss": "supercell",
+                "aud": "supercell:gameapi",
+                "jti": str(uuid.uuid4()),
+                "iat": int(time.time()),
+                "sub": f"developer/{self._developer_id}",
+                "scopes": scopes,
+                "limits": [
+                    {"tier": "developer/silver", "type": "throttling"},
+                    {"cidrs": cidrs, "type": "client"},
+                ],
+            },
+        )
+        key = {
+            "id": str(uuid.uuid4()),
+            "developerId": self._developer_id,
+            "tier": "developer/silver",
+            "name": str(body.get("name", "")),
+            "description": str(body.get("description", "")),
+            "origins": None,
+            "scopes": scopes,
+            "cidrRanges": cidrs,
+            "validUntil": None,
+            "key": token,
+        }
         self._keys.append(key)
         self.tokens.add(token)
         return _portal_reply(200, "ok", sessionExpiresInSeconds=3600, key=dict(key))
@@ -635,8 +756,9 @@ class SimulatorThread:
 
     def __enter__(self) -> CocApiSimulator:
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True,
-                                        name="coc-api-simulator")
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), daemon=True, name="coc-api-simulator"
+        )
         self._thread.start()
         if not ready.wait(timeout=10):
             raise RuntimeError("the CoC API simulator did not start within 10 s")
@@ -681,14 +803,23 @@ def _latency(text: str) -> tuple[float, float]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m coclib.testing.simulator",
-        description="Serve a simulated Clash of Clans API until killed.")
+        description="Serve a simulated Clash of Clans API until killed.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    parser.add_argument("--latency", type=_latency, default=(0.0, 0.0),
-                        help="seconds, LOW,HIGH (uniform per request) or one value")
+    parser.add_argument(
+        "--latency",
+        type=_latency,
+        default=(0.0, 0.0),
+        help="seconds, LOW,HIGH (uniform per request) or one value",
+    )
     parser.add_argument("--tokens", default="test-token", help="comma-separated bearer tokens")
-    parser.add_argument("--rate-limit", type=float, default=None,
-                        help="calls per second per token before 429 requestThrottled")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        help="calls per second per token before 429 requestThrottled",
+    )
     parser.add_argument("--email", default="dev@example.com")
     parser.add_argument("--password", default="portal-password")
     parser.add_argument("--seed", type=int, default=0)
@@ -698,8 +829,10 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(simulator: CocApiSimulator, host: str, port: int) -> None:
     await simulator.start(host, port)
     # One parseable line, so a parent process can learn the port when it asked for port 0.
-    print(f"CoC API simulator listening: base_url={simulator.base_url} "
-          f"portal_url={simulator.portal_url}", flush=True)
+    print(
+        f"CoC API simulator listening: base_url={simulator.base_url} portal_url={simulator.portal_url}",
+        flush=True,
+    )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -714,8 +847,14 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: serve until SIGINT or SIGTERM."""
     args = _parser().parse_args(argv)
     tokens = [token for token in args.tokens.split(",") if token]
-    simulator = CocApiSimulator(tokens=tokens, email=args.email, password=args.password,
-                                latency=args.latency, rate_limit=args.rate_limit, seed=args.seed)
+    simulator = CocApiSimulator(
+        tokens=tokens,
+        email=args.email,
+        password=args.password,
+        latency=args.latency,
+        rate_limit=args.rate_limit,
+        seed=args.seed,
+    )
     asyncio.run(_serve(simulator, args.host, args.port))
 
 

@@ -71,9 +71,7 @@ def test_validators_reject_a_broken_copy(tmp_path, old, new, validator):
 def test_runs_on_relevant_pushes_to_main_and_by_hand(workflow):
     push = workflow["on"]["push"]
     assert push["branches"] == ["main"]
-    assert {"worker/**", "ledger/**", "coclib/**", "sql/**", "package-lambda.sh"} <= set(
-        push["paths"]
-    )
+    assert {"worker/**", "ledger/**", "coclib/**", "sql/**", "package-lambda.sh"} <= set(push["paths"])
     assert "workflow_dispatch" in workflow["on"]
 
 
@@ -121,9 +119,7 @@ def test_build_ships_by_commit_sha_to_s3_and_github(workflow):
     assert "dist/refresh-worker-${{ github.sha }}.zip" in artifact["path"]
     assert "dist/coclib-layer-${{ github.sha }}.zip" in artifact["path"]
     [upload] = [s for s in steps(job) if "aws s3 cp" in s.get("run", "")]
-    assert (
-        upload["env"]["AWS_LAMBDA_ARTIFACTS_BUCKET"] == "${{ secrets.AWS_LAMBDA_ARTIFACTS_BUCKET }}"
-    )
+    assert upload["env"]["AWS_LAMBDA_ARTIFACTS_BUCKET"] == "${{ secrets.AWS_LAMBDA_ARTIFACTS_BUCKET }}"
     assert '"s3://${AWS_LAMBDA_ARTIFACTS_BUCKET}/${zip}"' in upload["run"]
     assert '"refresh-worker-${GITHUB_SHA}.zip" "coclib-layer-${GITHUB_SHA}.zip"' in upload["run"]
 

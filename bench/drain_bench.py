@@ -5,10 +5,12 @@
 
 Both contenders run in a child process of their own (so CPU time and peak RSS are theirs
 alone), against a scratch database (`coc_bench_drain`, dropped first, real migrations) and a
-queue key of their own in Redis, with the simulator in a third process
+queue key of their own in Redis, and a simulator process of their own
 (`python -m coclib.testing.simulator --latency 0.1,0.3 --rate-limit 30 ...`: uniform 100-300 ms
 latency per call, and it answers 429 if it ever sees more than the limit in a second, which
-would open the worker's circuit and show in the results).
+would open the worker's circuit and show in the results). When it stops, the simulator says
+what it saw: the most calls in any one second and the tightest span of limit + 1 consecutive
+calls, on its own clock (the headroom the limiter's margin leaves).
 
 * worker: `worker.runtime.Worker(settings).drain()`, the code the Lambda handler runs, default
   `DrainPolicy`, draining a backlog of `--requests` (players, clans and current wars in equal
@@ -34,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -193,6 +196,14 @@ def _start_simulator(latency: str, rate: float) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
+def _stop_simulator(proc: subprocess.Popen) -> dict[str, str]:
+    """Stop the simulator; what it saw, from its last line (`key=value` pairs)."""
+    proc.terminate()
+    rest, _ = proc.communicate(timeout=10)
+    line = next((x for x in reversed(rest.splitlines()) if x.startswith("CoC API simulator stopped:")), "")
+    return dict(pair.split("=", 1) for pair in line.split(":", 1)[-1].split() if "=" in pair)
+
+
 def _enqueue(client: redis.Redis, keys: QueueKeys, n: int, offset: int) -> list[str]:
     kinds = ("player", "clan", "war")
     ids, pipe = [], client.pipeline(transaction=False)
@@ -209,16 +220,21 @@ def _contender(
 ) -> dict[str, Any]:
     keys = QueueKeys(f"{{coc:bench:{name}:{os.getpid()}}}:queue")
     ids = _enqueue(client, keys, n, offset=0 if name == "worker" else 10**6)
-    child_env = {**env, "REFRESH_QUEUE_KEY": keys.queue}
+    # A simulator of its own, so what it saw (calls per second, 429s) is this contender's.
+    sim, base_url = _start_simulator(args.latency, args.rate)
+    child_env = {**env, "REFRESH_QUEUE_KEY": keys.queue, "COC_API_BASE_URL": base_url}
     print(f"{name}: draining {n} requests ...", file=sys.stderr, flush=True)
     prefix = args.child_prefix.format(name=name).split() if args.child_prefix else []
-    proc = subprocess.run(
-        [*prefix, sys.executable, str(Path(__file__).resolve()), "--child", name, *sys.argv[1:]],
-        cwd=ROOT,
-        env=child_env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        proc = subprocess.run(
+            [*prefix, sys.executable, str(Path(__file__).resolve()), "--child", name, *sys.argv[1:]],
+            cwd=ROOT,
+            env=child_env,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        seen = _stop_simulator(sim)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -231,6 +247,7 @@ def _contender(
             ).fetchall()
         )
     result["ledger"] = outcome
+    result["api_seen"] = seen
     result["left_in_queue"] = client.llen(keys.queue) + client.llen(keys.inflight)
     client.delete(keys.queue, keys.inflight, keys.lease)
     result["requests"] = n
@@ -259,6 +276,11 @@ def _machine() -> dict[str, str]:
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "postgres": run("psql", "--version"),
     }
+
+
+def _span(seen: dict[str, str], limit: float) -> str:
+    value = seen.get(f"tightest_span_of_{math.floor(limit) + 1}_calls_s", "?")
+    return value if value in ("?", "none") else f"{float(value):.3f} s"
 
 
 def _report(args, results: dict[str, dict[str, Any]], machine: dict[str, str], command: str) -> str:
@@ -320,6 +342,24 @@ def _report(args, results: dict[str, dict[str, Any]], machine: dict[str, str], c
         ("Postgres transactions per request", f"{dw['xacts']:.3f}", f"{dn['xacts']:.2f}", ""),
         ("Postgres round trips per request", f"{dw['trips']:.3f}", f"{dn['trips']:.2f}", ""),
         (
+            "most calls the API saw in any second",
+            w["api_seen"].get("max_calls_in_any_second", "?"),
+            nv["api_seen"].get("max_calls_in_any_second", "?"),
+            f"≤ {limit:g}",
+        ),
+        (
+            f"tightest span of {math.floor(limit) + 1} consecutive calls",
+            _span(w["api_seen"], limit),
+            _span(nv["api_seen"], limit),
+            "≥ 1 s",
+        ),
+        (
+            "calls refused with 429",
+            w["api_seen"].get("throttled", "?"),
+            nv["api_seen"].get("throttled", "?"),
+            "0",
+        ),
+        (
             "peak RSS",
             f"{w['rss_mb']:.0f} MB",
             f"{nv['rss_mb']:.0f} MB",
@@ -368,7 +408,9 @@ def _report(args, results: dict[str, dict[str, Any]], machine: dict[str, str], c
             "* CPU: `time.process_time()` of the child process around the drain call, divided by the",
             "  requests settled: coc.py and aiohttp, JSON parsing and `jsonb` encoding, the ledger and",
             "  snapshot writes, Redis. The interpreter's start and imports are not included.",
-            "* statements: the `Database.round_trips` counter (a pipelined `executemany` counts once).",
+            "* calls the API saw: arrival times on the simulator's clock, in its own process; a",
+            "  tightest span under 1 s means limit + 1 calls in one second, i.e. a 429.",
+            "* statements: the `Database.round_trips` counter (one per statement sent).",
             "  Transactions: `Database.transaction()` entries, counted in the child. Each costs three",
             "  more round trips (the pool's connection check, BEGIN, COMMIT), so round trips =",
             "  statements + 3 x transactions.",
@@ -418,12 +460,10 @@ def main() -> None:
     db_url = create_database(admin, DB_NAME)
     migrate(db_url)
     client = redis.Redis.from_url(redis_url)
-    sim, base_url = _start_simulator(args.latency, args.rate)
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
         "REDIS_URL": redis_url,
-        "COC_API_BASE_URL": base_url,
         "COC_API_TOKENS": TOKEN,
         "COC_REQS_PER_SEC": f"{args.rate:g}",
         "LOG_LEVEL": "WARNING",
@@ -435,8 +475,6 @@ def main() -> None:
             "naive": _contender("naive", args.naive_requests, args, env, db_url, client),
         }
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
         client.close()
     report = _report(args, results, machine, command.strip())
     print(report)

@@ -335,6 +335,22 @@ def test_max_calls_in_window_uses_half_open_windows() -> None:
     assert CocApiSimulator().max_calls_in_window() == 0
 
 
+def test_tightest_span_and_summary() -> None:
+    sim = CocApiSimulator(rate_limit=2)
+    statuses = (200, 200, 429, 200, 200)
+    sim.calls.extend(
+        Call(at, "GET", "/v1/players/%232PP", "player", "#2PP", status, TOKEN)
+        for at, status in zip((10.0, 10.25, 10.5, 11.0, 11.125), statuses, strict=True)
+    )
+    assert sim.tightest_span(2) == 0.125  # 11.0 to 11.125
+    assert sim.tightest_span(3) == 0.5  # 10.0 to 10.5
+    assert sim.tightest_span(5) == 1.125
+    assert sim.tightest_span(6) is None
+    assert sim.summary() == (
+        "calls=5 throttled=1 max_calls_in_any_second=4 tightest_span_of_3_calls_s=0.5000"
+    )
+
+
 # --- developer portal -------------------------------------------------------------------------
 
 
@@ -459,3 +475,8 @@ def test_command_line_serves_until_killed() -> None:
         finally:
             process.terminate()
         assert process.wait(timeout=10) == 0  # SIGTERM is a clean stop
+        # …and it says what it saw: both calls count, the refused one too.
+        assert process.stdout.read().strip() == (
+            "CoC API simulator stopped: calls=2 throttled=0 max_calls_in_any_second=2"
+            " tightest_span_of_31_calls_s=none"
+        )

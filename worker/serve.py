@@ -21,21 +21,18 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from coclib.settings import Settings
-from coclib.testing.lambda_context import LambdaContext, scheduled_event
+from coclib.testing.lambda_context import LambdaContext, rest_event, scheduled_event
 
 log = logging.getLogger(__name__)
 
 API_GATEWAY_LIMIT_SECONDS = 29.0
 FUNCTION_TIMEOUT_SECONDS = 300.0  # tofu/lambda.tf
 STAGE = "local"
-_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml")
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -183,78 +180,21 @@ def proxy_event(
     source_ip: str = "127.0.0.1",
     stage: str = STAGE,
 ) -> dict[str, Any]:
-    """The API Gateway REST proxy event (payload 1.0) for one HTTP request."""
+    """The API Gateway REST proxy event (payload 1.0) for one HTTP request, as it arrived."""
     parts = urlsplit(target)
-    path = parts.path or "/"
-    query = parse_qs(parts.query, keep_blank_values=True)
-    single: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    for name, value in headers:
-        single[name] = value  # API Gateway keeps the last value of a repeated header
-        multi.setdefault(name, []).append(value)
-    text, encoded = _body(body, single)
-    now = datetime.now(UTC)
-    host = single.get("Host") or single.get("host") or "localhost"
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method.upper(),
-        "headers": single or None,
-        "multiValueHeaders": multi or None,
-        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
-        "multiValueQueryStringParameters": query or None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourceId": "local",
-            "resourcePath": path,
-            "httpMethod": method.upper(),
-            "extendedRequestId": uuid.uuid4().hex[:16],
-            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-            "path": f"/{stage}{path}",
-            "accountId": "123456789012",
-            "protocol": "HTTP/1.1",
-            "stage": stage,
-            "domainPrefix": host.split(".")[0].split(":")[0],
-            "requestTimeEpoch": int(now.timestamp() * 1000),
-            "requestId": str(uuid.uuid4()),
-            "identity": {
-                "cognitoIdentityPoolId": None,
-                "accountId": None,
-                "cognitoIdentityId": None,
-                "caller": None,
-                "sourceIp": source_ip,
-                "principalOrgId": None,
-                "accessKey": None,
-                "cognitoAuthenticationType": None,
-                "cognitoAuthenticationProvider": None,
-                "userArn": None,
-                "userAgent": single.get("User-Agent") or single.get("user-agent"),
-                "user": None,
-                "apiKey": single.get("x-api-key") or single.get("X-Api-Key"),
-                "apiKeyId": None,
-            },
-            "domainName": host,
-            "apiId": "local",
-        },
-        "body": text,
-        "isBase64Encoded": encoded,
-    }
-
-
-def _body(body: bytes, headers: dict[str, str]) -> tuple[str | None, bool]:
-    # API Gateway passes text as is and, for binary media types, base64. Without a binary
-    # media type configured, we base64 only what is not UTF-8 text.
-    if not body:
-        return None, False
-    content_type = (headers.get("Content-Type") or headers.get("content-type") or "").lower()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), True
-    if content_type and not content_type.startswith(_TEXT_TYPES) and "\x00" in text:
-        return base64.b64encode(body).decode("ascii"), True
-    return text, False
+    host = next((value for name, value in headers if name.lower() == "host"), "localhost")
+    return rest_event(
+        method,
+        parts.path or "/",
+        body=body,
+        headers=headers,
+        query=parse_qs(parts.query, keep_blank_values=True),
+        stage=stage,
+        source_ip=source_ip,
+        api_id="local",
+        domain=host,
+        client_headers=False,
+    )
 
 
 def proxy_response(answer: Any) -> tuple[int, dict[str, list[str]], bytes]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,51 +88,62 @@ def scheduled_event(
     }
 
 
+_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/xml")
+# What a client like curl sends, for events built without the headers of a real request.
+_CLIENT_HEADERS = {"Accept": "*/*", "User-Agent": "curl/8.5.0"}
+
+
 def rest_event(
     method: str,
     path: str,
     *,
     body: str | bytes | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     query: dict[str, list[str]] | None = None,
     stage: str = "prod",
     source_ip: str = "203.0.113.7",
     api_id: str = "a1b2c3d4e5",
+    domain: str | None = None,
     region: str = REGION,
     account: str = ACCOUNT,
+    client_headers: bool = True,
 ) -> dict[str, Any]:
     """An API Gateway REST API proxy event (payload 1.0) for `method path`.
 
-    A `bytes` body that is not UTF-8 is sent base64-encoded, as API Gateway does for binary
-    media types; JSON text is sent as is.
+    `headers` may repeat a name (as pairs): `headers` keeps the last value and
+    `multiValueHeaders` all of them, as API Gateway does. With `client_headers`, the
+    headers a client and API Gateway's front end add (Accept, User-Agent, Host, X-Forwarded-*,
+    X-Amzn-Trace-Id) are filled in where `headers` lacks them. Text bodies are passed as
+    they are; bodies that are not UTF-8 text are base64-encoded (see `_encode_body`).
     """
-    domain = f"{api_id}.execute-api.{region}.amazonaws.com"
-    request_id = str(uuid.uuid4())
-    all_headers = {
-        "Accept": "*/*",
-        "Host": domain,
-        "User-Agent": "curl/8.5.0",
-        "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}",
-        "X-Forwarded-For": source_ip,
-        "X-Forwarded-Port": "443",
-        "X-Forwarded-Proto": "https",
-        **(headers or {}),
-    }
-    encoded = False
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError:
-            body, encoded = base64.b64encode(body).decode("ascii"), True
-    if body is not None:
-        all_headers.setdefault("Content-Type", "application/json")
+    domain = domain or f"{api_id}.execute-api.{region}.amazonaws.com"
+    pairs = list(headers.items() if isinstance(headers, Mapping) else headers or ())
+    if client_headers:
+        given = {name.lower() for name, _ in pairs}
+        defaults = {
+            **_CLIENT_HEADERS,
+            "Host": domain,
+            "X-Amzn-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}",
+            "X-Forwarded-For": source_ip,
+            "X-Forwarded-Port": "443",
+            "X-Forwarded-Proto": "https",
+        }
+        if body is not None:
+            defaults["Content-Type"] = "application/json"
+        pairs = [(name, value) for name, value in defaults.items() if name.lower() not in given] + pairs
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for name, value in pairs:
+        single[name] = value
+        multi.setdefault(name, []).append(value)
+    text, encoded = _encode_body(body, single)
     now = datetime.now(UTC)
     return {
         "resource": path,
         "path": path,
-        "httpMethod": method,
-        "headers": all_headers,
-        "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
+        "httpMethod": method.upper(),
+        "headers": single or None,
+        "multiValueHeaders": multi or None,
         "queryStringParameters": {k: v[-1] for k, v in query.items()} if query else None,
         "multiValueQueryStringParameters": query or None,
         "pathParameters": None,
@@ -139,16 +151,16 @@ def rest_event(
         "requestContext": {
             "resourceId": uuid.uuid4().hex[:6],
             "resourcePath": path,
-            "httpMethod": method,
+            "httpMethod": method.upper(),
             "extendedRequestId": base64.b32encode(uuid.uuid4().bytes).decode()[:16],
             "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "path": f"/{stage}{path}",
             "accountId": account,
             "protocol": "HTTP/1.1",
             "stage": stage,
-            "domainPrefix": api_id,
+            "domainPrefix": domain.split(".")[0].split(":")[0],
             "requestTimeEpoch": int(now.timestamp() * 1000),
-            "requestId": request_id,
+            "requestId": str(uuid.uuid4()),
             "identity": {
                 "cognitoIdentityPoolId": None,
                 "accountId": None,
@@ -160,17 +172,39 @@ def rest_event(
                 "cognitoAuthenticationType": None,
                 "cognitoAuthenticationProvider": None,
                 "userArn": None,
-                "userAgent": all_headers["User-Agent"],
+                "userAgent": _header(single, "User-Agent"),
                 "user": None,
-                "apiKey": None,
+                "apiKey": _header(single, "X-Api-Key"),
                 "apiKeyId": None,
             },
             "domainName": domain,
             "apiId": api_id,
         },
-        "body": body,
+        "body": text,
         "isBase64Encoded": encoded,
     }
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+def _encode_body(body: str | bytes | None, headers: dict[str, str]) -> tuple[str | None, bool]:
+    # API Gateway passes text as is and, for binary media types, base64. Without a binary
+    # media type configured, only what is not UTF-8 text (or is NUL-bearing binary) is base64.
+    if body is None or body == b"":
+        return None, False
+    if isinstance(body, str):
+        return body, False
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), True
+    content_type = (_header(headers, "Content-Type") or "").lower()
+    if content_type and not content_type.startswith(_TEXT_TYPES) and "\x00" in text:
+        return base64.b64encode(body).decode("ascii"), True
+    return text, False
 
 
 def http_api_event(method: str, path: str) -> dict[str, Any]:

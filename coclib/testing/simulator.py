@@ -28,6 +28,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import math
 import random
 import re
 import secrets
@@ -536,6 +537,32 @@ class CocApiSimulator:
             best = max(best, last - first + 1)
         return best
 
+    def tightest_span(self, count: int) -> float | None:
+        """The shortest time between the first and last of any `count` consecutive arrivals.
+
+        With a limit of L a second, the API refuses a call when this is under a second for
+        `count` = L + 1; how far above a second it stays is the client's headroom.
+        """
+        with self._lock:
+            arrivals = sorted(call.at for call in self.calls)
+        if count < 2 or len(arrivals) < count:
+            return None
+        return min(arrivals[i + count - 1] - arrivals[i] for i in range(len(arrivals) - count + 1))
+
+    def summary(self) -> str:
+        """One line on the calls seen: how many, how many throttled, the tightest windows."""
+        with self._lock:
+            calls = len(self.calls)
+            throttled = sum(1 for call in self.calls if call.status == 429)
+        line = (
+            f"calls={calls} throttled={throttled} max_calls_in_any_second={self.max_calls_in_window(1.0)}"
+        )
+        if self.rate_limit is not None:
+            count = math.floor(self.rate_limit) + 1
+            span = self.tightest_span(count)
+            line += f" tightest_span_of_{count}_calls_s={'none' if span is None else f'{span:.4f}'}"
+        return line
+
     @property
     def portal_keys(self) -> list[dict[str, Any]]:
         """A copy of the API keys on the portal account."""
@@ -841,6 +868,7 @@ async def _serve(simulator: CocApiSimulator, host: str, port: int) -> None:
         await stopped.wait()
     finally:
         await simulator.stop()
+        print(f"CoC API simulator stopped: {simulator.summary()}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

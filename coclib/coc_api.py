@@ -153,6 +153,7 @@ class CocApi:
             lookup_cache=False,
             update_cache=False,
             correct_tags=False,
+            stats_max_size=0,  # per-endpoint latency stats: the ledger keeps each call's latency
             timeout=request_timeout,
             load_game_data=coc.LoadGameData(never=True),
         )

@@ -55,6 +55,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = -math.inf  # when the next group may start
+        self._last_start = -math.inf  # when the latest granted waiter got to run
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._dispenser: asyncio.Task[None] | None = None
         self.granted = 0
@@ -70,14 +71,23 @@ class RateLimiter:
         if self._dispenser is None or self._dispenser.done():
             self._dispenser = asyncio.ensure_future(self._dispense())
         await waiter
+        # The start is now, when this task runs again, which can be well after its grant: a
+        # garbage collection or a long callback in between would otherwise bunch this start up
+        # with the next group's (a 30 ms pause is enough to break a second's limit). The next
+        # group is spaced from the latest start as well as from its own due time.
+        self._last_start = max(self._last_start, self._clock())
 
     async def _dispense(self) -> None:
         """Grant the waiters, a group at a time, until none is left."""
         waiters = self._waiters
+        spacing = self.group * self.interval
         while waiters:
             now = self._clock()
-            if now < self._next:
-                await self._sleep(self._next - now)
+            # Every waiter of the previous group has run by now (or was cancelled): their
+            # wake-ups were queued before this task's timer fired.
+            due = max(self._next, self._last_start - self.slack + spacing)
+            if now < due:
+                await self._sleep(due - now)
                 continue
             granted = 0
             while waiters and granted < self.group:
@@ -90,6 +100,7 @@ class RateLimiter:
                 # Space from when this group was due if it came only a little late: a timer
                 # wakes up to a millisecond or so after it was asked to, and losing that at
                 # every group costs a few percent of the rate. Any later and space from when it
-                # really happened. Any k + 1 groups then span at least k x group x interval -
-                # slack: more than a second for `capacity` / `group` + 1 of them.
-                self._next = max(now - self.slack, self._next) + self.group * self.interval
+                # really happened. Due times then grow by at least `spacing` a group, and any
+                # start of a group k + m comes at least m x spacing - slack after any start of
+                # group k: more than a second for m = `capacity` / `group`.
+                self._next = max(now - self.slack, due) + spacing

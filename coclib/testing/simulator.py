@@ -554,9 +554,7 @@ class CocApiSimulator:
         with self._lock:
             calls = len(self.calls)
             throttled = sum(1 for call in self.calls if call.status == 429)
-        line = (
-            f"calls={calls} throttled={throttled} max_calls_in_any_second={self.max_calls_in_window(1.0)}"
-        )
+        line = f"calls={calls} throttled={throttled} max_calls_in_any_second={self.max_calls_in_window(1.0)}"
         if self.rate_limit is not None:
             count = math.floor(self.rate_limit) + 1
             span = self.tightest_span(count)

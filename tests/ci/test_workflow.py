@@ -5,10 +5,11 @@ least privilege. Broken copies prove the validators really reject things."""
 from __future__ import annotations
 
 import re
+import tomllib
 
 import pytest
 
-from .tools import WORKFLOW, lint, load_yaml, validate_schema
+from .tools import REPO, WORKFLOW, lint, load_yaml, validate_schema
 
 PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
 
@@ -106,6 +107,17 @@ def test_tests_run_against_postgres_and_redis_services(workflow):
         "TEST_DATABASE_URL": "postgresql://postgres:postgres@localhost:5432/postgres",
         "TEST_REDIS_URL": "redis://localhost:6379/0",
     }
+
+
+def test_style_is_checked_with_the_pinned_ruff_before_the_tests(workflow):
+    job = workflow["jobs"]["test"]
+    runs = [s.get("run", "") for s in steps(job)]
+    [lint_at] = [i for i, run in enumerate(runs) if "ruff check" in run]
+    assert runs[lint_at] == "python -m pip install -e '.[lint]' && ruff check . && ruff format --check ."
+    assert lint_at < next(i for i, run in enumerate(runs) if "pytest" in run)
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    [pin] = pyproject["project"]["optional-dependencies"]["lint"]
+    assert re.fullmatch(r"ruff==\d+\.\d+\.\d+", pin)
 
 
 def test_build_ships_by_commit_sha_to_s3_and_github(workflow):

@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb  # noqa: E402
 
 from coclib.db import Database  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
-from coclib.snapshots import Snapshot, upsert_snapshots  # noqa: E402
+from coclib.snapshots import UPSERT_BY_KIND, Snapshot, arrays_by_kind, upsert_snapshots  # noqa: E402
 from coclib.sqlfiles import load_queries  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, create_database, drop_database  # noqa: E402
 from coclib.testing.simulator import simulated_body  # noqa: E402
@@ -66,14 +66,8 @@ async def _rows(db: Database, conn, snapshots: list[Snapshot]) -> None:
 
 async def _text_array(db: Database, conn, snapshots: list[Snapshot]) -> None:
     queries = load_queries()
-    by_kind: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"tag": [], "data": [], "fetched_at": []})
-    for snap in snapshots:
-        arrays = by_kind[snap.kind]
-        arrays["tag"].append(snap.tag)
-        arrays["data"].append(Jsonb(snap.data))
-        arrays["fetched_at"].append(datetime.fromtimestamp(snap.fetched_at, UTC))
-    for kind, arrays in by_kind.items():
-        text = queries[f"upsert_{kind}s"].replace("%(data)b", "%(data)s")
+    for kind, arrays in arrays_by_kind(snapshots).items():
+        text = queries[UPSERT_BY_KIND[kind]].replace("%(data)b", "%(data)s")
         await conn.execute(text, arrays)
 
 

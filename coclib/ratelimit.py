@@ -66,10 +66,12 @@ class RateLimiter:
         A waiter cancelled before its grant uses no start; one cancelled after it (before it
         got to run) has used its start, which is counted in `granted` like any other.
         """
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
-        if self._dispenser is None or self._dispenser.done():
-            self._dispenser = asyncio.ensure_future(self._dispense())
+        dispenser = self._dispenser
+        if dispenser is None or dispenser.done() or dispenser.get_loop() is not loop:
+            self._dispenser = loop.create_task(self._dispense())
         await waiter
         # The start is now, when this task runs again, which can be well after its grant: a
         # garbage collection or a long callback in between would otherwise bunch this start up
@@ -80,6 +82,7 @@ class RateLimiter:
     async def _dispense(self) -> None:
         """Grant the waiters, a group at a time, until none is left."""
         waiters = self._waiters
+        loop = asyncio.get_running_loop()
         spacing = self.group * self.interval
         while waiters:
             now = self._clock()
@@ -92,7 +95,8 @@ class RateLimiter:
             granted = 0
             while waiters and granted < self.group:
                 waiter = waiters.popleft()
-                if not waiter.done():  # a cancelled waiter gives up its place
+                # A cancelled waiter gives up its place; so does one an ended event loop left.
+                if not waiter.done() and waiter.get_loop() is loop:
                     waiter.set_result(None)
                     granted += 1
             if granted:

@@ -1,5 +1,6 @@
 -- Named queries, loaded once by coclib.sqlfiles.load_queries(): each starts with
--- `-- name: <name>` and a line saying what it does. Parameters are %(name)s.
+-- `-- name: <name>` and a line saying what it does. Parameters are %(name)s, or %(name)b
+-- for one psycopg must send in binary.
 
 -- name: upsert_players
 -- Store players' snapshots, given as parallel arrays (one round trip for a whole batch),

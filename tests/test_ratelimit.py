@@ -299,3 +299,27 @@ def test_the_group_is_a_divisor_of_the_capacity_up_to_a_fifth_of_it():
     assert RateLimiter(30, group=4).group == 3  # 4 does not divide 30
     assert RateLimiter(28).group == 4
     assert RateLimiter(30, group=0).group == 1
+
+
+def test_a_limiter_outlives_its_event_loop():
+    """The worker keeps one limiter for a process; a CLI command or a test may run several
+    event loops one after the other, and a loop may end with a waiter still queued."""
+    limiter = RateLimiter(2)
+
+    left: list[asyncio.Future] = []
+
+    async def leave_a_waiter_behind() -> None:
+        await limiter.acquire()
+        left.append(asyncio.ensure_future(limiter.acquire()))  # for the next group: the loop ends first
+        await asyncio.sleep(0)
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(leave_a_waiter_behind())
+    first.close()  # closed, not cancelled: its dispenser task is left pending for good
+    first.set_exception_handler(lambda loop, context: None)  # (and "destroyed but pending" is expected)
+
+    async def acquire_once() -> None:
+        await asyncio.wait_for(limiter.acquire(), timeout=5)
+
+    asyncio.run(acquire_once())
+    assert limiter.granted >= 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,21 +67,40 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     drop_database(pg_admin_url, name)
 
 
+# A test session's claim on a Redis db of a found or embedded server, kept in the db itself.
+_CLAIM_KEY = "coc-tests:claimed-by"
+_CLAIM_SECONDS = 1800  # renewed by every flush, so it outlives only a dead session
+_CLAIM = f"{os.getpid()}:{uuid.uuid4().hex}"
+
+
 @pytest.fixture(scope="session")
-def redis_base_url() -> str:
+def redis_base_url() -> Iterator[str]:
     url = find_redis(STATE_DIR)
     if os.environ.get("TEST_REDIS_URL"):
-        return url
-    # A found or embedded server: keep to a db of our own rather than the default 0.
-    return with_redis_db(url, 13)
+        yield url
+        return
+    # A found or embedded server: keep to a db of our own, never the default 0, and never one
+    # another test session on this machine is using (each claims its db with a key in it).
+    for db in range(13, 0, -1):
+        candidate = with_redis_db(url, db)
+        with redis.Redis.from_url(candidate) as client:
+            if client.set(_CLAIM_KEY, _CLAIM, nx=True, ex=_CLAIM_SECONDS):
+                break
+    else:
+        pytest.fail(f"every Redis db from 1 to 13 at {url} is claimed by another test session", pytrace=False)
+    yield candidate
+    with redis.Redis.from_url(candidate) as client:
+        if client.get(_CLAIM_KEY) == _CLAIM.encode():
+            client.delete(_CLAIM_KEY)
 
 
 @pytest.fixture
 def redis_url(redis_base_url: str) -> str:
-    """A Redis db, flushed for this test."""
-    client = redis.Redis.from_url(redis_base_url)
-    client.flushdb()
-    client.close()
+    """A Redis db, flushed for this test (the session's claim on it kept)."""
+    with redis.Redis.from_url(redis_base_url) as client:
+        client.flushdb()
+        if not os.environ.get("TEST_REDIS_URL"):
+            client.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
     return redis_base_url
 
 

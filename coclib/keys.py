@@ -27,9 +27,9 @@ class QueueKeys:
         return f"{self.queue}:lease"
 
     @property
-    def last_run(self) -> str:
-        """The summary of the last finished run, for health."""
-        return f"{self.queue}:last-run"
+    def dead_letter(self) -> str:
+        """Items Postgres would not take even a `failed` row for: kept aside, never retried."""
+        return f"{self.queue}:dead"
 
     def pending(self, kind: str, tag: str) -> str:
         """De-duplication marker: a request for this kind and tag is waiting in the queue."""

@@ -17,7 +17,7 @@ from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
 from ledger.health import HealthRules
 from ledger.partitions import apply_retention
-from worker.drain import LEASE_HELD, Drain, DrainPolicy, RunSummary
+from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Worker:
         )
         summary = await drain.run(time.monotonic() + seconds, policy=policy)
         days = self.settings.ledger_retention_days
-        if days is not None and summary.stopped != LEASE_HELD:
+        if days is not None and summary.stopped is not StopCode.LEASE_HELD:
             await apply_retention(drain.db, days)  # never raises: the next run tries again
         return summary
 

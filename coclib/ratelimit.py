@@ -13,6 +13,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from coclib.errors import CocLibError
+
+# Two drains' clocks (two Lambda containers, NTP-synced) may disagree by a few milliseconds: a
+# drain that follows another starts this much later than the spacing alone would allow.
+SEAM_MARGIN_SECONDS = 0.02
+
+
+class Withheld(CocLibError):
+    """The limiter stopped granting starts (the drain is handing over): the call was never sent."""
+
 
 class RateLimiter:
     """Starts granted in small groups at least `group` x `interval` seconds apart, in FIFO order.
@@ -58,7 +68,39 @@ class RateLimiter:
         self._last_start = -math.inf  # when the latest granted waiter got to run
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._dispenser: asyncio.Task[None] | None = None
+        self._withheld = False
         self.granted = 0
+
+    @property
+    def spacing(self) -> float:
+        """Seconds between the starts of two groups."""
+        return self.group * self.interval
+
+    def withhold(self) -> None:
+        """Grant nothing more until `resume()`: every waiter, and every later `acquire()`, raises
+        `Withheld`. Starts already granted stand."""
+        self._withheld = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Withheld("the rate limiter is withholding starts"))
+
+    def resume(self) -> None:
+        self._withheld = False
+
+    def last_start(self) -> float | None:
+        """Unix time of the latest start this limiter granted and saw run, or None."""
+        if self._last_start == -math.inf:
+            return None
+        return time.time() - (self._clock() - self._last_start)
+
+    def start_after(self, unix_time: float) -> None:
+        """Follow a limiter elsewhere (another process) whose latest start was at `unix_time`:
+        the first start here comes at least a group's spacing, and a margin for the two
+        clocks, after it, as if both were one limiter."""
+        there = self._clock() - (time.time() - unix_time) + SEAM_MARGIN_SECONDS
+        self._last_start = max(self._last_start, there)
+        self._next = max(self._next, there + self.spacing)
 
     async def acquire(self) -> None:
         """Wait for a start. Waiters are served in the order they asked.
@@ -66,6 +108,8 @@ class RateLimiter:
         A waiter cancelled before its grant uses no start; one cancelled after it (before it
         got to run) has used its start, which is counted in `granted` like any other.
         """
+        if self._withheld:
+            raise Withheld("the rate limiter is withholding starts")
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
@@ -83,7 +127,7 @@ class RateLimiter:
         """Grant the waiters, a group at a time, until none is left."""
         waiters = self._waiters
         loop = asyncio.get_running_loop()
-        spacing = self.group * self.interval
+        spacing = self.spacing
         while waiters:
             now = self._clock()
             # Every waiter of the previous group has run by now (or was cancelled): their

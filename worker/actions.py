@@ -61,7 +61,7 @@ class Actions:
         policy = None
         if max_requests is not None:
             policy = dataclasses.replace(self.worker.policy, max_requests=max_requests)
-        run = await self.worker.drain(seconds, policy=policy)
+        run = await self.worker.drain(seconds, policy=policy, scheduled=trigger == SCHEDULED)
         summary = run.as_dict()
         log.info("run finished", extra={"summary": summary, "trigger": trigger})
         self.metrics.publish(summary, trigger=trigger)

@@ -46,7 +46,7 @@ from coclib.errors import (
 )
 from coclib.lease import Lease
 from coclib.queue import RefreshQueue
-from coclib.ratelimit import RateLimiter
+from coclib.ratelimit import RateLimiter, Withheld
 from coclib.reasons import Reason
 from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
@@ -121,6 +121,7 @@ class DrainPolicy:
     max_requests: int | None = None  # take at most this many items (POST /refresh)
     interrupted_limit: int = 2  # a request found interrupted this many times is `failed`
     unexpected_limit: int = 2  # a request whose call stopped this many runs is `failed`
+    takeover_wait: float = 15.0  # a successor waits this long for the running drain to hand over
     checks: bool = False  # check the tracker's books after every step (tests)
 
 
@@ -141,7 +142,9 @@ class RunSummary:
     api_requests: int = 0
     queue_size: int | None = None
     inflight_size: int | None = None
+    took_over_from: str | None = None  # the run that handed the lease to this one
     error: BaseException | None = field(default=None, repr=False)  # for `internal_error`
+    handover_failed: bool = False  # stopped to hand over, but the successor was gone
 
     @property
     def duration_s(self) -> float:
@@ -171,6 +174,7 @@ class RunSummary:
             "inflight_size": self.inflight_size,
             "api_requests": self.api_requests,
             "api_requests_per_second": round(self.api_requests / duration, 2) if duration > 0 else 0.0,
+            "took_over_from": self.took_over_from,
         }
 
 
@@ -196,16 +200,24 @@ class Drain:
         self.clock = clock
         self.on_progress = on_progress
 
-    async def run(self, deadline: float, *, policy: DrainPolicy | None = None) -> RunSummary:
-        """Drain until the queue is empty or `deadline` (a `clock()` value) draws near."""
-        return await _Run(self, deadline, policy or self.policy).execute()
+    async def run(
+        self, deadline: float, *, policy: DrainPolicy | None = None, scheduled: bool = False
+    ) -> RunSummary:
+        """Drain until the queue is empty or `deadline` (a `clock()` value) draws near.
+
+        A `scheduled` run takes over from a running scheduled drain (which hands the lease
+        over within a second or so), and yields in turn to the next scheduled run. Any other
+        run finds a running drain and returns `lease_held`, and is never asked to yield.
+        """
+        return await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
 
 
 class _Run:
     """The state of one run. Everything here lives and dies with it."""
 
-    def __init__(self, drain: Drain, deadline: float, policy: DrainPolicy) -> None:
+    def __init__(self, drain: Drain, deadline: float, policy: DrainPolicy, *, scheduled: bool) -> None:
         self.drain = drain
+        self.scheduled = scheduled
         self.queue = drain.queue
         self.db = drain.db
         self.policy = policy
@@ -214,7 +226,7 @@ class _Run:
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.writer = LedgerWriter(drain.db, self.run_id)
-        self.lease = Lease(drain.queue.redis, drain.queue.keys.lease)
+        self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
         self.api: CocApi | None = None
         self.granted_at_start = drain.limiter.granted
         # Enough calls in flight to keep the limiter busy through 500 ms of API latency, in
@@ -229,6 +241,7 @@ class _Run:
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
         self.queue_seen_empty = False
         self.stop: Stop | None = None
+        self.prepared = False
         self.database_up = False  # Postgres answered at the start…
         self.database_lost = False  # …and then stopped answering
         self._done: deque[asyncio.Task[Fetched]] = deque()
@@ -238,17 +251,20 @@ class _Run:
 
     async def execute(self) -> RunSummary:
         try:
-            acquired = await self.lease.acquire()
+            acquired = await self._take_lease()
         except RedisError as exc:
             self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
             return await self._summarise()
         if not acquired:
-            log.info("another drain holds the lease; not draining")
-            self._halt(StopCode.LEASE_HELD, None, "another drain is running")
+            if self.stop is None:
+                log.info("another drain holds the lease; not draining")
+                self._halt(StopCode.LEASE_HELD, None, "another drain is running")
             return await self._summarise()
         try:
             try:
-                await self._prepare()
+                await self._follow_the_seam()
+                if not self.prepared:
+                    await self._prepare()
                 if self.stop is None:
                     await self._recover()
                 if self.stop is None:
@@ -271,11 +287,40 @@ class _Run:
             if self.policy.checks:
                 self.items.assert_accounted(finished=True)
         finally:
-            await self.lease.release()
+            handing_over = self.stop is not None and self.stop.code is StopCode.HANDED_OVER
+            last_start = self.drain.limiter.last_start()
+            handed = await self.lease.give_up(last_start=last_start, to_successor=handing_over)
+            self.summary.handover_failed = handing_over and not handed
+            self.drain.limiter.resume()
         return await self._summarise()
+
+    async def _take_lease(self) -> bool:
+        """The lease, taken at once, or (a scheduled run) handed over by the running drain."""
+        if await self.lease.acquire():
+            return True
+        if not self.scheduled or not await self.lease.holder_yields() or await self.lease.successor_waits():
+            return False
+        # Get ready before announcing: the running drain stops soon after, and the API should
+        # not sit idle while this run logs in.
+        await self._prepare()
+        if self.stop is not None:
+            return False  # not ready (Postgres, the API): the running drain goes on
+        return await self.lease.take_over(wait=self.policy.takeover_wait)
+
+    async def _follow_the_seam(self) -> None:
+        """Start the first call a spacing after the previous lease holder's last one."""
+        seam = await self.lease.seam()
+        if seam is None:
+            return
+        if seam.last_start is not None:
+            self.drain.limiter.start_after(seam.last_start)
+        if self.lease.took_over:
+            self.summary.took_over_from = seam.from_run
+            log.info("took over from run %s", seam.from_run)
 
     async def _prepare(self) -> None:
         """Check Postgres and log in to the API; halt (taking nothing) if either fails."""
+        self.prepared = True
         try:
             await self.db.fetch_one(load_queries()["ping"])
         except DatabaseUnavailable as exc:
@@ -295,6 +340,10 @@ class _Run:
                 break
             if self.lease.lost.is_set():
                 self._halt(StopCode.LEASE_LOST, Reason.LEASE_LOST, "the drain lease expired or was taken")
+                break
+            if self.scheduled and self.lease.successor_waiting.is_set():
+                successor = (self.lease.successor or "").split(" ")[0]
+                self._halt(StopCode.HANDED_OVER, Reason.HANDED_OVER, f"run {successor} takes over")
                 break
             self._harvest()
             if self.stop is None:
@@ -459,6 +508,8 @@ class _Run:
             elif isinstance(exc, SystemicError):
                 self.items.move(item, Stage.UNFINISHED)
                 self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+            elif isinstance(exc, Withheld):  # never sent: the run is handing over
+                self.items.move(item, Stage.UNFINISHED)
             else:
                 # Nobody planned for this. Stop, and blame this request, so that one which keeps
                 # doing it is failed after a few runs instead of stopping every run.
@@ -649,6 +700,12 @@ class _Run:
         Never raises but for cancellation: whatever cannot be done is left for the next run.
         """
         try:
+            if self.stop is not None and self.stop.code is StopCode.HANDED_OVER:
+                # Start nothing more; let what the API already has finish (within the deadline),
+                # so that the successor repeats no call.
+                self.drain.limiter.withhold()
+                if self.calls:
+                    await asyncio.wait(list(self.calls), timeout=max(0.0, self.soft_deadline - self.clock()))
             for task in self.calls:
                 task.cancel()
             if self.calls:

@@ -50,6 +50,7 @@ class RateLimiter:
         group: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if not rate > 0:
             raise ValueError("rate must be positive")
@@ -64,6 +65,7 @@ class RateLimiter:
         self.slack = 0.1 * margin * self.capacity * self.interval
         self._clock = clock
         self._sleep = sleep
+        self._wall = wall  # unix time: how another process's limiter is followed
         self._next = -math.inf  # when the next group may start
         self._last_start = -math.inf  # when the latest granted waiter got to run
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -92,13 +94,13 @@ class RateLimiter:
         """Unix time of the latest start this limiter granted and saw run, or None."""
         if self._last_start == -math.inf:
             return None
-        return time.time() - (self._clock() - self._last_start)
+        return self._wall() - (self._clock() - self._last_start)
 
     def start_after(self, unix_time: float) -> None:
         """Follow a limiter elsewhere (another process) whose latest start was at `unix_time`:
         the first start here comes at least a group's spacing, and a margin for the two
         clocks, after it, as if both were one limiter."""
-        there = self._clock() - (time.time() - unix_time) + SEAM_MARGIN_SECONDS
+        there = self._clock() - (self._wall() - unix_time) + SEAM_MARGIN_SECONDS
         self._last_start = max(self._last_start, there)
         self._next = max(self._next, there + self.spacing)
 

@@ -178,6 +178,10 @@ class RunSummary:
         }
 
 
+# A run that handed over to nobody is followed by another only if this much time is left.
+RERUN_MIN_SECONDS = 5.0
+
+
 class Drain:
     """Drains the refresh queue. Holds no per-run state: `run()` may be called again."""
 
@@ -207,9 +211,16 @@ class Drain:
 
         A `scheduled` run takes over from a running scheduled drain (which hands the lease
         over within a second or so), and yields in turn to the next scheduled run. Any other
-        run finds a running drain and returns `lease_held`, and is never asked to yield.
+        run finds a running drain and returns `lease_held`, and is never asked to yield. The
+        summary is that of the last run.
         """
-        return await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
+        while True:
+            summary = await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
+            # Stopped for a successor that never came (it died after announcing itself): drain
+            # on in a new run rather than leave the queue to the next schedule.
+            if not summary.handover_failed or deadline - self.clock() < RERUN_MIN_SECONDS:
+                return summary
+            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
 
 
 class _Run:

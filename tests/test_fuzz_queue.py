@@ -6,7 +6,10 @@ unusable ids) between valid requests, then drains once with the real services. P
 judged from the ledger, Redis and the simulator:
 
 * no exception escapes the run, which ends `queue_empty` with every item taken acknowledged;
-* every valid request is `fetched` exactly once, and its snapshot is the API's body;
+* every valid request is `fetched` exactly once, and its snapshot is the API's body, unless
+  the simulator answers it with a body the API should not send (an HTML page, truncated JSON,
+  a JSON array or string, an empty body, a wrong Content-Type, `\u0000` in a string): then it
+  is `failed` exactly once, `bad_response` or `unstorable`, and nothing is stored for it;
 * every item pushed has exactly one terminal row in the run (so none is lost or doubled),
   and a junk item is `fetched` (it happened to be a valid request) or `failed` for its shape;
 * the queue and the in-flight list are empty afterwards, and a run right after drains a
@@ -39,6 +42,11 @@ from worker.drain import Drain, DrainPolicy
 
 EXAMPLES = 40
 SHAPE_REASONS = {"invalid_request", "invalid_tag"}
+BODY_REASONS = {"bad_response", "unstorable"}
+# Every bad body but `huge` (24 MB a call: tests/test_bad_input.py has it).
+bad_bodies = st.sampled_from(
+    ["html", "truncated_json", "json_array", "json_string", "empty", "wrong_content_type", "nul_in_string"]
+)
 
 # Tags that look like tags to a person: Cyrillic and full-width letters, NUL, spaces, too long.
 look_alikes = st.sampled_from(
@@ -130,7 +138,9 @@ class Harness:
             db=self.db,
             connect_api=connect,
             limiter=self.limiter,
-            policy=DrainPolicy(checks=True, retry_backoff=0.01),
+            # Bad bodies for many requests in a row would open the circuit (a proxy is down):
+            # tests/test_bad_input.py checks that; here each request must meet its own fate.
+            policy=DrainPolicy(checks=True, retry_backoff=0.01, max_tries=2, transient_streak=1000),
         )
         return self.runner.run(drain.run(time.monotonic() + 60))
 
@@ -154,13 +164,14 @@ def test_whatever_a_producer_pushes_every_run_accounts_for_it(
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(mix=mixes, valid_count=st.integers(1, 6))
-    def example(mix, valid_count):
+    @given(mix=mixes, answers=st.lists(st.none() | bad_bodies, min_size=1, max_size=6))
+    def example(mix, answers):
         keys = QueueKeys(f"{{fuzz:{uuid.uuid4().hex[:12]}}}:queue")
-        valid = [
-            {"id": f"v-{uuid.uuid4().hex[:8]}", "kind": "player", "tag": fresh_tag()}
-            for _ in range(valid_count)
-        ]
+        valid = [{"id": f"v-{uuid.uuid4().hex[:8]}", "kind": "player", "tag": fresh_tag()} for _ in answers]
+        simulator.bad_body.clear()
+        for request, answer in zip(valid, answers, strict=True):
+            if answer is not None:
+                simulator.bad_body[request["tag"]] = answer
         items: list[bytes] = [orjson.dumps(v) for v in valid]
         for raw, slot in mix:
             items.insert(min(slot, len(items)), raw)
@@ -176,15 +187,19 @@ def test_whatever_a_producer_pushes_every_run_accounts_for_it(
         terminal = [r for r in rows if r["outcome"] != "attempted"]
         assert len(terminal) == len(items), Counter((r["outcome"], r["reason"]) for r in terminal)
         assert {(r["outcome"], r["reason"] or "") for r in terminal} <= {("fetched", "")} | {
-            ("failed", reason) for reason in SHAPE_REASONS
+            ("failed", reason) for reason in SHAPE_REASONS | BODY_REASONS
         }
         per_request = Counter(r["request_id"] for r in terminal)
-        for v in valid:
+        for v, answer in zip(valid, answers, strict=True):
             assert per_request[v["id"]] == 1
             [row] = [r for r in terminal if r["request_id"] == v["id"]]
-            assert row["outcome"] == "fetched", row
             stored = query(database_url, "SELECT data FROM players WHERE tag = %s", v["tag"])
-            assert stored and stored[0]["data"] == simulated_body("player", v["tag"])
+            if answer is None:
+                assert row["outcome"] == "fetched", row
+                assert stored and stored[0]["data"] == simulated_body("player", v["tag"])
+            else:
+                assert row["outcome"] == "failed" and row["reason"] in BODY_REASONS, (answer, row)
+                assert not stored
         for row in terminal:
             assert "\x00" not in (row["detail"] or "")
         assert redis_client.llen(keys.queue) == 0 and redis_client.llen(keys.inflight) == 0
@@ -195,6 +210,7 @@ def test_whatever_a_producer_pushes_every_run_accounts_for_it(
         after = harness.drain(keys)
         assert after.stopped == "queue_empty" and after.counts.get("fetched") == 1
         redis_client.delete(keys.queue, keys.inflight)
+        simulator.bad_body.clear()
 
     try:
         example()

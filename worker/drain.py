@@ -364,7 +364,9 @@ class _Run:
             if self.stop is None and self._idle():
                 if not self.queue_seen_empty:
                     continue  # look at the queue once more before calling it empty
-                self._close_parked(api_down=len(self.streak) > 1)
+                # Nothing left to learn from: the requests that ran out of tries fail, unless as
+                # many different requests in a row met transient errors as open the circuit.
+                self._close_parked(api_down=len(self.streak) >= self.policy.transient_streak)
                 if self._idle() and self.stop is None:
                     full = (
                         self.policy.max_requests is not None

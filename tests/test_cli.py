@@ -362,7 +362,7 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
     # simulator answers with an HTML page and status 200. Each fails alone, with a code.
     not_utf8 = [row for row in failed if row["reason"] == "invalid_request" and "UTF-8" in row["detail"]]
     assert len(not_utf8) == 1
-    (html,) = [row for row in failed if "<!DOCTYPE html>" in (row["detail"] or "")]
+    (html,) = [row for row in failed if "Service temporarily unavailable" in (row["detail"] or "")]
     assert re.fullmatch(r"[a-z_]+", html["reason"]) and html["kind"] == "player"
     assert not (tmp_path / ".local").exists()  # nothing embedded was started
     assert unclean_lines(done.stdout, done.stderr) == []

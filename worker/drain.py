@@ -266,6 +266,9 @@ class _Run:
         except RedisError as exc:
             self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
             return await self._summarise()
+        except Exception as exc:  # before the lease: nothing was taken, nothing is to record
+            self._internal_error(exc)
+            return await self._summarise()
         if not acquired:
             if self.stop is None:
                 log.info("another drain holds the lease; not draining")

@@ -1,7 +1,8 @@
 """One drainer at a time: a Redis lease with an owner token.
 
 `SET key token NX PX ttl` takes it; only the owner may renew or release it (checked
-atomically in Lua); if the process dies the lease simply expires.
+atomically in Lua); if the process dies the lease simply expires. One key per command, so a
+cluster client routes each to the key's slot like any other.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from coclib.redis_client import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ return 0
 class Lease:
     """A renewable, owner-checked lease on one Redis key."""
 
-    def __init__(self, client: aioredis.Redis, key: str, *, ttl_ms: int = 30_000) -> None:
+    def __init__(self, client: AsyncRedis, key: str, *, ttl_ms: int = 30_000) -> None:
         self.redis = client
         self.key = key
         self.ttl_ms = ttl_ms

@@ -12,6 +12,7 @@ import redis
 from coclib.errors import CocLibError, ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import KINDS, enqueue
+from coclib.redis_client import describe_error, sync_client
 from coclib.settings import Settings
 from worker.logs import configure_logging
 from worker.runtime import Worker
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         if args.command == "demo":
             from worker.demo import run_demo  # needs the `local` extra, never shipped to Lambda
@@ -54,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             applied = Worker(settings).migrate()
             print(f"applied: {', '.join(applied)}" if applied else "up to date")
         elif args.command == "enqueue":
-            client = redis.Redis.from_url(settings.redis_url)
-            keys = QueueKeys(settings.refresh_queue_key)
-            for tag in args.tags:
-                request_id = enqueue(client, args.kind, tag, keys=keys)
-                print(f"{args.kind} {tag}: {request_id or 'already queued'}")
+            return _enqueue(settings, args.kind, args.tags)
         elif args.command == "drain":
             summary = asyncio.run(_drain(settings, args.seconds))
             sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -69,6 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     except CocLibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except redis.RedisError as exc:  # Redis down or refusing: one line, its password masked
+        text = describe_error(exc, settings) if settings else f"Redis: {type(exc).__name__}: {exc}"
+        print(f"error: {text}", file=sys.stderr)
+        return 1
+
+
+def _enqueue(settings: Settings, kind: str, tags: list[str]) -> int:
+    keys = QueueKeys(settings.refresh_queue_key)
+    with sync_client(settings) as client:  # a single node or a cluster, whichever REDIS_URL names
+        for tag in tags:
+            request_id = enqueue(client, kind, tag, keys=keys)
+            print(f"{kind} {tag}: {request_id or 'already queued'}")
+    return 0
 
 
 async def _drain(settings: Settings, seconds: float) -> dict:

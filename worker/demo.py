@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import redis
 from tqdm import tqdm
 
 from coclib.keys import QueueKeys
 from coclib.queue import enqueue
+from coclib.redis_client import SyncRedis, sync_client
 from coclib.settings import Settings
 from coclib.testing.services import embedded_postgres, embedded_redis
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread
@@ -35,7 +35,7 @@ def _tag(rng: random.Random) -> str:
     return "#" + "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(7, 9)))
 
 
-def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
+def _enqueue_mix(client: SyncRedis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
     """A day's traffic in miniature: mostly players, some clans and wars, a few bad ones."""
     rng = random.Random(time.time_ns())
     count = 0
@@ -107,8 +107,8 @@ def run_demo(requests: int = 240) -> int:
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        client = redis.Redis.from_url(settings.redis_url)
-        queued = _enqueue_mix(client, worker.keys, sim, requests)
+        with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
+            queued = _enqueue_mix(client, worker.keys, sim, requests)
         print(f"Enqueued {queued} refresh requests; draining at {settings.coc_reqs_per_sec:g} requests/s …\n")
         return asyncio.run(_drain_and_report(worker, queued))
     finally:

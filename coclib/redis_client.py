@@ -183,8 +183,9 @@ def _without_db(url: str) -> str:
     """`url` without a database: the probe must not SELECT (a cluster refuses it)."""
     parts = urlsplit(url)
     query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
-    path = parts.path if parts.scheme == "unix" else ""
-    return urlunsplit(parts._replace(path=path, query=query))
+    if parts.scheme == "unix":  # urlunsplit would drop the '//' of unix:///path/to/socket
+        return f"unix://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+    return urlunsplit(parts._replace(path="", query=query))
 
 
 def _options(settings: Settings, retry_class: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:

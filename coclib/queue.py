@@ -25,6 +25,7 @@ or acknowledgement moves or removes only what is still in the in-flight list.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ import orjson
 
 from coclib.errors import InvalidRequestError, RequestError
 from coclib.keys import QueueKeys
+from coclib.storable import excerpt
 from coclib.tags import parse_tag
 
 if TYPE_CHECKING:  # producers import this module alone: no settings (and no psycopg) at run time
@@ -44,7 +46,8 @@ KINDS = ("player", "clan", "war")
 MAX_ITEM_BYTES = 4096
 MAX_ID_CHARS = 128
 DEDUPE_TTL_SECONDS = 3600
-_DETAIL_PAYLOAD_CHARS = 200
+# An id is printable text: no control characters (NUL among them) and no lone surrogates.
+_ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 
 # KEYS[1] queue, KEYS[2] the pending marker; ARGV[1] item, ARGV[2] marker TTL in seconds.
 _ENQUEUE = """
@@ -71,6 +74,17 @@ for i = 1, #ARGV do
     removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
 end
 return removed
+"""
+# KEYS[1] in-flight, KEYS[2] dead-letter list; ARGV items. Moves those still in flight.
+_DEAD_LETTER = """
+local moved = 0
+for i = 1, #ARGV do
+    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+        redis.call('RPUSH', KEYS[2], ARGV[i])
+        moved = moved + 1
+    end
+end
+return moved
 """
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3..] pending markers; ARGV[1] marker TTL, then per
 # item, last to first: the item and the KEYS index of its marker (0: none). An item no longer
@@ -131,19 +145,13 @@ def encode(request: RefreshRequest) -> bytes:
     return orjson.dumps(item)
 
 
-def truncate_payload(raw: bytes) -> str:
-    """The start of a raw payload, printable, for a ledger `detail`."""
-    text = raw[:_DETAIL_PAYLOAD_CHARS].decode("utf-8", errors="replace")
-    return text + ("…" if len(raw) > _DETAIL_PAYLOAD_CHARS else "")
-
-
 def parse_item(raw: bytes, seq: int = 0) -> Taken:
     """Decode one queue item; a malformed one becomes a `Taken` with its `error` set."""
     request_id = request_id_for(raw)
     try:
         request = _parse(raw)
     except RequestError as exc:
-        exc.detail = f"{exc.detail}; payload: {truncate_payload(raw)}"
+        exc.detail = f"{exc.detail}; payload: {excerpt(raw)}"
         found_id = _id_if_any(raw)
         return Taken(raw, seq, found_id or request_id, error=exc)
     if not request.id:
@@ -158,7 +166,7 @@ def _id_if_any(raw: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     value = item.get("id") if isinstance(item, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def _parse(raw: bytes) -> RefreshRequest:
@@ -176,10 +184,10 @@ def _parse(raw: bytes) -> RefreshRequest:
         raise InvalidRequestError(f"item is a JSON {type(item).__name__}, not an object")
 
     request_id = item.get("id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_CHARS
-    ):
-        raise InvalidRequestError(f"'id' must be a string of 1-{MAX_ID_CHARS} characters")
+    if request_id is not None and (not isinstance(request_id, str) or not _ID.fullmatch(request_id)):
+        raise InvalidRequestError(
+            f"'id' must be a string of 1-{MAX_ID_CHARS} characters without control characters"
+        )
     kind = item.get("kind")
     if kind not in KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -268,6 +276,17 @@ class RefreshQueue:
             argv += [item.raw, index]
         await self.redis.eval(
             _PUT_BACK, 2 + len(markers), self.keys.queue, self.keys.inflight, *markers, *argv
+        )
+
+    async def dead_letter(self, items: Sequence[Taken]) -> None:
+        """Move items from the in-flight list to the dead-letter list, atomically.
+
+        As with `put_back`, only items still in the in-flight list move: a repeat moves nothing.
+        """
+        if not items:
+            return
+        await self.redis.eval(
+            _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.raw for t in items]
         )
 
     async def inflight(self) -> list[Taken]:

@@ -78,14 +78,14 @@ def test_a_key_without_a_tag_becomes_the_tag():
 
 
 def test_a_new_derived_key_inherits_the_slot_rule(redis_cluster):
-    class WithDeadLetters(QueueKeys):
+    class WithAuditLog(QueueKeys):
         @property
-        def dead_letter(self) -> str:
-            return self.derived("dead-letter")
+        def audit_log(self) -> str:
+            return self.derived("audit")
 
-    keys = WithDeadLetters("a}b")
-    assert "dead_letter" in keys.derived_keys()
-    assert redis_cluster.slot(keys.dead_letter) == redis_cluster.slot("a}b")
+    keys = WithAuditLog("a}b")
+    assert "audit_log" in keys.derived_keys()
+    assert redis_cluster.slot(keys.audit_log) == redis_cluster.slot("a}b")
 
 
 # -- detection and the cluster client ---------------------------------------------------------
@@ -197,7 +197,7 @@ def test_killing_and_restarting_the_slot_owner_mid_run_loses_nothing(
     def run() -> None:
         try:
             ended["summary"] = drain(settings)
-        except Exception as exc:  # what the run did when its Redis node vanished
+        except Exception as exc:  # a run must not end this way: kept to say so
             ended["error"] = exc
 
     runner = threading.Thread(target=run)
@@ -212,14 +212,12 @@ def test_killing_and_restarting_the_slot_owner_mid_run_loses_nothing(
             owner.start()  # same directory: its append-only file and nodes.conf
         redis_cluster.wait_ok()
 
-    # The run halted: it ended with a summary saying Redis failed, or with the Redis error.
-    if "summary" in ended:
-        summary = ended["summary"]
-        assert summary.stopped == "circuit_open" and "redis" in summary.cause, summary
-    else:
-        assert isinstance(ended["error"], redis.RedisError), repr(ended["error"])
+    # The run halted cleanly: a summary saying Redis failed, not an exception.
+    assert "error" not in ended, repr(ended.get("error"))
+    summary = ended["summary"]
+    assert (summary.stopped, summary.cause) == ("circuit_open", "redis_unavailable"), summary
     settled = settling(database_url)
-    assert set(settled.values()) == {1}, "a request settled twice"
+    assert all(n == 1 for n in settled.values()), "a request settled twice"
     with redis_cluster.client() as check:
         queued, inflight = check.lrange(keys.queue, 0, -1), check.lrange(keys.inflight, 0, -1)
         assert inflight, "the run left nothing in flight: the kill came too late to test anything"

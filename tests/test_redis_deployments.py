@@ -226,12 +226,13 @@ def test_one_drain_at_a_time_through_the_lease(deployment, worker_env, database_
 
     async def hold_lease_and_drain() -> tuple[str, bool, bool]:
         client = await async_client(settings)
-        lease = Lease(client, deployment.keys.lease)
+        lease = Lease(client, deployment.keys, owner="an-operators-drain", yields=False)
         try:
             assert await lease.acquire()
-            assert not await Lease(client, deployment.keys.lease).acquire(), "a second holder got the lease"
+            second = Lease(client, deployment.keys, owner="another", yields=False)
+            assert not await second.acquire(), "a second holder got the lease"
             held = await asyncio.to_thread(drain, settings)  # another process's run, meanwhile
-            await lease.release()
+            await lease.give_up(last_start=None)
             return held.stopped, is_cluster(client), bool(await client.exists(deployment.keys.lease))
         finally:
             await client.aclose()

@@ -16,10 +16,13 @@ from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
 from ledger.partitions import apply_retention
-from worker.drain import LEASE_HELD, Drain, DrainPolicy, RunSummary
+from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
+
+# A run that handed over to nobody is followed by another only if this much time is left.
+RERUN_MIN_SECONDS = 5.0
 
 
 class Worker:
@@ -74,9 +77,19 @@ class Worker:
             return self._api
 
     async def drain(
-        self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None
+        self,
+        seconds: float,
+        *,
+        policy: DrainPolicy | None = None,
+        scheduled: bool = False,
+        on_progress=None,
     ) -> RunSummary:
-        """One run that returns within `seconds`."""
+        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over).
+
+        A run that stopped to hand over and found its successor gone (it died after announcing
+        itself) is followed at once by another, so that the queue does not wait for the next
+        schedule; the last run's summary is returned.
+        """
         self.settings.require_credentials()
         drain = Drain(
             queue=await self.queue(),
@@ -86,9 +99,13 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        summary = await drain.run(time.monotonic() + seconds, policy=policy)
+        deadline = time.monotonic() + seconds
+        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        while summary.handover_failed and deadline - time.monotonic() > RERUN_MIN_SECONDS:
+            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
+            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
-        if days is not None and summary.stopped != LEASE_HELD:
+        if days is not None and summary.stopped is not StopCode.LEASE_HELD:
             await apply_retention(drain.db, days)  # never raises: the next run tries again
         return summary
 

@@ -16,7 +16,8 @@ script or multi-key command touching a key of another slot fails.
 
 What runs: `python -m worker enqueue` (a real process), `GET /health` through the Lambda
 handler, a drain, a drain process killed with SIGKILL and the next run's recovery, the lease,
-and (on TLS and the clusters) `python -m worker demo`.
+a hand-over between two scheduled drains (on the clusters; one node: `test_handover`) and
+`python -m worker demo` (on the clusters, TLS included).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from coclib.testing.services import embedded_redis
 from tests.helpers import drain, query
 from tests.redis_servers import Cluster, Node, wait_for
 from tests.test_handler import cold_invoker
+from worker.runtime import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = ("single", "tls", "cluster", "cluster-tls", "valkey", "valkey-cluster")
@@ -247,7 +249,37 @@ def test_one_drain_at_a_time_through_the_lease(deployment, worker_env, database_
     assert settling(database_url) == {"r1": 1}
 
 
-@pytest.mark.parametrize("deployment", ["tls", "cluster", "cluster-tls"], indirect=True)
+@pytest.mark.parametrize("deployment", ["cluster", "cluster-tls", "valkey-cluster"], indirect=True)
+def test_a_scheduled_drain_takes_over_on_a_cluster(deployment, worker_env, database_url, simulator):
+    # The hand-over's scripts touch the lease, successor and seam keys together: one slot.
+    settings = worker_settings(worker_env, deployment)
+    simulator.latency = (0.05, 0.1)
+    items = [RefreshRequest(f"h{i}", "player", tag) for i, tag in enumerate(TAGS[:60])]
+    deployment.check.rpush(deployment.keys.queue, *[encode(i) for i in items])
+
+    async def go():
+        first, second = Worker(settings), Worker(settings)
+        try:
+            running = asyncio.ensure_future(first.drain(60, scheduled=True))
+            await asyncio.to_thread(
+                wait_for, lambda: len(ledger_rows(database_url, "attempted")) >= 5, "attempts"
+            )
+            successor = await second.drain(60, scheduled=True)
+            return await running, successor
+        finally:
+            await first.close()
+            await second.close()
+
+    first, second = asyncio.run(go())
+
+    assert first.stopped == "handed_over" and second.took_over_from == first.run_id, (first, second)
+    assert second.stopped == "queue_empty"
+    assert settling(database_url) == {i.id: 1 for i in items}
+    assert deployment.lists() == ([], [])
+    assert not deployment.check.exists(deployment.keys.lease, deployment.keys.successor)
+
+
+@pytest.mark.parametrize("deployment", ["cluster", "cluster-tls"], indirect=True)
 def test_the_demo_runs_on_it(deployment, database_url, tmp_path):
     env = {
         "DATABASE_URL": database_url,

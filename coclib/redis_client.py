@@ -75,7 +75,7 @@ class _AsyncCluster(aioredis.RedisCluster):
 
 
 def sync_client(settings: Settings) -> SyncRedis:
-    """A client for `REDIS_URL` (connecting once now, unless `REDIS_CLUSTER` is set).
+    """A client for `REDIS_URL`, plain or cluster (asking the server now unless `REDIS_CLUSTER` says).
 
     Raises `ConfigError` naming the variable to fix, or a `RedisError` if Redis does not answer.
     """

@@ -153,15 +153,14 @@ def ids_of(raws: list[bytes]) -> list[str]:
 def test_enqueue_command_health_and_drain(deployment, worker_env, database_url, simulator, monkeypatch):
     env = {**worker_env, **deployment.env}
 
-    first = run_worker(env, "enqueue", "player", "#2pp", "#2PQ")
-    again = run_worker(env, "enqueue", "player", "#2PP")
+    players = run_worker(env, "enqueue", "player", "#2pp", "#2PQ", "#2PP")  # the last one waits already
     clan = run_worker(env, "enqueue", "clan", "#2pp")
 
-    assert first.returncode == 0, first.stderr
-    assert again.returncode == 0 and "already queued" in again.stdout, again.stdout + again.stderr
-    assert clan.returncode == 0, clan.stderr
+    assert players.returncode == 0 and clan.returncode == 0, players.stderr + clan.stderr
+    answers = [line.split(": ", 1)[1] for line in (players.stdout + clan.stdout).splitlines()]
+    assert len(answers) == 4 and answers[2] == "already queued", answers
+    printed = [answers[0], answers[1], answers[3]]  # the ids of the three queued requests
     queued, inflight = deployment.lists()
-    printed = [line.split(": ")[1] for line in (first.stdout + clan.stdout).splitlines()]
     assert ids_of(queued) == printed and inflight == []
     assert deployment.check.exists(deployment.keys.pending("player", "#2PP")) == 1
 

@@ -26,7 +26,7 @@ the queue's `sizes()` do).
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -37,7 +37,7 @@ from redis.exceptions import ClusterError, RedisClusterException, ResponseError
 from redis.retry import Retry
 
 from coclib.errors import ConfigError
-from coclib.settings import Settings, cluster_db_problem, mask_url_password, redis_db
+from coclib.settings import cluster_db_problem, mask_url_password, redis_db
 
 SyncRedis: TypeAlias = redis.Redis | redis.RedisCluster
 AsyncRedis: TypeAlias = aioredis.Redis | aioredis.RedisCluster
@@ -52,6 +52,16 @@ RETRIES = 3
 _BACKOFF = {"cap": 1.0, "base": 0.05}
 
 _NOT_A_CLUSTER = "cluster support disabled"  # CLUSTER INFO's error on a plain server
+
+
+class RedisSettings(Protocol):
+    """What building a client reads: `coclib.settings.Settings` or `QueueSettings`."""
+
+    redis_url: str
+    redis_cluster: bool | None
+    ssl_cert_file: str | None
+
+    def secrets(self) -> tuple[str, ...]: ...
 
 
 class ClusterUnavailable(ClusterError):
@@ -74,7 +84,7 @@ class _AsyncCluster(aioredis.RedisCluster):
             raise ClusterUnavailable(str(exc)) from exc
 
 
-def sync_client(settings: Settings) -> SyncRedis:
+def sync_client(settings: RedisSettings) -> SyncRedis:
     """A client for `REDIS_URL`, plain or cluster (asking the server now unless `REDIS_CLUSTER` says).
 
     Raises `ConfigError` naming the variable to fix, or a `RedisError` if Redis does not answer.
@@ -97,7 +107,7 @@ def sync_client(settings: Settings) -> SyncRedis:
         raise ClusterUnavailable(str(exc)) from exc
 
 
-async def async_client(settings: Settings) -> AsyncRedis:
+async def async_client(settings: RedisSettings) -> AsyncRedis:
     """The asyncio client for `REDIS_URL`; as `sync_client`, without blocking the loop."""
     cluster = settings.redis_cluster
     if cluster is None:
@@ -117,14 +127,6 @@ async def async_client(settings: Settings) -> AsyncRedis:
 def is_cluster(client: SyncRedis | AsyncRedis) -> bool:
     """Whether `client` is a cluster client."""
     return isinstance(client, redis.RedisCluster | aioredis.RedisCluster)
-
-
-def describe_error(exc: BaseException, settings: Settings) -> str:
-    """One line about a Redis failure, naming the server with its password masked."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    for secret in settings.secrets():
-        text = text.replace(secret, "***")
-    return f"Redis at {mask_url_password(settings.redis_url)}: {type(exc).__name__}: {text}"
 
 
 # -- detection ----------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def _cluster_from_info(info: Any) -> bool | None:
     return None
 
 
-def _cluster_from_cluster_info(settings: Settings, answer: Any) -> bool:
+def _cluster_from_cluster_info(settings: RedisSettings, answer: Any) -> bool:
     if not isinstance(answer, Exception):
         return True
     if _NOT_A_CLUSTER in str(answer).lower():
@@ -166,7 +168,7 @@ def _cluster_from_cluster_info(settings: Settings, answer: Any) -> bool:
 # -- building -----------------------------------------------------------------------------
 
 
-def _check_cluster_url(settings: Settings) -> None:
+def _check_cluster_url(settings: RedisSettings) -> None:
     url = settings.redis_url
     if url.startswith("unix://"):
         raise ConfigError(
@@ -188,7 +190,7 @@ def _without_db(url: str) -> str:
     return urlunsplit(parts._replace(path="", query=query))
 
 
-def _options(settings: Settings, retry_class: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
+def _options(settings: RedisSettings, retry_class: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "socket_timeout": SOCKET_TIMEOUT_SECONDS,

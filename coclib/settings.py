@@ -1,7 +1,9 @@
 """Settings: the only place in the project that reads the environment.
 
 `Settings.from_env()` parses and validates every variable once; everything else
-receives a `Settings` (or the pieces it needs) as an argument.
+receives a `Settings` (or the pieces it needs) as an argument. Tools that need less read
+less: `QueueSettings` (a producer: Redis and the queue key) and `DatabaseSettings`
+(Postgres alone). `VARIABLES` says what each variable means, for help texts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -34,6 +37,26 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "
 _UNVERIFIED_TLS = re.compile(
     r"(?i)(?:^|&)(ssl_cert_reqs=(none|optional)|ssl_check_hostname=(false|no|0))(?:&|$)"
 )
+
+# Every variable and its meaning with its default, for `--help`; each settings class names
+# the ones it reads in `VARIABLES`.
+VARIABLES = {
+    "DATABASE_URL": "libpq URI of Postgres (required)",
+    "REDIS_URL": "redis://, rediss:// or unix:// URL of Redis, any node of a cluster (required)",
+    "REDIS_CLUSTER": "true or false: whether Redis is a cluster (default: asked of the server)",
+    "SSL_CERT_FILE": "with rediss://: a CA bundle to trust besides the system's",
+    "REFRESH_QUEUE_KEY": f"the queue's Redis key, any name (default {DEFAULT_QUEUE_KEY})",
+    "COC_API_TOKENS": "comma-separated static API tokens (or COC_EMAIL and COC_PASSWORD)",
+    "COC_EMAIL": "developer-portal login, with COC_PASSWORD (or COC_API_TOKENS)",
+    "COC_PASSWORD": "developer-portal password, with COC_EMAIL",
+    "COC_API_BASE_URL": f"the API's address (default {DEFAULT_API_BASE_URL})",
+    "COC_REQS_PER_SEC": (
+        f"API requests per second (default {DEFAULT_REQS_PER_SEC:g}, at most {MAX_REQS_PER_SEC:g})"
+    ),
+    "ENVIRONMENT": f"{', '.join(ENVIRONMENTS)} (default development)",
+    "LOG_LEVEL": "log level (default INFO)",
+    "LEDGER_RETENTION_DAYS": "drop ledger partitions older than this many days (default: keep all)",
+}
 
 
 def mask_url_password(url: str) -> str:
@@ -69,6 +92,8 @@ class Settings:
     redis_cluster: bool | None = None  # None: detected when connecting
     ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
 
+    VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every variable; raise `ConfigError` naming the first bad one."""
@@ -79,12 +104,7 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         database_url = database_url_from_env(env)
-        redis_url = _required(get, "REDIS_URL")
-        redis_cluster = _parse_bool("REDIS_CLUSTER", get("REDIS_CLUSTER"))
-        check_redis_url(redis_url, cluster=redis_cluster)
-        ssl_cert_file = get("SSL_CERT_FILE") if redis_url.startswith("rediss://") else None
-        if ssl_cert_file is not None and not os.path.isfile(ssl_cert_file):
-            raise ConfigError("SSL_CERT_FILE", f"names {ssl_cert_file!r}, which is not a readable file")
+        queue = QueueSettings.from_env(env)
 
         email, password = get("COC_EMAIL"), get("COC_PASSWORD")
         if (email is None) != (password is None):
@@ -103,16 +123,13 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"expected one of {', '.join(LOG_LEVELS)}")
 
-        # Any key is accepted: coclib.keys puts the derived keys in its slot, tag or no tag.
-        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
-
         retention = get("LEDGER_RETENTION_DAYS")
         if retention is not None and (not retention.isdigit() or int(retention) < 1):
             raise ConfigError("LEDGER_RETENTION_DAYS", "must be a whole number of days, 1 or more")
 
         return cls(
             database_url=database_url,
-            redis_url=redis_url,
+            redis_url=queue.redis_url,
             coc_email=email,
             coc_password=password,
             coc_api_tokens=tokens,
@@ -120,10 +137,10 @@ class Settings:
             coc_reqs_per_sec=parse_rate(get("COC_REQS_PER_SEC")),
             environment=environment,
             log_level=log_level,
-            refresh_queue_key=queue_key,
+            refresh_queue_key=queue.refresh_queue_key,
             ledger_retention_days=int(retention) if retention else None,
-            redis_cluster=redis_cluster,
-            ssl_cert_file=ssl_cert_file,
+            redis_cluster=queue.redis_cluster,
+            ssl_cert_file=queue.ssl_cert_file,
         )
 
     @property
@@ -167,15 +184,46 @@ class Settings:
     __str__ = __repr__
 
 
-def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """Only `DATABASE_URL`, validated: for tools that need Postgres alone (`python -m ledger`)."""
-    env = os.environ if environ is None else environ
-    value = (env.get("DATABASE_URL") or "").strip()
-    if not value:
-        raise ConfigError("DATABASE_URL", "is required but not set")
-    if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
-        raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
-    return value
+@dataclass(frozen=True)
+class QueueSettings:
+    """What a producer needs and nothing more (`python -m worker enqueue`): Redis and the queue key."""
+
+    redis_url: str = field(repr=False)
+    refresh_queue_key: str = DEFAULT_QUEUE_KEY
+    redis_cluster: bool | None = None  # None: detected when connecting
+    ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
+
+    VARIABLES: ClassVar[tuple[str, ...]] = (
+        "REDIS_URL",
+        "REDIS_CLUSTER",
+        "SSL_CERT_FILE",
+        "REFRESH_QUEUE_KEY",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> QueueSettings:
+        """Read and validate the Redis variables and `REFRESH_QUEUE_KEY` alone."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = (env.get(name) or "").strip()
+            return value or None
+
+        redis_url = get("REDIS_URL")
+        if redis_url is None:
+            raise ConfigError("REDIS_URL", "is required but not set")
+        redis_cluster = _parse_bool("REDIS_CLUSTER", get("REDIS_CLUSTER"))
+        check_redis_url(redis_url, cluster=redis_cluster)
+        ssl_cert_file = get("SSL_CERT_FILE") if redis_url.startswith("rediss://") else None
+        if ssl_cert_file is not None and not os.path.isfile(ssl_cert_file):
+            raise ConfigError("SSL_CERT_FILE", f"names {ssl_cert_file!r}, which is not a readable file")
+        # Any key is accepted: coclib.keys puts the derived keys in its slot, tag or no tag.
+        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
+        return cls(redis_url, queue_key, redis_cluster, ssl_cert_file)
+
+    def secrets(self) -> tuple[str, ...]:
+        """The Redis password, if the URL has one, for redaction."""
+        return _url_password(self.redis_url)
 
 
 def redis_db(url: str) -> int:
@@ -240,10 +288,53 @@ def _parse_bool(name: str, raw: str | None) -> bool | None:
     return value
 
 
-def _required(get, name: str) -> str:
-    value = get(name)
-    if value is None:
-        raise ConfigError(name, "is required but not set")
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Postgres alone (`python -m worker migrate`, `python -m ledger`)."""
+
+    database_url: str = field(repr=False)
+
+    VARIABLES: ClassVar[tuple[str, ...]] = ("DATABASE_URL",)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+        """Read and validate `DATABASE_URL` alone."""
+        return cls(database_url=database_url_from_env(environ))
+
+    def secrets(self) -> tuple[str, ...]:
+        """The password in `DATABASE_URL`, as a URI or a key=value string, for redaction."""
+        found = list(_url_password(self.database_url))
+        with contextlib.suppress(psycopg.ProgrammingError):  # not a key=value string either
+            found.append(conninfo_to_dict(self.database_url).get("password"))
+        return tuple(s for s in found if s)
+
+
+def _url_password(url: str) -> tuple[str, ...]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password,) if password else ()
+
+
+def project_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The project's variables (`VARIABLES`) that are set and not blank, as a new dict.
+
+    For a tool that fills in what is missing and then parses it with `Settings.from_env` (the
+    demo supplies embedded services and the simulator).
+    """
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in VARIABLES if (env.get(name) or "").strip()}
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """Only `DATABASE_URL`, validated: for tools that need Postgres alone (`python -m ledger`)."""
+    env = os.environ if environ is None else environ
+    value = (env.get("DATABASE_URL") or "").strip()
+    if not value:
+        raise ConfigError("DATABASE_URL", "is required but not set")
+    if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
+        raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
     return value
 
 

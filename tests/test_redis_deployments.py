@@ -36,6 +36,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from psycopg.conninfo import conninfo_to_dict
 
 from coclib.keys import QueueKeys
 from coclib.lease import Lease
@@ -282,13 +283,15 @@ def test_a_scheduled_drain_takes_over_on_a_cluster(deployment, worker_env, datab
 def test_the_demo_runs_on_it(deployment, database_url, tmp_path):
     env = {
         "DATABASE_URL": database_url,
-        **deployment.env,
+        **{k: v for k, v in deployment.env.items() if k != "REFRESH_QUEUE_KEY"},
         "LOG_LEVEL": "WARNING",
         "COC_API_TOKENS": "",  # the demo's own simulator, whatever this shell has set
         "COC_EMAIL": "",
     }
+    scratch = ["--scratch-database", conninfo_to_dict(database_url)["dbname"]]
+    scratch += ["--scratch-queue", deployment.keys.queue]  # real services: named as scratch
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "demo", "--requests", "20"],
+        [sys.executable, "-m", "worker", "demo", "--requests", "20", *scratch],
         cwd=tmp_path,  # the demo keeps its state in ./.local
         env=child_env(env),
         capture_output=True,

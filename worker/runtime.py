@@ -21,9 +21,6 @@ from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
 
-# A run that handed over to nobody is followed by another only if this much time is left.
-RERUN_MIN_SECONDS = 5.0
-
 
 class Worker:
     """The long-lived parts: Postgres pool, Redis client, rate limiter and API client.
@@ -84,12 +81,7 @@ class Worker:
         scheduled: bool = False,
         on_progress=None,
     ) -> RunSummary:
-        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over).
-
-        A run that stopped to hand over and found its successor gone (it died after announcing
-        itself) is followed at once by another, so that the queue does not wait for the next
-        schedule; the last run's summary is returned.
-        """
+        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over)."""
         self.settings.require_credentials()
         drain = Drain(
             queue=await self.queue(),
@@ -99,11 +91,7 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        deadline = time.monotonic() + seconds
-        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
-        while summary.handover_failed and deadline - time.monotonic() > RERUN_MIN_SECONDS:
-            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
-            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if days is not None and summary.stopped is not StopCode.LEASE_HELD:
             await apply_retention(drain.db, days)  # never raises: the next run tries again

@@ -263,6 +263,10 @@ class _Run:
     async def execute(self) -> RunSummary:
         try:
             acquired = await self._take_lease()
+        except asyncio.CancelledError:
+            # Cancelled mid-command, the lease may be ours on the server all the same.
+            await asyncio.shield(self.lease.give_up(last_start=None))
+            raise
         except RedisError as exc:
             self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
             return await self._summarise()

@@ -57,6 +57,20 @@ async def apply_retention(db: Database, days: int) -> list[dict[str, Any]] | Non
     return dropped
 
 
+async def ledger_size(db: Database, *, timeout: float = 2.0) -> dict[str, int] | None:
+    """`total_bytes`, `estimated_rows` and `partitions` of the ledger, from the catalog (no scan).
+
+    Never raises: a failure is logged and returns None (the size is a metric, not the run's
+    work). `timeout` bounds waiting for a pooled connection, so a Postgres outage costs little.
+    """
+    try:
+        row = await db.fetch_one(load_queries()["ledger_size"], timeout=timeout)
+    except Exception as exc:
+        log.warning("could not read the ledger's size: %s", _first_line(exc))
+        return None
+    return {key: int(value) for key, value in (row or {}).items()}
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

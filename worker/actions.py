@@ -50,7 +50,7 @@ class Actions:
         policy = None
         if max_requests is not None:
             policy = dataclasses.replace(self.worker.policy, max_requests=max_requests)
-        summary = (await self.worker.drain(seconds, policy=policy)).as_dict()
+        summary = (await self.worker.run(seconds, policy=policy)).as_dict()
         log.info("run finished", extra={"summary": summary, "trigger": trigger})
         self.metrics.publish(summary, trigger=trigger)
         return summary

@@ -77,7 +77,10 @@ def test_quick_start_ci_and_build_read_the_same_lock_file():
     assert "--no-deps" in tests  # the project itself adds nothing unlocked
     assert "pytest" in tests and "worker demo" in demo
     workflow = (REPO / ".github" / "workflows" / "refresh-worker.yml").read_text(encoding="utf-8")
-    assert tests.split(" && ", 1)[1].replace(".venv/bin/", "") in workflow.replace("python -m pip", "pip")
+    # CI installs exactly as the README does (its interpreter instead of .venv's), then tests.
+    *installs, run = tests.split(" && ")[1:]
+    assert " && ".join(installs).replace(".venv/bin/pip", "python -m pip") in workflow
+    assert f"run: {run.replace('.venv/bin/python', 'python')}\n" in workflow
     assert re.search(r"^LOCK=requirements\.lock$", (REPO / "package-lambda.sh").read_text(), re.M)
 
 

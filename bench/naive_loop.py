@@ -96,7 +96,7 @@ async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: flo
                             Outcome.DEFERRED,
                             request.kind,
                             request.tag,
-                            getattr(exc, "reason", None) or exc.cause,
+                            exc.reason,
                             exc.detail,
                         )
                     ]

@@ -32,11 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from psycopg.types.json import Jsonb  # noqa: E402
 
 from coclib.db import Database  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
-from coclib.snapshots import UPSERT_BY_KIND, Snapshot, arrays_by_kind, upsert_snapshots  # noqa: E402
+from coclib.snapshots import UPSERT_BY_KIND, Snapshot, arrays_by_kind, snapshot_of, upsert_snapshots  # noqa: E402
 from coclib.sqlfiles import load_queries  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, create_database, drop_database  # noqa: E402
 from coclib.testing.simulator import simulated_body  # noqa: E402
@@ -58,7 +57,7 @@ async def _rows(db: Database, conn, snapshots: list[Snapshot]) -> None:
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for snap in snapshots:
         at = datetime.fromtimestamp(snap.fetched_at, UTC)
-        by_kind[snap.kind].append({"tag": snap.tag, "data": Jsonb(snap.data), "fetched_at": at})
+        by_kind[snap.kind].append({"tag": snap.tag, "data": snap.data, "fetched_at": at})
     for kind, params in by_kind.items():
         async with conn.cursor() as cur:
             await cur.executemany(_row_upsert(kind), params)
@@ -68,7 +67,7 @@ async def _text_array(db: Database, conn, snapshots: list[Snapshot]) -> None:
     queries = load_queries()
     for kind, arrays in arrays_by_kind(snapshots).items():
         text = queries[UPSERT_BY_KIND[kind]].replace("%(data)b", "%(data)s")
-        await conn.execute(text, arrays)
+        await conn.execute(text, {**arrays, "data": [bytes(d).decode() for d in arrays["data"]]})
 
 
 VARIANTS = {"rows": _rows, "text-array": _text_array, "binary-array": upsert_snapshots}
@@ -82,7 +81,7 @@ async def _measure(url: str, variant: str, batches: int, batch: int) -> tuple[fl
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
-            snapshots = [Snapshot(kind, tag, body, time.time()) for kind, tag, body in bodies]
+            snapshots = [snapshot_of(kind, tag, body, time.time()) for kind, tag, body in bodies]
             async with db.transaction() as conn:
                 await write(db, conn, snapshots)
         return time.process_time() - cpu, time.perf_counter() - wall

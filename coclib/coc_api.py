@@ -8,7 +8,11 @@ sessions, error types) and steered where a refresh worker needs something else:
   wall-clock `RateLimiter`, through the `throttler` hook coc.py offers;
 - its retries on timeouts and 5xx (sleeps of 1, 3, 5, 7, 9 s) are refused at that
   hook: the drain decides when to try again, within its deadline;
-- each call is bounded by a timeout the caller gives.
+- each call is bounded by a timeout the caller gives;
+- what comes back must be the JSON object the endpoint returns: an HTML page, truncated or
+  other JSON, an empty body (what proxies and CDNs send when something in front of the API
+  fails) is a transient `bad_response`, never a crash. Valid JSON under a wrong Content-Type
+  (coc.py hands it over as text) is parsed and accepted.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ from typing import Any
 
 import aiohttp
 import coc
+import coc.http
+import orjson
 
 from coclib.errors import RequestError, SystemicError, TransientError
 from coclib.ratelimit import RateLimiter
+from coclib.reasons import Reason
+from coclib.storable import excerpt
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +174,21 @@ class CocApi:
                 raise ValueError("CocApi.connect needs tokens, or email and password")
         except coc.InvalidCredentials:
             raise SystemicError(
-                "credentials", "the developer portal refused the email and password"
+                Reason.CREDENTIALS, "the developer portal refused the email and password"
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             await _close_quietly(client)
             raise SystemicError(
-                "login", f"could not reach the developer portal: {type(exc).__name__}"
+                Reason.LOGIN, f"could not reach the developer portal: {type(exc).__name__}"
             ) from None
         except coc.HTTPException as exc:
             await _close_quietly(client)
-            raise SystemicError("login", f"developer portal answered {exc.status}: {exc.reason}") from None
+            raise SystemicError(
+                Reason.LOGIN, f"developer portal answered {exc.status}: {exc.reason}"
+            ) from None
         except RuntimeError as exc:  # coc.py: no key could be found or created
             await _close_quietly(client)
-            raise SystemicError("login", str(exc).splitlines()[0][:200]) from None
+            raise SystemicError(Reason.LOGIN, str(exc).splitlines()[0][:200]) from None
         return cls(client)
 
     async def close(self) -> None:
@@ -199,7 +209,7 @@ class CocApi:
             async with asyncio.timeout(None if within is None else loop.time() + within) as state.scope:
                 return await self._fetch(kind, tag, state)
         except TimeoutError:
-            raise TransientError("timeout", f"no answer within {timeout:.1f} s") from None
+            raise TransientError(Reason.TIMEOUT, f"no answer within {timeout:.1f} s") from None
         finally:
             _call.reset(token)
 
@@ -209,47 +219,99 @@ class CocApi:
         except Exception as exc:
             raise classify(exc, kind=kind, tag=tag) from None
         latency = time.monotonic() - state.sent_at
-        status = data.get("status_code", 200)
-        body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}
+        body = checked_body(data, kind=kind, tag=tag)
+        status = data.get("status_code", 200) if isinstance(data, dict) else 200
         return Fetched(body, status, round(latency * 1000), time.time())
+
+
+def _bad_response(detail: str) -> TransientError:
+    return TransientError(Reason.BAD_RESPONSE, detail, http_status=200)
+
+
+def checked_body(data: Any, *, kind: str, tag: str) -> dict[str, Any]:
+    """The API's JSON object without coc.py's injected keys, or `TransientError` (`bad_response`).
+
+    coc.py returns a successful answer's parsed JSON, or its text when the Content-Type was
+    not JSON. The body must be an object naming what was asked for: the player or clan with
+    this tag, or a war with a `state`.
+    """
+    if isinstance(data, str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            shown = excerpt(data.strip().encode(), limit=60) if data.strip() else "nothing"
+            raise _bad_response(f"the API answered 200 with {shown!r}, not JSON") from None
+    if not isinstance(data, dict):
+        raise _bad_response(f"the API answered 200 with a JSON {type(data).__name__}, not an object")
+    body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}
+    if not body:
+        raise _bad_response("the API answered 200 with an empty body")
+    if kind == "war":
+        if not isinstance(body.get("state"), str):
+            raise _bad_response("the API's war has no 'state'")
+    elif body.get("tag") != tag:
+        found = body.get("tag")
+        shown = excerpt(str(found).encode(), limit=30) if found is not None else "no tag"
+        raise _bad_response(f"asked for {kind} {tag}, the API's body names {shown!r}")
+    return body
+
+
+def _raised_by_coc_http(exc: BaseException) -> bool:
+    # coc.py stores its cache hints into whatever the body parsed to (a list, a string): that
+    # TypeError comes from coc/http.py itself, not from a bug of ours.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == coc.http.__file__
 
 
 def classify(exc: Exception, *, kind: str, tag: str) -> Exception:
     """Map whatever coc.py or aiohttp raised to a request, transient or systemic error."""
     match exc:
         case coc.NotFound():
-            return RequestError("not_found", f"no {kind} with tag {tag}", http_status=404)
+            return RequestError(Reason.NOT_FOUND, f"no {kind} with tag {tag}", http_status=404)
         case coc.Maintenance():
-            return SystemicError("maintenance", "the API is in maintenance (503)", http_status=503)
+            return SystemicError(Reason.MAINTENANCE, "the API is in maintenance (503)", http_status=503)
         case coc.Forbidden() if kind == "war" and exc.reason == "accessDenied" and not exc.message:
-            return RequestError("private_war_log", f"clan {tag} keeps its war log private", http_status=403)
+            return RequestError(
+                Reason.PRIVATE_WAR_LOG, f"clan {tag} keeps its war log private", http_status=403
+            )
         case coc.Forbidden():
             detail = (
                 "the API key's IP does not match"
                 if exc.reason == "accessDenied.invalidIp"
                 else "access denied"
             )
-            return SystemicError("forbidden", f"{detail} ({exc.reason})", http_status=403)
+            return SystemicError(Reason.FORBIDDEN, f"{detail} ({exc.reason})", http_status=403)
         case _ReloginFailed():
-            return SystemicError("forbidden", "accessDenied.invalidIp again after re-login", http_status=403)
+            return SystemicError(
+                Reason.FORBIDDEN, "accessDenied.invalidIp again after re-login", http_status=403
+            )
         case coc.InvalidArgument():
-            return RequestError("bad_request", f"the API rejected {tag}: {exc.reason}", http_status=400)
+            return RequestError(Reason.BAD_REQUEST, f"the API rejected {tag}: {exc.reason}", http_status=400)
         case coc.GatewayError():
             return TransientError(
-                "upstream_error", f"the API kept failing: {exc.reason}", http_status=exc.status
+                Reason.UPSTREAM_ERROR, f"the API kept failing: {exc.reason}", http_status=exc.status
             )
         case coc.HTTPException() if exc.status == 429:
-            return SystemicError("throttled", "the API throttled us (429 requestThrottled)", http_status=429)
+            return SystemicError(
+                Reason.THROTTLED, "the API throttled us (429 requestThrottled)", http_status=429
+            )
         case coc.HTTPException() if isinstance(exc.status, int) and exc.status >= 500:
-            return TransientError("upstream_error", f"{exc.status} {exc.reason}", http_status=exc.status)
+            return TransientError(Reason.UPSTREAM_ERROR, f"{exc.status} {exc.reason}", http_status=exc.status)
         case coc.HTTPException():
-            return RequestError("http_error", f"{exc.status} {exc.reason}", http_status=exc.status)
+            return RequestError(Reason.HTTP_ERROR, f"{exc.status} {exc.reason}", http_status=exc.status)
         case _RetryRefused(timed_out=True):
-            return TransientError("timeout", "the API did not answer in time")
+            return TransientError(Reason.TIMEOUT, "the API did not answer in time")
         case _RetryRefused():
-            return TransientError("upstream_error", "the API answered with a server error (5xx)")
+            return TransientError(Reason.UPSTREAM_ERROR, "the API answered with a server error (5xx)")
         case aiohttp.ClientError():
-            return TransientError("connection_error", f"{type(exc).__name__}: {str(exc)[:200]}")
+            return TransientError(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}")
+        case orjson.JSONDecodeError() | UnicodeDecodeError():
+            # The body claimed to be JSON and was not (truncated, HTML, invalid UTF-8, too deep).
+            return _bad_response(f"the API's body is not valid JSON: {exc}")
+        case TypeError() if _raised_by_coc_http(exc):
+            return _bad_response(f"the API answered 200 with a body coc.py cannot use: {exc}")
         case _:
             return exc
 

@@ -13,18 +13,34 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from coclib.errors import DatabaseUnavailable
+from coclib.errors import DatabaseUnavailable, StorageRefused
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "Postgres is not there or not usable", as opposed to a bug in a query.
-_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+# SQLSTATE classes that blame the data sent, not the server or the schema: data exceptions
+# (a NUL byte, a value out of range, too long), integrity violations (a CHECK) and program
+# limits (an index row too big). Without the offending request the same write succeeds.
+_DATA_CLASSES = frozenset({"22", "23", "54"})
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     # orjson both ways: jsonb snapshots are the bulk of what the worker writes.
     set_json_dumps(orjson.dumps, conn)
     set_json_loads(orjson.loads, conn)
+
+
+def translate(exc: Exception) -> Exception:
+    """Our error for a driver's: `StorageRefused` when the data is to blame, else `DatabaseUnavailable`.
+
+    Everything that is not the data's fault (a lost connection, a timeout, a missing table, a
+    lost privilege) is systemic: no request is to blame, so none may be failed for it.
+    """
+    if isinstance(exc, UnicodeEncodeError) or (
+        (isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _DATA_CLASSES)
+        or (isinstance(exc, psycopg.DataError) and exc.sqlstate is None)  # refused before sending
+    ):
+        return StorageRefused(_describe(exc))
+    return DatabaseUnavailable(_describe(exc))
 
 
 def _describe(exc: BaseException) -> str:
@@ -86,8 +102,8 @@ class Database:
                 conn.transaction(),
             ):
                 yield conn
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(_describe(exc)) from exc
+        except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
+            raise translate(exc) from exc
 
     async def run(
         self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None

@@ -27,9 +27,19 @@ class QueueKeys:
         return f"{self.queue}:lease"
 
     @property
-    def last_run(self) -> str:
-        """The summary of the last finished run, for health."""
-        return f"{self.queue}:last-run"
+    def successor(self) -> str:
+        """A scheduled drain waiting for the running one to hand the lease over (short TTL)."""
+        return f"{self.queue}:successor"
+
+    @property
+    def seam(self) -> str:
+        """When the last lease holder's last API call started, for the next holder's limiter."""
+        return f"{self.queue}:seam"
+
+    @property
+    def dead_letter(self) -> str:
+        """Items Postgres would not take even a `failed` row for: kept aside, never retried."""
+        return f"{self.queue}:dead"
 
     def pending(self, kind: str, tag: str) -> str:
         """De-duplication marker: a request for this kind and tag is waiting in the queue."""

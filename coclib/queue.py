@@ -17,6 +17,7 @@ cannot be enqueued for `dedupe_ttl` seconds.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -28,13 +29,15 @@ import redis.asyncio as aioredis
 
 from coclib.errors import InvalidRequestError, RequestError
 from coclib.keys import QueueKeys
+from coclib.storable import excerpt
 from coclib.tags import parse_tag
 
 KINDS = ("player", "clan", "war")
 MAX_ITEM_BYTES = 4096
 MAX_ID_CHARS = 128
 DEDUPE_TTL_SECONDS = 3600
-_DETAIL_PAYLOAD_CHARS = 200
+# An id is printable text: no control characters (NUL among them) and no lone surrogates.
+_ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 
 # KEYS[1] queue, KEYS[2] the pending marker; ARGV[1] item, ARGV[2] marker TTL in seconds.
 _ENQUEUE = """
@@ -85,19 +88,13 @@ def encode(request: RefreshRequest) -> bytes:
     return orjson.dumps(item)
 
 
-def truncate_payload(raw: bytes) -> str:
-    """The start of a raw payload, printable, for a ledger `detail`."""
-    text = raw[:_DETAIL_PAYLOAD_CHARS].decode("utf-8", errors="replace")
-    return text + ("…" if len(raw) > _DETAIL_PAYLOAD_CHARS else "")
-
-
 def parse_item(raw: bytes, seq: int = 0) -> Taken:
     """Decode one queue item; a malformed one becomes a `Taken` with its `error` set."""
     request_id = request_id_for(raw)
     try:
         request = _parse(raw)
     except RequestError as exc:
-        exc.detail = f"{exc.detail}; payload: {truncate_payload(raw)}"
+        exc.detail = f"{exc.detail}; payload: {excerpt(raw)}"
         found_id = _id_if_any(raw)
         return Taken(raw, seq, found_id or request_id, error=exc)
     if not request.id:
@@ -112,7 +109,7 @@ def _id_if_any(raw: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     value = item.get("id") if isinstance(item, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def _parse(raw: bytes) -> RefreshRequest:
@@ -130,10 +127,10 @@ def _parse(raw: bytes) -> RefreshRequest:
         raise InvalidRequestError(f"item is a JSON {type(item).__name__}, not an object")
 
     request_id = item.get("id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_CHARS
-    ):
-        raise InvalidRequestError(f"'id' must be a string of 1-{MAX_ID_CHARS} characters")
+    if request_id is not None and (not isinstance(request_id, str) or not _ID.fullmatch(request_id)):
+        raise InvalidRequestError(
+            f"'id' must be a string of 1-{MAX_ID_CHARS} characters without control characters"
+        )
     kind = item.get("kind")
     if kind not in KINDS:
         raise InvalidRequestError(f"'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -225,6 +222,16 @@ class RefreshQueue:
                 if item.request:
                     marker = self.keys.pending(item.request.kind, item.request.tag)
                     pipe.set(marker, b"1", nx=True, ex=self.dedupe_ttl)
+            await pipe.execute()
+
+    async def dead_letter(self, items: Sequence[Taken]) -> None:
+        """Move items from the in-flight list to the dead-letter list, atomically."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.dead_letter, *[t.raw for t in items])
+            for item in items:
+                pipe.lrem(self.keys.inflight, 1, item.raw)
             await pipe.execute()
 
     async def inflight(self) -> list[Taken]:

@@ -13,6 +13,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from coclib.errors import CocLibError
+
+# Two drains' clocks (two Lambda containers, NTP-synced) may disagree by a few milliseconds: a
+# drain that follows another starts this much later than the spacing alone would allow.
+SEAM_MARGIN_SECONDS = 0.02
+
+
+class Withheld(CocLibError):
+    """The limiter stopped granting starts (the drain is handing over): the call was never sent."""
+
 
 class RateLimiter:
     """Starts granted in small groups at least `group` x `interval` seconds apart, in FIFO order.
@@ -40,6 +50,7 @@ class RateLimiter:
         group: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         if not rate > 0:
             raise ValueError("rate must be positive")
@@ -54,11 +65,44 @@ class RateLimiter:
         self.slack = 0.1 * margin * self.capacity * self.interval
         self._clock = clock
         self._sleep = sleep
+        self._wall = wall  # unix time: how another process's limiter is followed
         self._next = -math.inf  # when the next group may start
         self._last_start = -math.inf  # when the latest granted waiter got to run
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._dispenser: asyncio.Task[None] | None = None
+        self._withheld = False
         self.granted = 0
+
+    @property
+    def spacing(self) -> float:
+        """Seconds between the starts of two groups."""
+        return self.group * self.interval
+
+    def withhold(self) -> None:
+        """Grant nothing more until `resume()`: every waiter, and every later `acquire()`, raises
+        `Withheld`. Starts already granted stand."""
+        self._withheld = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Withheld("the rate limiter is withholding starts"))
+
+    def resume(self) -> None:
+        self._withheld = False
+
+    def last_start(self) -> float | None:
+        """Unix time of the latest start this limiter granted and saw run, or None."""
+        if self._last_start == -math.inf:
+            return None
+        return self._wall() - (self._clock() - self._last_start)
+
+    def start_after(self, unix_time: float) -> None:
+        """Follow a limiter elsewhere (another process) whose latest start was at `unix_time`:
+        the first start here comes at least a group's spacing, and a margin for the two
+        clocks, after it, as if both were one limiter."""
+        there = self._clock() - (self._wall() - unix_time) + SEAM_MARGIN_SECONDS
+        self._last_start = max(self._last_start, there)
+        self._next = max(self._next, there + self.spacing)
 
     async def acquire(self) -> None:
         """Wait for a start. Waiters are served in the order they asked.
@@ -66,6 +110,8 @@ class RateLimiter:
         A waiter cancelled before its grant uses no start; one cancelled after it (before it
         got to run) has used its start, which is counted in `granted` like any other.
         """
+        if self._withheld:
+            raise Withheld("the rate limiter is withholding starts")
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
@@ -83,7 +129,7 @@ class RateLimiter:
         """Grant the waiters, a group at a time, until none is left."""
         waiters = self._waiters
         loop = asyncio.get_running_loop()
-        spacing = self.group * self.interval
+        spacing = self.spacing
         while waiters:
             now = self._clock()
             # Every waiter of the previous group has run by now (or was cancelled): their

@@ -8,13 +8,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from coclib.db import Database
+from coclib.errors import RequestError
+from coclib.reasons import Reason
 from coclib.sqlfiles import load_queries
+from coclib.storable import json_problem
 
 UPSERT_BY_KIND = {"player": "upsert_players", "clan": "upsert_clans", "war": "upsert_wars"}
+
+
+class JsonText(bytes):
+    """A JSON document already serialised: checked once, sent to Postgres as it is."""
+
+
+class _JsonTextBinaryDumper(Dumper):
+    # jsonb's binary format is a version byte and the JSON text. The body is serialised once,
+    # when it is checked for storability, and never again (psycopg's Jsonb would dump it anew).
+    format = Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: JsonText) -> bytes:
+        return b"\x01" + obj
+
+
+psycopg.adapters.register_dumper(JsonText, _JsonTextBinaryDumper)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +45,20 @@ class Snapshot:
 
     kind: str
     tag: str
-    data: dict[str, Any]
+    data: JsonText
     fetched_at: float
+
+
+def snapshot_of(kind: str, tag: str, body: dict[str, Any], fetched_at: float) -> Snapshot:
+    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it."""
+    try:
+        document = orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
+    problem = json_problem(document)
+    if problem is not None:
+        raise RequestError(Reason.UNSTORABLE, problem)
+    return Snapshot(kind, tag, JsonText(document), fetched_at)
 
 
 def arrays_by_kind(snapshots: Iterable[Snapshot]) -> dict[str, dict[str, list[Any]]]:
@@ -33,7 +67,7 @@ def arrays_by_kind(snapshots: Iterable[Snapshot]) -> dict[str, dict[str, list[An
     for snap in snapshots:
         arrays = by_kind[snap.kind]
         arrays["tag"].append(snap.tag)
-        arrays["data"].append(Jsonb(snap.data))
+        arrays["data"].append(snap.data)
         arrays["fetched_at"].append(datetime.fromtimestamp(snap.fetched_at, UTC))
     return by_kind
 

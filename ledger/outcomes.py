@@ -5,34 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from coclib.reasons import Reason
+
 
 class Outcome(StrEnum):
-    """What happened to a request, as written in `refresh_ledger.outcome`."""
+    """What happened to a request, as written in `refresh_ledger.outcome`.
+
+    `fetched` and `failed` settle a request for good; `skipped-deadline` and `deferred` end
+    its story for one run and put it back at the head of the queue; `attempted` only says an
+    API call is about to be made.
+    """
 
     ATTEMPTED = "attempted"
     FETCHED = "fetched"
     FAILED = "failed"
     SKIPPED_DEADLINE = "skipped-deadline"
     DEFERRED = "deferred"
-
-    @property
-    def terminal(self) -> bool:
-        """Ends the request's story for this run."""
-        return self is not Outcome.ATTEMPTED
-
-    @property
-    def settles(self) -> bool:
-        """Ends the request's story for good: never taken again."""
-        return self in (Outcome.FETCHED, Outcome.FAILED)
-
-
-# Reasons the worker itself writes; request errors from coclib bring their own
-# (invalid_request, invalid_tag, not_found, private_war_log, bad_request, http_error,
-# timeout, upstream_error, connection_error) and systemic causes become `deferred` reasons
-# (maintenance, forbidden, throttled, credentials, login, database_unavailable, upstream).
-REASON_DEADLINE = "deadline"
-REASON_INTERRUPTED = "interrupted"
-REASON_LEASE_LOST = "lease_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +31,7 @@ class LedgerRow:
     outcome: Outcome
     kind: str | None = None
     tag: str | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     detail: str | None = None
     http_status: int | None = None
     latency_ms: int | None = None

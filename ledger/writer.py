@@ -1,26 +1,65 @@
-"""Appending to the outcome ledger, with the snapshots a batch fetched, in one transaction."""
+"""Appending to the outcome ledger, with the snapshots a batch fetched, in one transaction.
+
+A batch is made of entries, one per request: its ledger rows and, for `fetched`, its
+snapshot. When Postgres refuses a batch's data (`StorageRefused`: a value it cannot hold, a
+CHECK, an index row too big), `write()` splits the batch in halves until each refused entry
+stands alone, and commits everything else: one request's bad data never costs the others
+their rows. A lost connection is not split: nobody can say what committed.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from coclib.db import Database
+from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.snapshots import Snapshot, upsert_snapshots
 from coclib.sqlfiles import load_queries
+from coclib.storable import storable_text
 from ledger.outcomes import LedgerRow
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = ("request_id", "kind", "tag", "outcome", "reason", "detail", "http_status", "latency_ms")
 DETAIL_MAX_CHARS = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one request adds to a batch: its rows and snapshot land together or not at all."""
+
+    rows: tuple[LedgerRow, ...]
+    snapshot: Snapshot | None = None
+    owner: Any = None  # the caller's handle on the request, handed back in `Written`
+
+
+@dataclass
+class Written:
+    """What became of a batch's entries."""
+
+    committed: list[Entry] = field(default_factory=list)
+    refused: list[tuple[Entry, str]] = field(default_factory=list)  # alone, still refused: why
+    unwritten: list[Entry] = field(default_factory=list)  # Postgres went away: maybe committed
+    unavailable: DatabaseUnavailable | None = None
+    summary_written: bool = False
+
+
+def storable_detail(detail: str | None) -> str | None:
+    """A `detail` Postgres will take: no NUL or lone surrogate, at most DETAIL_MAX_CHARS."""
+    if detail is None:
+        return None
+    return storable_text(detail[:DETAIL_MAX_CHARS])
+
+
 class LedgerWriter:
-    """Writes one run's rows. Each call is one transaction, so a batch lands whole or not at all."""
+    """Writes one run's rows. Each `append` is one transaction: a batch lands whole or not at all."""
 
     def __init__(self, db: Database, run_id: uuid.UUID) -> None:
         self.db = db
@@ -33,8 +72,10 @@ class LedgerWriter:
         for row in rows:
             for name in _COLUMNS:
                 params[name].append(getattr(row, name))
+        params["request_id"] = [storable_text(r) for r in params["request_id"]]
         params["outcome"] = [str(o) for o in params["outcome"]]
-        params["detail"] = [d[:DETAIL_MAX_CHARS] if d else d for d in params["detail"]]
+        params["reason"] = [None if r is None else str(r) for r in params["reason"]]
+        params["detail"] = [storable_detail(d) for d in params["detail"]]
         params["run_id"] = [self.run_id] * len(rows)
         return params
 
@@ -45,7 +86,10 @@ class LedgerWriter:
         *,
         run_summary: dict[str, Any] | None = None,
     ) -> None:
-        """Append `rows`, upsert `snapshots` and record `run_summary`, all or nothing."""
+        """Append `rows`, upsert `snapshots` and record `run_summary`, all or nothing.
+
+        Raises `StorageRefused` (the data: nothing was written) or `DatabaseUnavailable`.
+        """
         if not rows and not snapshots and run_summary is None:
             return
         async with self.db.transaction() as conn:
@@ -55,6 +99,63 @@ class LedgerWriter:
                 await self.db.run(conn, self._insert, self._params(rows))
             if run_summary is not None:
                 await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
+
+    async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
+        """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.
+
+        Never raises for Postgres: what could not be written is in the result. When an entry
+        is refused the summary is not written (its counts are no longer true): the caller
+        writes it again with `write_summary`.
+        """
+        written = Written()
+        try:
+            await self._append_entries(entries, run_summary)
+        except StorageRefused:
+            await self._bisect(entries, written)
+        except DatabaseUnavailable as exc:
+            written.unwritten.extend(entries)
+            written.unavailable = exc
+        else:
+            written.committed.extend(entries)
+            written.summary_written = run_summary is not None
+        return written
+
+    async def write_summary(self, run_summary: dict[str, Any]) -> None:
+        """Record a run's summary alone. Raises `DatabaseUnavailable`; a refusal is logged."""
+        try:
+            await self.append((), run_summary=run_summary)
+        except StorageRefused as exc:
+            # The summary is ours and its text made storable: a bug, but the run's rows are in.
+            log.error("Postgres refused the run summary: %s", exc.detail, extra={"summary": run_summary})
+
+    async def _append_entries(
+        self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None
+    ) -> None:
+        rows = [row for entry in entries for row in entry.rows]
+        snapshots = [entry.snapshot for entry in entries if entry.snapshot is not None]
+        await self.append(rows, snapshots, run_summary=run_summary)
+
+    async def _bisect(self, entries: Sequence[Entry], written: Written) -> None:
+        """Commit what Postgres takes of `entries`, in halves, and note each refused entry."""
+        pending = [list(entries)]
+        while pending:
+            part = pending.pop()
+            if written.unavailable is not None:
+                written.unwritten.extend(part)
+                continue
+            try:
+                await self._append_entries(part)
+            except StorageRefused as exc:
+                if len(part) == 1:
+                    written.refused.append((part[0], exc.detail))
+                else:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]  # the first half goes first
+            except DatabaseUnavailable as exc:
+                written.unwritten.extend(part)
+                written.unavailable = exc
+            else:
+                written.committed.extend(part)
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:
@@ -72,4 +173,5 @@ def row_dict(row: LedgerRow) -> dict[str, Any]:
     """A row as a plain dict (for logs)."""
     data = asdict(row)
     data["outcome"] = str(row.outcome)
+    data["reason"] = None if row.reason is None else str(row.reason)
     return data

@@ -56,7 +56,8 @@ FROM refresh_ledger
 WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed');
 
 -- name: interruptions
--- How many runs attempted each request and ended without writing any terminal row for it.
+-- How many runs attempted each request and ended without writing any terminal row for it:
+-- runs that died while it was in flight.
 SELECT a.request_id, count(DISTINCT a.run_id) AS interrupted
 FROM refresh_ledger a
 WHERE a.request_id = ANY(%(ids)s)
@@ -66,6 +67,14 @@ WHERE a.request_id = ANY(%(ids)s)
       WHERE t.request_id = a.request_id AND t.run_id = a.run_id AND t.outcome <> 'attempted'
   )
 GROUP BY a.request_id;
+
+-- name: unexpected_errors
+-- How many runs each request stopped with an unexpected error of its own (its `deferred` row
+-- says `unexpected_error`; the rest of such a run's requests say `internal_error`).
+SELECT request_id, count(DISTINCT run_id) AS runs
+FROM refresh_ledger
+WHERE request_id = ANY(%(ids)s) AND outcome = 'deferred' AND reason = 'unexpected_error'
+GROUP BY request_id;
 
 -- name: ping
 -- Cheapest proof that Postgres answers.

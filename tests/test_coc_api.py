@@ -107,7 +107,7 @@ def test_email_and_password_login_creates_a_key_through_the_portal(simulator):
 def test_a_wrong_password_is_a_systemic_credentials_error(simulator):
     with route_portal_to(simulator.portal_url), pytest.raises(SystemicError) as info:
         call(simulator, "player", "#2PP", email=simulator.email, password="wrong-password")
-    assert info.value.cause == "credentials"
+    assert info.value.reason == "credentials"
     assert simulator.calls == []
 
 
@@ -115,5 +115,5 @@ def test_invalid_ip_after_relogin_is_systemic(simulator):
     simulator.invalid_ip = True
     with route_portal_to(simulator.portal_url), pytest.raises(SystemicError) as info:
         call(simulator, "player", "#2PP", email=simulator.email, password=simulator.password)
-    assert info.value.cause == "forbidden"
+    assert info.value.reason == "forbidden"
     assert len(simulator.calls) == 2  # the first try and one after coc.py's re-login

@@ -68,7 +68,9 @@ from tests.invariants import (
     read_world,
     run_rows,
 )
-from worker.drain import CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY, Drain, DrainPolicy
+from worker.drain import Drain, DrainPolicy, StopCode
+
+CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY = StopCode.CIRCUIT_OPEN, StopCode.DEADLINE, StopCode.QUEUE_EMPTY
 
 RATE = 20  # COC_REQS_PER_SEC for these drains
 DEAD_POSTGRES = "postgresql://postgres@127.0.0.1:1/nowhere"

@@ -92,5 +92,5 @@ def test_queue_key_hash_tag_is_kept_by_every_derived_key():
     from coclib.keys import QueueKeys
 
     keys = QueueKeys(Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "{site-a}:refresh"}).refresh_queue_key)
-    for key in (keys.queue, keys.inflight, keys.lease, keys.last_run, keys.pending("player", "#2PP")):
+    for key in (keys.queue, keys.inflight, keys.lease, keys.dead_letter, keys.pending("player", "#2PP")):
         assert key.startswith("{site-a}")

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from coclib.errors import CocLibError
+from worker.drain import StopCode
 from worker.health import HealthReport
 from worker.metrics import RunMetrics
 from worker.runtime import Worker
@@ -26,6 +28,15 @@ OPERATOR = "operator"
 
 class InvalidInput(ValueError):
     """A request's parameters are unusable; the message says which and why."""
+
+
+class RunFailed(CocLibError):
+    """A run stopped on an internal error: it recorded what it could and put the rest back, and
+    the invocation fails so that the Errors alarm counts it."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        super().__init__(f"run {summary['run_id']} stopped with an internal error: {summary['detail']}")
 
 
 def parse_max_requests(value: Any) -> int | None:
@@ -50,9 +61,12 @@ class Actions:
         policy = None
         if max_requests is not None:
             policy = dataclasses.replace(self.worker.policy, max_requests=max_requests)
-        summary = (await self.worker.run(seconds, policy=policy)).as_dict()
+        report = await self.worker.run(seconds, policy=policy, scheduled=trigger == SCHEDULED)
+        summary = report.as_dict()  # the run summary, its retention and the ledger's size
         log.info("run finished", extra={"summary": summary, "trigger": trigger})
         self.metrics.publish(summary, trigger=trigger)
+        if report.summary.stopped is StopCode.INTERNAL_ERROR:
+            raise RunFailed(summary) from report.summary.error
         return summary
 
     async def health(self) -> HealthReport:

@@ -8,13 +8,17 @@ One run, in order:
 4. loop: prefetch items with LMOVE, write `attempted` rows for a group of calls and
    start them, harvest results, write terminal rows and snapshots in batches (one
    transaction each) and acknowledge what they settled;
-5. stop on an empty queue, the deadline, an open circuit, a lost lease or cancellation;
-   put whatever is unfinished back at the head of the queue in its original order with a
-   `skipped-deadline` or `deferred` row, and record the run's summary.
+5. stop on an empty queue, the deadline, an open circuit, a lost lease, cancellation or an
+   internal error; put whatever is unfinished back at the head of the queue in its original
+   order with a `skipped-deadline` or `deferred` row, and record the run's summary.
 
-Request faults become `failed` rows and the run goes on. Timeouts and 5xx are tried
-again (a bounded number of times) and only then `failed`; when several different
-requests meet them in a row, or any systemic fault arrives, the circuit opens.
+Every item taken is in exactly one `worker.tracker.Stage` from the moment it is taken to the
+end of the run. Request faults become `failed` rows and the run goes on. Timeouts, 5xx and
+garbled answers are tried again (a bounded number of times) and only then `failed`; when
+several different requests meet them in a row, or any systemic fault arrives, the circuit
+opens. Whatever Postgres refuses to store is narrowed down to the request that caused it,
+which fails `unstorable` while the rest of its batch commits. Anything else raised inside a
+run stops it with `internal_error` after recording what it can.
 """
 
 from __future__ import annotations
@@ -27,32 +31,77 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from coclib.coc_api import CocApi, Fetched
 from coclib.db import Database
-from coclib.errors import DatabaseUnavailable, RequestError, SystemicError, TransientError
+from coclib.errors import (
+    DatabaseUnavailable,
+    RequestError,
+    SystemicError,
+    TransientError,
+)
 from coclib.lease import Lease
-from coclib.queue import RefreshQueue, Taken
-from coclib.ratelimit import RateLimiter
-from coclib.snapshots import Snapshot
+from coclib.queue import RefreshQueue
+from coclib.ratelimit import RateLimiter, Withheld
+from coclib.reasons import Reason
+from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
-from ledger.outcomes import REASON_DEADLINE, REASON_INTERRUPTED, LedgerRow, Outcome
+from coclib.storable import storable_text
+from ledger import recovery
+from ledger.outcomes import LedgerRow, Outcome
 from ledger.partitions import ensure_partitions
-from ledger.writer import LedgerWriter, row_dict
+from ledger.writer import Entry, LedgerWriter, Written, row_dict
+from worker.tracker import FINAL, AccountingError, Item, Stage, Tracker
 
 log = logging.getLogger(__name__)
 
-# Why a run stopped (`RunSummary.stopped`).
-QUEUE_EMPTY = "queue_empty"
-MAX_REQUESTS = "max_requests"
-DEADLINE = "deadline"
-CIRCUIT_OPEN = "circuit_open"
-LEASE_HELD = "lease_held"
-LEASE_LOST = "lease_lost"
-CANCELLED = "cancelled"
+
+class StopCode(StrEnum):
+    """Why a run stopped (`RunSummary.stopped`)."""
+
+    QUEUE_EMPTY = "queue_empty"
+    MAX_REQUESTS = "max_requests"
+    DEADLINE = "deadline"
+    HANDED_OVER = "handed_over"  # a newer scheduled invocation took over
+    CIRCUIT_OPEN = "circuit_open"  # a systemic fault: see the cause
+    LEASE_HELD = "lease_held"  # another drain was running: nothing done
+    LEASE_LOST = "lease_lost"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"  # a bug: the invocation fails
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A stop: its code, the reason code behind it (for `circuit_open`: which fault), and the story."""
+
+    code: StopCode
+    cause: Reason | None = None
+    detail: str | None = None
+
+    def closing(self) -> tuple[Outcome, Reason]:
+        """The outcome and reason of the rows that put unfinished requests back."""
+        match self.code:
+            case StopCode.CIRCUIT_OPEN:
+                return Outcome.DEFERRED, self.cause or Reason.UPSTREAM
+            case StopCode.LEASE_LOST:
+                return Outcome.DEFERRED, Reason.LEASE_LOST
+            case StopCode.INTERNAL_ERROR:
+                return Outcome.DEFERRED, Reason.INTERNAL_ERROR
+            case StopCode.HANDED_OVER:
+                return Outcome.SKIPPED_DEADLINE, Reason.HANDED_OVER
+            case StopCode.CANCELLED:
+                return Outcome.SKIPPED_DEADLINE, Reason.CANCELLED
+            case _:
+                return Outcome.SKIPPED_DEADLINE, Reason.DEADLINE
+
+
+def _error_text(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -65,12 +114,15 @@ class DrainPolicy:
     flush_rows: int = 64  # terminal rows per transaction…
     flush_interval: float = 0.5  # …or at least this often (seconds)
     call_timeout: float = 10.0  # one API call from when the limiter lets it go
-    max_tries: int = 3  # per request per run, for timeouts and 5xx
+    max_tries: int = 3  # per request per run, for timeouts, 5xx and garbled answers
     retry_backoff: float = 0.5  # seconds before the first transient retry; doubles
     transient_streak: int = 5  # different requests failing transiently in a row: API down
     finish_reserve: float = 1.0  # seconds before the deadline kept for the last writes
     max_requests: int | None = None  # take at most this many items (POST /refresh)
     interrupted_limit: int = 2  # a request found interrupted this many times is `failed`
+    unexpected_limit: int = 2  # a request whose call stopped this many runs is `failed`
+    takeover_wait: float = 15.0  # a successor waits this long for the running drain to hand over
+    checks: bool = False  # check the tracker's books after every step (tests)
 
 
 @dataclass
@@ -79,15 +131,20 @@ class RunSummary:
 
     run_id: str
     started_at: float
-    stopped: str = QUEUE_EMPTY
-    cause: str | None = None
+    stopped: StopCode = StopCode.QUEUE_EMPTY
+    cause: Reason | None = None
+    detail: str | None = None
     finished_at: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     taken: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)  # where the taken items ended
     api_requests: int = 0
     queue_size: int | None = None
     inflight_size: int | None = None
+    took_over_from: str | None = None  # the run that handed the lease to this one
+    error: BaseException | None = field(default=None, repr=False)  # for `internal_error`
+    handover_failed: bool = False  # stopped to hand over, but the successor was gone
 
     @property
     def duration_s(self) -> float:
@@ -102,8 +159,9 @@ class RunSummary:
         duration = self.duration_s
         return {
             "run_id": self.run_id,
-            "stopped": self.stopped,
-            "cause": self.cause,
+            "stopped": str(self.stopped),
+            "cause": None if self.cause is None else str(self.cause),
+            "detail": self.detail,
             "started_at": round(self.started_at, 3),
             "finished_at": round(self.finished_at, 3),
             "duration_s": round(duration, 3),
@@ -111,22 +169,13 @@ class RunSummary:
             "processed_requests": self.processed_requests,
             "taken": self.taken,
             "recovered": self.recovered,
+            "items": self.items,
             "queue_size": self.queue_size,
             "inflight_size": self.inflight_size,
             "api_requests": self.api_requests,
             "api_requests_per_second": round(self.api_requests / duration, 2) if duration > 0 else 0.0,
+            "took_over_from": self.took_over_from,
         }
-
-
-@dataclass(slots=True)
-class _Work:
-    taken: Taken
-    tries: int = 0
-    ready_at: float = 0.0
-
-    @property
-    def request(self):  # always set: malformed items never become work
-        return self.taken.request
 
 
 class Drain:
@@ -151,24 +200,33 @@ class Drain:
         self.clock = clock
         self.on_progress = on_progress
 
-    async def run(self, deadline: float, *, policy: DrainPolicy | None = None) -> RunSummary:
-        """Drain until the queue is empty or `deadline` (a `clock()` value) draws near."""
-        run = _Run(self, deadline, policy or self.policy)
-        return await run.execute()
+    async def run(
+        self, deadline: float, *, policy: DrainPolicy | None = None, scheduled: bool = False
+    ) -> RunSummary:
+        """Drain until the queue is empty or `deadline` (a `clock()` value) draws near.
+
+        A `scheduled` run takes over from a running scheduled drain (which hands the lease
+        over within a second or so), and yields in turn to the next scheduled run. Any other
+        run finds a running drain and returns `lease_held`, and is never asked to yield.
+        """
+        return await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
 
 
 class _Run:
     """The state of one run. Everything here lives and dies with it."""
 
-    def __init__(self, drain: Drain, deadline: float, policy: DrainPolicy) -> None:
-        self.d = drain
+    def __init__(self, drain: Drain, deadline: float, policy: DrainPolicy, *, scheduled: bool) -> None:
+        self.drain = drain
+        self.scheduled = scheduled
+        self.queue = drain.queue
+        self.db = drain.db
         self.policy = policy
         self.clock = drain.clock
         self.soft_deadline = deadline - policy.finish_reserve
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.writer = LedgerWriter(drain.db, self.run_id)
-        self.lease = Lease(drain.queue.redis, drain.queue.keys.lease)
+        self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
         self.api: CocApi | None = None
         self.granted_at_start = drain.limiter.granted
         # Enough calls in flight to keep the limiter busy through 500 ms of API latency, in
@@ -177,81 +235,115 @@ class _Run:
         self.dispatch_batch = min(policy.dispatch_batch, max(1, math.ceil(rate / 4)))
         self.max_in_flight = min(policy.max_in_flight, math.ceil(rate / 2) + 2 * self.dispatch_batch)
 
-        self.buffer: deque[_Work] = deque()  # prefetched, not started
-        self.retries: list[_Work] = []  # met a timeout or 5xx; start again at ready_at
-        self.parked: list[tuple[_Work, TransientError]] = []  # out of tries, verdict pending
-        self.in_flight: dict[asyncio.Task[Fetched], _Work] = {}
-        self.unfinished: list[_Work] = []  # to be deferred or skipped at the end
-        self.unrecorded: list[Taken] = []  # Postgres lost them: back to the queue, no row
-        # Settled in a batch whose commit failed: it may have landed (the connection can die
-        # after COMMIT reached the server). They stay in the in-flight list, unacknowledged,
-        # for the next run's recovery to settle or requeue by what the ledger says.
-        self.in_doubt: list[Taken] = []
-
-        self.rows: list[LedgerRow] = []  # terminal rows not yet committed…
-        self.snapshots: list[Snapshot] = []  # …with their snapshots…
-        self.settled: list[Taken] = []  # …and the items they acknowledge
+        self.items = Tracker()
+        self.calls: dict[asyncio.Task[Fetched], Item] = {}
         self.last_flush = self.clock()
-
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
         self.queue_seen_empty = False
-        self.stop: str | None = None
-        self.cause: str | None = None
+        self.stop: Stop | None = None
+        self.prepared = False
+        self.database_up = False  # Postgres answered at the start…
+        self.database_lost = False  # …and then stopped answering
         self._done: deque[asyncio.Task[Fetched]] = deque()
         self._wake = asyncio.Event()
 
-    # -- the run --------------------------------------------------------------
+    # -- the run --------------------------------------------------------------------------
 
     async def execute(self) -> RunSummary:
-        if not await self.lease.acquire():
-            log.info("another drain holds the lease; not draining")
-            return await self._summarise(LEASE_HELD, "another drain is running")
         try:
-            database_up = await self._prepare()
+            acquired = await self._take_lease()
+        except RedisError as exc:
+            self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
+            return await self._summarise()
+        if not acquired:
             if self.stop is None:
-                await self._recover()
+                log.info("another drain holds the lease; not draining")
+                self._halt(StopCode.LEASE_HELD, None, "another drain is running")
+            return await self._summarise()
+        try:
             try:
+                await self._follow_the_seam()
+                if not self.prepared:
+                    await self._prepare()
+                if self.stop is None:
+                    await self._recover()
                 if self.stop is None:
                     await self._loop()
             except asyncio.CancelledError:
-                self._halt(CANCELLED, "the run was cancelled")
+                self._halt(StopCode.CANCELLED, Reason.CANCELLED, "the run was cancelled")
                 # The final writes must happen even though we were cancelled.
                 await asyncio.shield(self._finish())
                 raise
             except RedisError as exc:
-                # Finishing may work (the outage may be brief); if not, what we took stays
-                # in the in-flight list for the next run to recover.
-                self._halt(CIRCUIT_OPEN, f"redis_unavailable: {type(exc).__name__}")
-            if database_up:
+                # Finishing may work (the outage may be brief); if not, what we took stays in
+                # the in-flight list for the next run to recover.
+                self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
+            except AccountingError:
+                raise
+            except Exception as exc:
+                self._internal_error(exc)
+            if self.database_up:
                 await self._finish()
+            if self.policy.checks:
+                self.items.assert_accounted(finished=True)
         finally:
-            await self.lease.release()
-        return await self._summarise(self.stop or QUEUE_EMPTY, self.cause)
+            handing_over = self.stop is not None and self.stop.code is StopCode.HANDED_OVER
+            last_start = self.drain.limiter.last_start()
+            handed = await self.lease.give_up(last_start=last_start, to_successor=handing_over)
+            self.summary.handover_failed = handing_over and not handed
+            self.drain.limiter.resume()
+        return await self._summarise()
 
-    async def _prepare(self) -> bool:
-        """Check Postgres and log in to the API; halt (taking nothing) if either fails.
-
-        Returns whether Postgres answered, i.e. whether the run can record its summary.
-        """
-        try:
-            await self.d.db.fetch_one(load_queries()["ping"])
-        except DatabaseUnavailable as exc:
-            self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
+    async def _take_lease(self) -> bool:
+        """The lease, taken at once, or (a scheduled run) handed over by the running drain."""
+        if await self.lease.acquire():
+            return True
+        if not self.scheduled or not await self.lease.holder_yields() or await self.lease.successor_waits():
             return False
-        await ensure_partitions(self.d.db)  # never raises: the default partition catches rows
+        # Get ready before announcing: the running drain stops soon after, and the API should
+        # not sit idle while this run logs in.
+        await self._prepare()
+        if self.stop is not None:
+            return False  # not ready (Postgres, the API): the running drain goes on
+        return await self.lease.take_over(wait=self.policy.takeover_wait)
+
+    async def _follow_the_seam(self) -> None:
+        """Start the first call a spacing after the previous lease holder's last one."""
+        seam = await self.lease.seam()
+        if seam is None:
+            return
+        if seam.last_start is not None:
+            self.drain.limiter.start_after(seam.last_start)
+        if self.lease.took_over:
+            self.summary.took_over_from = seam.from_run
+            log.info("took over from run %s", seam.from_run)
+
+    async def _prepare(self) -> None:
+        """Check Postgres and log in to the API; halt (taking nothing) if either fails."""
+        self.prepared = True
         try:
-            self.api = await self.d.connect_api()
+            await self.db.fetch_one(load_queries()["ping"])
+        except DatabaseUnavailable as exc:
+            self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+            return
+        self.database_up = True  # from here on, the run can record its summary
+        await ensure_partitions(self.db)  # never raises: the default partition catches rows
+        try:
+            self.api = await self.drain.connect_api()
         except SystemicError as exc:
-            self._halt(CIRCUIT_OPEN, f"{exc.cause}: {exc.detail}")
-        return True
+            self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
 
     async def _loop(self) -> None:
         while self.stop is None:
             if self.clock() >= self.soft_deadline:
-                self._halt(DEADLINE, "the deadline buffer was reached")
+                self._halt(StopCode.DEADLINE, Reason.DEADLINE, "the deadline buffer was reached")
                 break
             if self.lease.lost.is_set():
-                self._halt(LEASE_LOST, "the drain lease expired or was taken over")
+                self._halt(StopCode.LEASE_LOST, Reason.LEASE_LOST, "the drain lease expired or was taken")
+                break
+            if self.scheduled and self.lease.successor_waiting.is_set():
+                successor = (self.lease.successor or "").split(" ")[0]
+                self._halt(StopCode.HANDED_OVER, Reason.HANDED_OVER, f"run {successor} takes over")
                 break
             self._harvest()
             if self.stop is None:
@@ -267,20 +359,23 @@ class _Run:
                         self.policy.max_requests is not None
                         and self.summary.taken >= self.policy.max_requests
                     )
-                    self._halt(MAX_REQUESTS if full else QUEUE_EMPTY, None)
+                    self._halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY, None, None)
                     break
-            if self.rows and (
-                len(self.rows) >= self.policy.flush_rows
+            recording = self.items.count(Stage.RECORDING)
+            if recording and (
+                recording >= self.policy.flush_rows
                 or self.clock() - self.last_flush >= self.policy.flush_interval
             ):
                 await self._flush()
+            if self.policy.checks:
+                self.items.assert_accounted()
             if self.stop is None:
                 await self._wait()
 
-    # -- taking and starting work -----------------------------------------------
+    # -- taking and starting work -----------------------------------------------------------
 
     def _idle(self) -> bool:
-        return not (self.in_flight or self.buffer or self.retries)
+        return not (self.calls or self.items.count(Stage.BUFFERED) or self.items.count(Stage.RETRYING))
 
     async def _refill(self) -> None:
         limit = self.policy.max_requests
@@ -290,56 +385,78 @@ class _Run:
         if room <= 0:
             self.queue_seen_empty = True  # as far as this run may take, it is
             return
-        low = len(self.buffer) < self.max_in_flight
+        low = self.items.count(Stage.BUFFERED) < self.max_in_flight
         if not low or (self.queue_seen_empty and not self._idle()):
             return
-        taken = await self.d.queue.take(room)
+        taken = await self.queue.take(room)
+        items = [self.items.add(t) for t in taken]
         self.summary.taken += len(taken)
         self.queue_seen_empty = len(taken) < room
-        for item in taken:
-            if item.error is not None:
-                self._settle(item, Outcome.FAILED, item.error.reason, item.error.detail)
-            else:
-                self.buffer.append(_Work(item))
+        for item in items:
+            if item.taken.error is not None:
+                error = item.taken.error
+                self._record(item, self._row(item, Outcome.FAILED, error.reason, error.detail))
+        await self._fail_repeat_offenders([i for i in items if i.stage is Stage.BUFFERED])
+
+    async def _fail_repeat_offenders(self, items: list[Item]) -> None:
+        """Fail, without calling the API again, requests whose calls kept stopping runs."""
+        if not items:
+            return
+        try:
+            runs = await recovery.unexpected_errors(self.db, [i.taken.request_id for i in items])
+        except DatabaseUnavailable as exc:
+            self.items.move_all(items, Stage.UNRECORDED)  # never called: back as they are
+            self._database_lost(exc)
+            return
+        limit = self.policy.unexpected_limit
+        for item in items:
+            count = runs.get(item.taken.request_id, 0)
+            if count >= limit:
+                detail = f"its API call stopped {count} runs with an unexpected error; not tried again"
+                self._record(item, self._row(item, Outcome.FAILED, Reason.UNEXPECTED_ERROR, detail))
 
     async def _dispatch(self) -> None:
         now = self.clock()
-        ready = sorted((w for w in self.retries if w.ready_at <= now), key=lambda w: w.taken.seq)
-        available = len(ready) + len(self.buffer)
-        free = self.max_in_flight - len(self.in_flight)
+        ready = sorted(
+            (i for i in self.items.in_stage(Stage.RETRYING) if i.ready_at <= now), key=lambda i: i.seq
+        )
+        buffered = self.items.count(Stage.BUFFERED)
+        available = len(ready) + buffered
+        free = self.max_in_flight - len(self.calls)
         if not available or free <= 0:
             return
         # Start calls in groups so `attempted` rows share a transaction, unless few are waiting.
-        if free < min(self.dispatch_batch, available) and self.in_flight:
+        if free < min(self.dispatch_batch, available) and self.calls:
             return
         within = self.soft_deadline - now
         if within <= 0.2:
             return  # no call could finish before the deadline
         group = ready[:free]
-        for work in group:
-            self.retries.remove(work)
-        while len(group) < free and self.buffer:
-            group.append(self.buffer.popleft())
+        group += self.items.oldest(Stage.BUFFERED, free - len(group))
 
-        attempted = [
-            LedgerRow(w.taken.request_id, Outcome.ATTEMPTED, w.request.kind, w.request.tag) for w in group
-        ]
-        try:
-            await self.writer.append(attempted)
-        except DatabaseUnavailable as exc:
-            self.unrecorded.extend(w.taken for w in group)
-            self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
-            return
-        self._count(attempted)
-        assert self.api is not None
-        for work in group:
-            work.tries += 1
-            call = self.api.fetch(
-                work.request.kind, work.request.tag, timeout=self.policy.call_timeout, within=within
+        entries = [Entry((self._row(item, Outcome.ATTEMPTED),), owner=item) for item in group]
+        written = await self.writer.write(entries)
+        self._count(written.committed)
+        for entry, why in written.refused:
+            item = entry.owner
+            self._record(
+                item, self._row(item, Outcome.FAILED, Reason.UNSTORABLE, f"attempted row refused: {why}")
             )
+        if written.unavailable is not None:
+            # Never called: back to the queue as they are, no row needed.
+            self.items.move_all([e.owner for e in written.unwritten], Stage.UNRECORDED)
+            self._database_lost(written.unavailable)
+            return
+        assert self.api is not None
+        for entry in written.committed:
+            item: Item = entry.owner
+            item.tries += 1
+            request = item.taken.request
+            call = self.api.fetch(request.kind, request.tag, timeout=self.policy.call_timeout, within=within)
             task = asyncio.create_task(call)
             task.add_done_callback(self._on_done)
-            self.in_flight[task] = work
+            self.calls[task] = item
+            self.items.move(item, Stage.CALLING)
 
     def _on_done(self, task: asyncio.Task[Fetched]) -> None:
         self._done.append(task)
@@ -347,278 +464,367 @@ class _Run:
         # each: every wake-up costs CPU, and fewer than a group's free slots start nothing.
         # A fault wakes it at once: it may open the circuit.
         if (
-            len(self._done) >= min(self.dispatch_batch, len(self.in_flight))
+            len(self._done) >= min(self.dispatch_batch, len(self.calls))
             or task.cancelled()
             or task.exception() is not None
         ):
             self._wake.set()
 
     async def _wait(self) -> None:
-        if self._done:
-            return
-        now = self.clock()
+        if self._done or self._idle():
+            return  # results to harvest, or nothing to wait for: go straight back to the queue
         until = self.soft_deadline
-        if self.rows:
+        if self.items.count(Stage.RECORDING):
             until = min(until, self.last_flush + self.policy.flush_interval)
-        if self.retries:
-            until = min(until, min(w.ready_at for w in self.retries))
-        if self._idle():
-            return  # nothing to wait for: go straight back to the queue
+        retrying = self.items.in_stage(Stage.RETRYING)
+        if retrying:
+            until = min(until, min(i.ready_at for i in retrying))
         self._wake.clear()
         try:
-            async with asyncio.timeout(max(0.0, until - now)):
+            async with asyncio.timeout(max(0.0, until - self.clock())):
                 await self._wake.wait()
         except TimeoutError:
             pass
 
-    # -- results -------------------------------------------------------------------
+    # -- results ----------------------------------------------------------------------------
 
     def _harvest(self) -> None:
         while self._done:
             task = self._done.popleft()
-            work = self.in_flight.pop(task)
+            item = self.calls.pop(task)
             if task.cancelled():
-                self.unfinished.append(work)
+                self.items.move(item, Stage.UNFINISHED)
                 continue
             exc = task.exception()
             if exc is None:
                 self._api_answered()
-                fetched = task.result()
-                request = work.request
-                self.snapshots.append(Snapshot(request.kind, request.tag, fetched.data, fetched.fetched_at))
-                self._settle(
-                    work.taken,
-                    Outcome.FETCHED,
-                    http_status=fetched.http_status,
-                    latency_ms=fetched.latency_ms,
-                )
+                self._fetched(item, task.result())
             elif isinstance(exc, RequestError):
                 self._api_answered()
-                self._settle(work.taken, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
+                row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
+                self._record(item, row)
             elif isinstance(exc, TransientError):
-                self._transient(work, exc)
+                self._transient(item, exc)
             elif isinstance(exc, SystemicError):
-                self.unfinished.append(work)
-                self._halt(CIRCUIT_OPEN, f"{exc.cause}: {exc.detail}")
+                self.items.move(item, Stage.UNFINISHED)
+                self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+            elif isinstance(exc, Withheld):  # never sent: the run is handing over
+                self.items.move(item, Stage.UNFINISHED)
             else:
-                # A bug must not lose the request: defer it and stop, loudly.
-                log.error(
-                    "unexpected error fetching %s %s", work.request.kind, work.request.tag, exc_info=exc
-                )
-                self.unfinished.append(work)
-                self._halt(CIRCUIT_OPEN, f"internal_error: {type(exc).__name__}")
+                # Nobody planned for this. Stop, and blame this request, so that one which keeps
+                # doing it is failed after a few runs instead of stopping every run.
+                item.blame = Reason.UNEXPECTED_ERROR
+                self.items.move(item, Stage.UNFINISHED)
+                self._internal_error(exc, item)
+
+    def _fetched(self, item: Item, fetched: Fetched) -> None:
+        request = item.taken.request
+        try:
+            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at)
+        except RequestError as exc:
+            row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status)
+            self._record(item, row)
+            return
+        row = self._row(item, Outcome.FETCHED, http_status=fetched.http_status, latency_ms=fetched.latency_ms)
+        self._record(item, row, snapshot)
 
     def _api_answered(self) -> None:
         # The API is up: whoever ran out of tries failed on its own account.
         self.streak.clear()
         self._close_parked(api_down=False)
 
-    def _transient(self, work: _Work, exc: TransientError) -> None:
-        self.streak.add(work.taken.request_id)
+    def _transient(self, item: Item, exc: TransientError) -> None:
+        self.streak.add(item.taken.request_id)
         if len(self.streak) >= self.policy.transient_streak:
-            self.unfinished.append(work)
-            self._halt(CIRCUIT_OPEN, f"upstream: {len(self.streak)} requests in a row met {exc.reason}")
-        elif work.tries < self.policy.max_tries:
-            work.ready_at = self.clock() + self.policy.retry_backoff * 2 ** (work.tries - 1)
-            self.retries.append(work)
+            self.items.move(item, Stage.UNFINISHED)
+            detail = f"{len(self.streak)} requests in a row met {exc.reason}: {exc.detail}"
+            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+        elif item.tries < self.policy.max_tries:
+            item.ready_at = self.clock() + self.policy.retry_backoff * 2 ** (item.tries - 1)
+            self.items.move(item, Stage.RETRYING)
         else:
-            self.parked.append((work, exc))
+            item.last_error = exc
+            self.items.move(item, Stage.PARKED)
 
     def _close_parked(self, *, api_down: bool) -> None:
         """Give the requests that ran out of tries their verdict."""
-        parked, self.parked = self.parked, []
-        for work, exc in parked:
+        parked = self.items.in_stage(Stage.PARKED)
+        for item in parked:
             if api_down:
-                self.unfinished.append(work)
+                self.items.move(item, Stage.UNFINISHED)
             else:
-                self._settle(work.taken, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
+                exc = item.last_error
+                row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
+                self._record(item, row)
         if parked and api_down and self.stop is None:
-            self._halt(CIRCUIT_OPEN, f"upstream: {len(self.streak)} requests in a row failed transiently")
+            detail = f"{len(self.streak)} requests in a row failed transiently"
+            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
 
-    def _settle(
+    def _row(
         self,
-        taken: Taken,
+        item: Item,
         outcome: Outcome,
-        reason: str | None = None,
+        reason: Reason | None = None,
         detail: str | None = None,
         *,
         http_status: int | None = None,
         latency_ms: int | None = None,
-    ) -> None:
+    ) -> LedgerRow:
+        taken = item.taken
         request = taken.request
-        self.rows.append(
-            LedgerRow(
-                taken.request_id,
-                outcome,
-                request.kind if request else None,
-                request.tag if request else None,
-                reason,
-                detail,
-                http_status,
-                latency_ms,
-            )
-        )
-        self.settled.append(taken)
+        kind, tag = (request.kind, request.tag) if request else (None, None)
+        return LedgerRow(taken.request_id, outcome, kind, tag, reason, detail, http_status, latency_ms)
 
-    def _halt(self, stop: str, cause: str | None) -> None:
+    def _record(self, item: Item, row: LedgerRow, snapshot=None) -> None:
+        """Queue an item's terminal row (and snapshot) for the next batch."""
+        item.entry = Entry((row,), snapshot, owner=item)
+        self.items.move(item, Stage.RECORDING)
+
+    def _database_lost(self, exc: DatabaseUnavailable) -> None:
+        self.database_lost = True
+        self._fault(exc.reason, exc.detail)
+
+    def _fault(self, cause: Reason, detail: str) -> None:
+        """Postgres or Redis failed: the circuit opens, even if the run was already stopping for
+        another reason, because its last writes may not have landed and items may be left for
+        recovery. Only an internal error (the invocation must fail) or a cancellation stays."""
+        previous = self.stop
+        if previous is not None and previous.code not in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED):
+            self.stop = None
+            was = f"{previous.code} {previous.cause}" if previous.cause else str(previous.code)
+            detail = f"{detail} (while stopping: {was})"
+        self._halt(StopCode.CIRCUIT_OPEN, cause, detail)
+
+    def _halt(self, code: StopCode, cause: Reason | None, detail: str | None) -> None:
         if self.stop is None:
-            self.stop, self.cause = stop, cause
+            self.stop = Stop(code, cause, None if detail is None else storable_text(detail))
             log.log(
-                logging.INFO if stop in (QUEUE_EMPTY, MAX_REQUESTS) else logging.WARNING,
-                "drain stopping: %s%s",
-                stop,
+                logging.INFO if code in (StopCode.QUEUE_EMPTY, StopCode.MAX_REQUESTS) else logging.WARNING,
+                "drain stopping: %s%s%s",
+                code,
                 f" ({cause})" if cause else "",
+                f": {detail}" if detail else "",
             )
 
-    # -- writing ---------------------------------------------------------------------
+    def _internal_error(self, exc: BaseException, item: Item | None = None) -> None:
+        whose = f" fetching {item.taken.request.kind} {item.taken.request.tag}" if item else ""
+        log.error("unexpected error%s; stopping the run", whose, exc_info=exc)
+        if self.stop is None:
+            self.summary.error = exc
+        self._halt(StopCode.INTERNAL_ERROR, Reason.INTERNAL_ERROR, _error_text(exc))
 
-    async def _flush(self) -> None:
-        rows, snapshots, settled = self.rows, self.snapshots, self.settled
-        self.rows, self.snapshots, self.settled = [], [], []
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _flush(self, *, run_summary: dict[str, Any] | None = None) -> Written | None:
+        """Write every RECORDING item's batch entry; acknowledge, put back or dead-letter each."""
         self.last_flush = self.clock()
-        try:
-            await self.writer.append(rows, snapshots)
-        except DatabaseUnavailable as exc:
-            # Nothing of this batch may be acknowledged, nor put back: it may have committed.
-            self.in_doubt.extend(settled)
-            self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
-            return
-        self._count(rows)
-        await self.d.queue.ack(settled)
+        batch = self.items.in_stage(Stage.RECORDING)
+        if not batch and run_summary is None:
+            return None
+        written = await self.writer.write([item.entry for item in batch], run_summary=run_summary)
+        self._count(written.committed)
+        done = [e.owner for e in written.committed]
+        dead: list[Item] = []
+        if written.refused:
+            done += await self._record_unstorable(written, dead)
+        if written.unavailable is not None:
+            for entry in written.unwritten:
+                # A settling row may have committed (the connection can die after COMMIT
+                # reached the server): leave the item for recovery, which reads the ledger.
+                # A closing row changes nothing if lost: the item goes back as it is.
+                settles = entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)
+                self.items.move(entry.owner, Stage.LEFT if settles else Stage.UNRECORDED)
+            self._database_lost(written.unavailable)
+        await self._release(done, dead)
+        return written
 
-    def _count(self, rows: list[LedgerRow]) -> None:
+    async def _record_unstorable(self, written: Written, dead: list[Item]) -> list[Item]:
+        """Fail each request whose data Postgres refused, on a row of its own; dead-letter any
+        whose `failed` row is refused too. Returns the items now recorded."""
+        unstorable = []
+        for entry, why in written.refused:
+            item: Item = entry.owner
+            log.warning("Postgres refused the data of %s: %s", item.taken.request_id, why)
+            what = entry.rows[-1].outcome
+            detail = f"Postgres refused its {what} row{' and snapshot' if entry.snapshot else ''}: {why}"
+            item.entry = Entry((self._row(item, Outcome.FAILED, Reason.UNSTORABLE, detail),), owner=item)
+            unstorable.append(item.entry)
+        second = await self.writer.write(unstorable)
+        self._count(second.committed)
+        for entry, why in second.refused:
+            dead.append(entry.owner)
+            log.error(
+                "Postgres refused even a `failed` row for %s (%s); moving it to the dead-letter list %s",
+                entry.owner.taken.request_id,
+                why,
+                self.queue.keys.dead_letter,
+                extra={"payload": entry.owner.taken.raw[:200].decode("utf-8", "backslashreplace")},
+            )
+        if second.unavailable is not None:
+            written.unavailable = written.unavailable or second.unavailable
+            self.items.move_all([e.owner for e in second.unwritten], Stage.LEFT)
+        return [e.owner for e in second.committed]
+
+    async def _release(self, recorded: list[Item], dead: list[Item]) -> None:
+        """Take recorded items off the in-flight list: settled ones for good, the rest back to the
+        head of the queue; dead letters aside. Whatever Redis fails to do is left for recovery."""
+        settled = [i for i in recorded if i.entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)]
+        closed = [i for i in recorded if i.entry.rows[-1].outcome not in (Outcome.FETCHED, Outcome.FAILED)]
+        for items, act, stage in (
+            (settled, self.queue.ack, Stage.ACKED),
+            (closed, self.queue.put_back, Stage.RETURNED),
+            (dead, self.queue.dead_letter, Stage.DEAD_LETTERED),
+        ):
+            if not items:
+                continue
+            try:
+                await act([i.taken for i in items])
+            except RedisError:
+                self.items.move_all(items, Stage.LEFT)
+                raise
+            self.items.move_all(items, stage)
+
+    def _count(self, entries: list[Entry]) -> None:
         counts = self.summary.counts
-        for row in rows:
-            counts[row.outcome] = counts.get(row.outcome, 0) + 1
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("outcome", extra={"ledger": row_dict(row), "run_id": self.summary.run_id})
-        if self.d.on_progress is not None:
-            self.d.on_progress(Counter(counts))
+        for entry in entries:
+            for row in entry.rows:
+                counts[row.outcome] = counts.get(row.outcome, 0) + 1
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("outcome", extra={"ledger": row_dict(row), "run_id": self.summary.run_id})
+        if entries and self.drain.on_progress is not None:
+            self.drain.on_progress(Counter(counts))
 
     async def _finish(self) -> None:
-        """Stop every call, write the last rows, and put the unfinished back in order."""
-        for task in self.in_flight:
-            task.cancel()
-        if self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
-        self._harvest()  # calls that completed before the cancel keep their results
-        self._close_parked(api_down=self.stop == CIRCUIT_OPEN or len(self.streak) > 1)
-        leftover = [*self.unfinished, *self.retries, *self.buffer]
-        self.unfinished, self.retries = [], []
-        self.buffer.clear()
+        """Stop every call, write the last rows and the summary, put the unfinished back in order.
 
-        if self.stop == CIRCUIT_OPEN or self.stop == LEASE_LOST:
-            outcome, reason = Outcome.DEFERRED, (self.cause or self.stop).split(":")[0]
-        else:
-            outcome, reason = (
-                Outcome.SKIPPED_DEADLINE,
-                REASON_DEADLINE if self.stop == DEADLINE else self.stop,
+        Never raises but for cancellation: whatever cannot be done is left for the next run.
+        """
+        try:
+            if self.stop is not None and self.stop.code is StopCode.HANDED_OVER:
+                # Start nothing more; let what the API already has finish (within the deadline),
+                # so that the successor repeats no call.
+                self.drain.limiter.withhold()
+                if self.calls:
+                    await asyncio.wait(list(self.calls), timeout=max(0.0, self.soft_deadline - self.clock()))
+            for task in self.calls:
+                task.cancel()
+            if self.calls:
+                await asyncio.gather(*self.calls, return_exceptions=True)
+            self._harvest()  # calls that completed before the cancel keep their results
+            stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
+            self._close_parked(api_down=stop.code is StopCode.CIRCUIT_OPEN or len(self.streak) > 1)
+            outcome, reason = stop.closing()
+            leftover = sorted(
+                self.items.in_stage(Stage.UNFINISHED)
+                + self.items.in_stage(Stage.RETRYING)
+                + self.items.in_stage(Stage.BUFFERED),
+                key=lambda i: i.seq,
             )
-        closing = [
-            LedgerRow(w.taken.request_id, outcome, w.request.kind, w.request.tag, reason, self.cause)
-            for w in leftover
-        ]
-        rows, snapshots, settled = [*self.rows, *closing], self.snapshots, self.settled
-        self.rows, self.snapshots, self.settled = [], [], []
-        put_back = [w.taken for w in leftover]
-        if not self.unrecorded and not self.in_doubt:
-            summary = self._summary_with(rows)
-            try:
-                await self.writer.append(rows, snapshots, run_summary=summary)
-            except DatabaseUnavailable as exc:
-                self.in_doubt.extend(settled)  # left in the in-flight list for recovery
-                settled = []
-                self.stop, self.cause = CIRCUIT_OPEN, f"database_unavailable: {exc.detail}"
+            for item in leftover:
+                self._record(item, self._row(item, outcome, item.blame or reason, stop.detail))
+            if self.database_lost:
+                # Postgres went away during the run: what is left cannot be recorded either, and
+                # trying would cost the pool's timeout, which the deadline may not have left.
+                self.items.move_all(self.items.in_stage(Stage.RECORDING), Stage.UNRECORDED)
             else:
-                self._count(rows)
-        else:
-            # Postgres is gone: nothing more can be recorded, so everything taken goes back
-            # (these rows were never sent), except the batch in doubt.
-            self.unrecorded.extend(settled)
-            settled = []
-        await self.d.queue.ack(settled)
-        await self.d.queue.put_back([*put_back, *self.unrecorded])
+                written = await self._flush(run_summary=self._summary_dict(pending=True))
+                if not written.summary_written and not self.database_lost:
+                    await self.writer.write_summary(self._summary_dict())
+        except DatabaseUnavailable as exc:
+            self._database_lost(exc)
+        except RedisError as exc:
+            self._fault(Reason.REDIS_UNAVAILABLE, _error_text(exc))
+        except Exception as exc:  # a bug in the finish itself: leave the rest to recovery
+            self._internal_error(exc)
+        await self._put_back_unrecorded()
 
-    def _summary_with(self, rows: list[LedgerRow]) -> dict[str, Any]:
-        counts = dict(self.summary.counts)
-        for row in rows:
-            counts[row.outcome] = counts.get(row.outcome, 0) + 1
-        summary = RunSummary(**{**self.summary.__dict__, "counts": counts})
-        summary.stopped, summary.cause = self.stop or QUEUE_EMPTY, self.cause
-        summary.finished_at = time.time()
-        summary.api_requests = self.d.limiter.granted - self.granted_at_start
+    async def _put_back_unrecorded(self) -> None:
+        """Return what could not be recorded to the queue; anything else unfinished stays in flight."""
+        unrecorded = self.items.in_stage(Stage.UNRECORDED)
+        try:
+            await self.queue.put_back([i.taken for i in unrecorded])
+        except RedisError:
+            log.warning("could not put %d items back; they stay in flight for recovery", len(unrecorded))
+            self.items.move_all(unrecorded, Stage.LEFT)
+        else:
+            self.items.move_all(unrecorded, Stage.RETURNED)
+        stranded = [item for item in self.items if item.stage not in FINAL]
+        if stranded:
+            log.warning("%d items could not be recorded; they stay in flight for recovery", len(stranded))
+            self.items.move_all(stranded, Stage.LEFT)
+
+    def _summary_dict(self, *, pending: bool = False) -> dict[str, Any]:
+        """The summary as stored: counts of committed rows, plus the last batch's if `pending`."""
+        summary = self._fill(RunSummary(**{**self.summary.__dict__, "counts": dict(self.summary.counts)}))
+        if pending:
+            for item in self.items.in_stage(Stage.RECORDING):
+                for row in item.entry.rows:
+                    summary.counts[row.outcome] = summary.counts.get(row.outcome, 0) + 1
         return summary.as_dict()
 
-    async def _summarise(self, stopped: str, cause: str | None) -> RunSummary:
-        s = self.summary
-        s.stopped, s.cause = stopped, cause
-        s.finished_at = time.time()
-        s.api_requests = self.d.limiter.granted - self.granted_at_start
+    def _fill(self, summary: RunSummary) -> RunSummary:
+        stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
+        summary.stopped, summary.cause, summary.detail = stop.code, stop.cause, stop.detail
+        summary.finished_at = time.time()
+        summary.api_requests = self.drain.limiter.granted - self.granted_at_start
+        summary.items = self.items.final_counts()
+        return summary
+
+    async def _summarise(self) -> RunSummary:
+        summary = self._fill(self.summary)
         try:
-            s.queue_size, s.inflight_size = await self.d.queue.sizes()
+            summary.queue_size, summary.inflight_size = await self.queue.sizes()
         except Exception:  # the summary is still worth returning without the sizes
             log.warning("could not read the queue length", exc_info=True)
-        return s
+        return summary
 
-    # -- crash recovery --------------------------------------------------------------
+    # -- crash recovery -------------------------------------------------------------------------
 
     async def _recover(self) -> None:
         """Settle or requeue what a dead run left in the in-flight list.
 
         Anything there now belongs to a run that died: we hold the lease. A request with a
-        settling row is done; one a run attempted and abandoned `interrupted_limit` times
-        is `failed`; the rest go back to the head of the queue, in order.
+        settling row is done; a malformed one fails; one a run attempted and abandoned
+        `interrupted_limit` times is `failed`; the rest go back to the head of the queue, in
+        order. Rows Postgres refuses are narrowed down like any batch's: a poisoned in-flight
+        list cannot stop a run.
         """
-        items = await self.d.queue.inflight()
-        if not items:
+        found = await self.queue.inflight()
+        if not found:
             return
-        ids = [t.request_id for t in items]
-        queries = load_queries()
+        items = [self.items.add(t, Stage.UNFINISHED) for t in found]
+        ids = [t.request_id for t in found]
         try:
-            done = {
-                r["request_id"] for r in await self.d.db.fetch_all(queries["settled_requests"], {"ids": ids})
-            }
-            interrupted = {
-                r["request_id"]: r["interrupted"]
-                for r in await self.d.db.fetch_all(queries["interruptions"], {"ids": ids})
-            }
+            done = await recovery.settled(self.db, ids)
+            interrupted = await recovery.interruptions(self.db, ids)
         except DatabaseUnavailable as exc:
-            self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
+            self.items.move_all(items, Stage.LEFT)
+            self._database_lost(exc)
             return
-        stats = Counter()
-        rows: list[LedgerRow] = []
-        settled: list[Taken] = []
-        requeue: list[Taken] = []
+        stats: Counter[str] = Counter()
+        acked, requeue = [], []
         for item in items:
-            if item.request_id in done:
-                settled.append(item)
+            taken = item.taken
+            if taken.request_id in done:
+                acked.append(item)
                 stats["already_settled"] += 1
-            elif item.error is not None:
-                rows.append(
-                    LedgerRow(
-                        item.request_id, Outcome.FAILED, reason=item.error.reason, detail=item.error.detail
-                    )
-                )
-                settled.append(item)
+            elif taken.error is not None:
+                self._record(item, self._row(item, Outcome.FAILED, taken.error.reason, taken.error.detail))
                 stats["failed"] += 1
-            elif interrupted.get(item.request_id, 0) >= self.policy.interrupted_limit:
-                r = item.request
-                detail = f"interrupted in {interrupted[item.request_id]} runs"
-                rows.append(
-                    LedgerRow(item.request_id, Outcome.FAILED, r.kind, r.tag, REASON_INTERRUPTED, detail)
-                )
-                settled.append(item)
+            elif interrupted.get(taken.request_id, 0) >= self.policy.interrupted_limit:
+                detail = f"interrupted in {interrupted[taken.request_id]} runs"
+                self._record(item, self._row(item, Outcome.FAILED, Reason.INTERRUPTED, detail))
                 stats["failed"] += 1
             else:
                 requeue.append(item)
                 stats["requeued"] += 1
-        try:
-            await self.writer.append(rows)
-        except DatabaseUnavailable as exc:
-            self._halt(CIRCUIT_OPEN, f"database_unavailable: {exc.detail}")
+        await self._flush()
+        if self.database_lost:  # leave the rest for the next run
+            self.items.move_all(acked + requeue, Stage.LEFT)
             return
-        self._count(rows)
-        await self.d.queue.ack(settled)
-        await self.d.queue.put_back(requeue)
+        await self.queue.ack([i.taken for i in acked])
+        self.items.move_all(acked, Stage.ACKED)
+        await self.queue.put_back([i.taken for i in requeue])
+        self.items.move_all(requeue, Stage.RETURNED)
         self.summary.recovered = dict(stats)
         log.warning("recovered %d in-flight items from a dead run: %s", len(items), dict(stats))

@@ -19,10 +19,13 @@ from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
 from ledger.health import HealthRules
 from ledger.partitions import apply_retention, ledger_size
-from worker.drain import LEASE_HELD, Drain, DrainPolicy, RunSummary
+from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
+
+# A run that handed over to nobody is followed by another only if this much time is left.
+RERUN_MIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,32 @@ class Worker:
             return self._api
 
     async def drain(
-        self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None
+        self,
+        seconds: float,
+        *,
+        policy: DrainPolicy | None = None,
+        scheduled: bool = False,
+        on_progress=None,
     ) -> RunSummary:
-        """One run that returns within `seconds` (retention applied after it, as in `run`)."""
-        return (await self.run(seconds, policy=policy, on_progress=on_progress)).summary
+        """A drain that returns within `seconds` (retention applied after it, as in `run`)."""
+        report = await self.run(seconds, policy=policy, scheduled=scheduled, on_progress=on_progress)
+        return report.summary
 
-    async def run(self, seconds: float, *, policy: DrainPolicy | None = None, on_progress=None) -> RunReport:
-        """One drain, then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
+    async def run(
+        self,
+        seconds: float,
+        *,
+        policy: DrainPolicy | None = None,
+        scheduled: bool = False,
+        on_progress=None,
+    ) -> RunReport:
+        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
+        then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size.
+
+        A run that stopped to hand over and found its successor gone (it died after announcing
+        itself) is followed at once by another, so that the queue does not wait for the next
+        schedule; the last run's summary is reported.
+        """
         self.settings.require_credentials()
         drain = Drain(
             queue=self.queue,
@@ -105,9 +127,13 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        summary = await drain.run(time.monotonic() + seconds, policy=policy)
+        deadline = time.monotonic() + seconds
+        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        while summary.handover_failed and deadline - time.monotonic() > RERUN_MIN_SECONDS:
+            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
+            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
-        if summary.stopped == LEASE_HELD:
+        if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.
             return RunReport(summary, days)
         dropped = None

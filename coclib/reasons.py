@@ -1,0 +1,48 @@
+"""Reason codes: why a request ended as it did, or why a run stopped early.
+
+One closed set, shared by the errors coclib raises, the ledger's `reason` column (where a
+CHECK constraint admits only lower-case letters and underscores) and a run summary's
+`cause`. The human story goes beside a code, in `detail`; code never parses it back out.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """A ledger row's `reason`, or a stopped run's `cause`."""
+
+    # The request itself: `failed`, never requeued.
+    INVALID_REQUEST = "invalid_request"  # the queue item is not a well-formed request
+    INVALID_TAG = "invalid_tag"  # its tag cannot be a Clash of Clans tag
+    NOT_FOUND = "not_found"  # 404: no such player or clan
+    PRIVATE_WAR_LOG = "private_war_log"  # 403 accessDenied on a clan's current war
+    BAD_REQUEST = "bad_request"  # 400: the API refused the tag
+    HTTP_ERROR = "http_error"  # any other 4xx the API has no meaning for
+    UNSTORABLE = "unstorable"  # Postgres cannot store what this request produced
+    INTERRUPTED = "interrupted"  # runs kept dying while this request was in flight
+    UNEXPECTED_ERROR = "unexpected_error"  # it met an error nobody planned for, run after run
+
+    # Transient: tried again later in the run, then `failed` with the same reason.
+    TIMEOUT = "timeout"
+    UPSTREAM_ERROR = "upstream_error"  # 5xx
+    CONNECTION_ERROR = "connection_error"
+    BAD_RESPONSE = "bad_response"  # a body that is not the JSON object the endpoint returns
+
+    # Systemic: the circuit opens and what is in hand goes back, `deferred`.
+    MAINTENANCE = "maintenance"
+    FORBIDDEN = "forbidden"  # 403: the key's IP does not match, or access denied
+    THROTTLED = "throttled"  # 429
+    CREDENTIALS = "credentials"  # the developer portal refused the email and password
+    LOGIN = "login"  # the developer portal could not be reached or created no key
+    UPSTREAM = "upstream"  # several different requests in a row met transient errors
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    LEASE_LOST = "lease_lost"  # the drain lease expired under a running drain
+    INTERNAL_ERROR = "internal_error"  # a bug stopped the run; see the run summary
+
+    # Put back for a later run, `skipped-deadline`.
+    DEADLINE = "deadline"
+    HANDED_OVER = "handed_over"  # a newer scheduled invocation took over the queue
+    CANCELLED = "cancelled"

@@ -1,0 +1,220 @@
+"""Hand-over: a newer scheduled drain takes over from a running one, with real Redis, Postgres
+and the simulator. Two workers in one process stand for two Lambda containers (each has its
+own Redis client, pool, API client and rate limiter); one test uses a real second process and
+SIGKILLs it.
+
+What must hold whatever the timing: no request is lost or settled twice, no API call is made
+twice, the queue keeps its order, and the two drains never call the API at the same time
+(every call the first drain made arrived before the first call of the second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from coclib.keys import QueueKeys
+from coclib.queue import RefreshRequest
+from tests.helpers import inflight_items, ledger, push, query, queue_items
+from tests.invariants import check_run_order, fresh_tag, raw_id, read_world, run_rows
+from worker.drain import DrainPolicy, RunSummary
+from worker.runtime import Worker
+
+POLICY = DrainPolicy(checks=True)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def backlog(redis_client, settings, n: int) -> list[str]:
+    ids = [f"h{i}" for i in range(n)]
+    push(redis_client, settings, *[RefreshRequest(i, "player", fresh_tag(), 1.0) for i in ids])
+    return ids
+
+
+async def until(predicate, *, within: float = 60.0, every: float = 0.02) -> None:
+    """Wait for an event (never a fixed sleep); fail loudly if it never comes."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within} s for {predicate.__doc__ or predicate}")
+        await asyncio.sleep(every)
+
+
+def attempts(database_url: str) -> int:
+    """attempted rows written"""
+    return query(database_url, "SELECT count(*) AS n FROM refresh_ledger WHERE outcome = 'attempted'")[0]["n"]
+
+
+def check_the_seam(database_url: str, simulator, first: RunSummary, second: RunSummary) -> None:
+    """Each request settled once, each tag called once, and the first run's calls all came first."""
+    rows = ledger(database_url)
+    settled = Counter(r["request_id"] for r in rows if r["outcome"] in ("fetched", "failed"))
+    assert set(settled.values()) == {1}, settled.most_common(3)
+    calls = Counter(c.tag for c in simulator.calls)
+    assert set(calls.values()) == {1}, f"calls made twice: {[t for t, n in calls.items() if n > 1]}"
+    run_of = {r["tag"]: str(r["run_id"]) for r in rows if r["outcome"] == "attempted"}
+    first_calls = [c.at for c in simulator.calls if run_of[c.tag] == first.run_id]
+    second_calls = [c.at for c in simulator.calls if run_of[c.tag] == second.run_id]
+    assert first_calls and second_calls
+    assert max(first_calls) < min(second_calls), "the two drains called the API at the same time"
+
+
+def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client, database_url, simulator):
+    simulator.latency = (0.05, 0.15)
+    ids = backlog(redis_client, settings, 150)
+    before = queue_items(redis_client, settings)
+
+    async def go() -> tuple[RunSummary, RunSummary]:
+        first, second = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
+        try:
+            running = asyncio.ensure_future(first.drain(60, scheduled=True))
+            await until(lambda: attempts(database_url) >= 10)
+            successor = await second.drain(60, scheduled=True)
+            return await running, successor
+        finally:
+            await first.close()
+            await second.close()
+
+    first, second = asyncio.run(go())
+
+    assert first.stopped == "handed_over" and first.cause == "handed_over"
+    assert second.took_over_from == first.run_id and second.stopped == "queue_empty"
+    assert not first.handover_failed
+    check_the_seam(database_url, simulator, first, second)
+    world = read_world(database_url, redis_client, QueueKeys(settings.refresh_queue_key), simulator.calls)
+    # What the first run took and did not call went back to the head, with its hand-over row.
+    closing = {(r["outcome"], r["reason"]) for r in run_rows(world, first.run_id)}
+    assert closing - {("attempted", None), ("fetched", None)} <= {("skipped-deadline", "handed_over")}
+    # FIFO: in each run, first attempts follow the queue's original order.
+    for run in (first, second):
+        check_run_order(world, run.run_id, [raw_id(raw) for raw in before])
+    stored = {str(run_id): summary for run_id, summary in _summaries(database_url)}
+    assert stored[first.run_id]["stopped"] == "handed_over"
+    assert stored[second.run_id]["took_over_from"] == first.run_id
+    assert set(ids) == world.settled_ids()
+    assert world.queue == [] and world.inflight == [] and world.lease is None
+
+
+def _summaries(database_url: str) -> list[tuple[str, dict]]:
+    return [
+        (r["run_id"], r["summary"])
+        for r in query(database_url, "SELECT run_id, summary FROM refresh_run_summaries")
+    ]
+
+
+@pytest.mark.parametrize(("running_scheduled", "newcomer_scheduled"), [(True, False), (False, True)])
+def test_only_a_scheduled_drain_takes_over_and_only_from_a_scheduled_one(
+    running_scheduled, newcomer_scheduled, settings, redis_client, database_url, simulator
+):
+    """An operator's drain or POST /refresh never preempts, and is never preempted."""
+    simulator.latency = (0.05, 0.1)
+    backlog(redis_client, settings, 60)
+    keys = QueueKeys(settings.refresh_queue_key)
+
+    async def go() -> tuple[RunSummary, RunSummary, bool]:
+        first, second = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
+        try:
+            running = asyncio.ensure_future(first.drain(60, scheduled=running_scheduled))
+            await until(lambda: attempts(database_url) >= 5)
+            newcomer = await second.drain(60, scheduled=newcomer_scheduled)
+            still_running = not running.done()
+            return await running, newcomer, still_running
+        finally:
+            await first.close()
+            await second.close()
+
+    first, newcomer, still_running = asyncio.run(go())
+
+    assert newcomer.stopped == "lease_held" and still_running  # it answered at once
+    assert first.stopped == "queue_empty"
+    assert redis_client.get(keys.successor) is None
+    assert newcomer.run_id not in {str(r["run_id"]) for r in ledger(database_url)}
+
+
+def test_a_second_successor_returns_at_once(settings, redis_client, database_url, simulator):
+    simulator.latency = (0.05, 0.1)
+    backlog(redis_client, settings, 80)
+    keys = QueueKeys(settings.refresh_queue_key)
+
+    async def go() -> tuple[RunSummary, RunSummary, bool]:
+        first, third = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
+        try:
+            running = asyncio.ensure_future(first.drain(60, scheduled=True))
+            await until(lambda: attempts(database_url) >= 5)
+            # Another scheduled invocation already waits (it announced itself a moment ago).
+            redis_client.set(keys.successor, "waiting-run yields", px=3000)
+            late = await third.drain(60, scheduled=True)
+            answered_while_running = not running.done()
+            return await running, late, answered_while_running
+        finally:
+            await first.close()
+            await third.close()
+
+    first, late, answered_while_running = asyncio.run(go())
+
+    assert late.stopped == "lease_held" and answered_while_running
+    # The waiting successor never took the lease: the first drain, handing over to nobody,
+    # drains on in a new run.
+    assert first.stopped == "queue_empty"
+    settled = Counter(r["request_id"] for r in ledger(database_url) if r["outcome"] == "fetched")
+    assert len(settled) == 80 and set(settled.values()) == {1}
+
+
+_SUCCESSOR = """
+import asyncio, sys
+from coclib.settings import Settings
+from worker.drain import DrainPolicy
+from worker.runtime import Worker
+
+async def main():
+    worker = Worker(Settings.from_env(), policy=DrainPolicy(checks=True))
+    try:
+        await worker.drain(60, scheduled=True)
+    finally:
+        await worker.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_successor_killed_after_announcing_itself_stalls_nothing(
+    worker_env, settings, redis_client, database_url, simulator
+):
+    simulator.latency = (0.05, 0.1)
+    ids = backlog(redis_client, settings, 200)
+    keys = QueueKeys(settings.refresh_queue_key)
+    env = {**os.environ, **worker_env, "PYTHONPATH": ROOT}
+
+    async def go() -> RunSummary:
+        first = Worker(settings, policy=DrainPolicy(checks=True))
+        successor = None
+        try:
+            running = asyncio.ensure_future(first.drain(40, scheduled=True))
+            await until(lambda: attempts(database_url) >= 5)
+            successor = subprocess.Popen([sys.executable, "-c", _SUCCESSOR], env=env, cwd=ROOT)
+            await until(lambda: redis_client.exists(keys.successor) or successor.poll() is not None)
+            assert successor.poll() is None, "the successor exited before announcing itself"
+            os.kill(successor.pid, signal.SIGKILL)  # as Lambda kills a container: no clean-up
+            successor.wait()
+            return await running
+        finally:
+            if successor is not None and successor.poll() is None:
+                successor.kill()
+            await first.close()
+
+    last = asyncio.run(go())
+
+    runs = query(database_url, "SELECT run_id::text, stopped FROM refresh_run_summaries ORDER BY finished_at")
+    assert [r["stopped"] for r in runs] == ["handed_over", "queue_empty"], runs
+    assert last.run_id == runs[-1]["run_id"]  # the same invocation drained on, in a new run
+    settled = Counter(r["request_id"] for r in ledger(database_url) if r["outcome"] == "fetched")
+    assert set(settled) == set(ids) and set(settled.values()) == {1}
+    assert set(Counter(c.tag for c in simulator.calls).values()) == {1}
+    assert queue_items(redis_client, settings) == [] and inflight_items(redis_client, settings) == []
+    assert redis_client.get(keys.lease) is None and redis_client.get(keys.successor) is None

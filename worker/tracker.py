@@ -1,0 +1,126 @@
+"""Where each item a run took is: exactly one named stage at any moment.
+
+A run takes items off the queue (and, in crash recovery, finds them in the in-flight list);
+from then until the run ends, every one of them is in one `Stage`, and only `Tracker.move`
+changes that. `assert_accounted()` checks the books: every item taken is in exactly one
+stage, and, once the run is over, in a final one. The drain calls it after every step when
+its checks are on (the tests and the state machine turn them on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import islice
+
+from coclib.errors import TransientError
+from coclib.queue import Taken
+from coclib.reasons import Reason
+from ledger.writer import Entry
+
+
+class Stage(StrEnum):
+    """Where a taken item is."""
+
+    # In the run's hands.
+    BUFFERED = "buffered"  # taken, its API call not started
+    CALLING = "calling"  # its `attempted` row is written and its API call is running
+    RETRYING = "retrying"  # met a transient error; starts again at `ready_at`
+    PARKED = "parked"  # out of tries: `failed`, unless the API turns out to be down
+    UNFINISHED = "unfinished"  # to be closed with the run's stop (deferred / skipped-deadline)
+    RECORDING = "recording"  # its rows (and snapshot) wait in the next batch
+    UNRECORDED = "unrecorded"  # Postgres went away before its row could be written: goes back as is
+    # Done with, for this run.
+    ACKED = "acked"  # settled, committed, and gone from the in-flight list
+    RETURNED = "returned"  # back at the head of the queue
+    LEFT = "left"  # left in the in-flight list for the next run's recovery
+    DEAD_LETTERED = "dead_lettered"  # not even a `failed` row could be stored: moved aside
+
+
+FINAL = frozenset({Stage.ACKED, Stage.RETURNED, Stage.LEFT, Stage.DEAD_LETTERED})
+
+
+class AccountingError(AssertionError):
+    """The tracker's books do not balance: a bug in the drain."""
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One taken item and what the run knows about it."""
+
+    taken: Taken
+    stage: Stage
+    tries: int = 0  # API calls started for it in this run
+    ready_at: float = 0.0  # RETRYING: when it may start again
+    last_error: TransientError | None = None  # PARKED: what it met last
+    entry: Entry | None = None  # RECORDING: what the next batch writes for it
+    blame: Reason | None = None  # its own call stopped the run: the reason its closing row gives
+
+    @property
+    def seq(self) -> int:
+        return self.taken.seq
+
+
+class Tracker:
+    """The stages of one run's items. Within a stage, items keep the order they arrived in."""
+
+    def __init__(self) -> None:
+        self._stages: dict[Stage, dict[int, Item]] = {stage: {} for stage in Stage}
+        self.taken = 0
+
+    def add(self, taken: Taken, stage: Stage = Stage.BUFFERED) -> Item:
+        """Start tracking an item the run has just taken."""
+        if any(taken.seq in items for items in self._stages.values()):
+            raise AccountingError(f"item {taken.seq} ({taken.request_id}) was taken twice")
+        item = Item(taken, stage)
+        self._stages[stage][item.seq] = item
+        self.taken += 1
+        return item
+
+    def move(self, item: Item, stage: Stage) -> None:
+        if item.stage in FINAL:
+            raise AccountingError(f"{item.taken.request_id} is already {item.stage}, cannot become {stage}")
+        del self._stages[item.stage][item.seq]
+        self._stages[stage][item.seq] = item
+        item.stage = stage
+
+    def move_all(self, items: list[Item], stage: Stage) -> None:
+        for item in items:
+            self.move(item, stage)
+
+    def in_stage(self, stage: Stage) -> list[Item]:
+        """The items in `stage`, oldest arrival first (a copy: moving them is safe)."""
+        return list(self._stages[stage].values())
+
+    def oldest(self, stage: Stage, n: int) -> list[Item]:
+        """The first `n` items to have arrived in `stage`."""
+        return list(islice(self._stages[stage].values(), max(0, n)))
+
+    def count(self, stage: Stage) -> int:
+        return len(self._stages[stage])
+
+    def __iter__(self) -> Iterator[Item]:
+        for items in self._stages.values():
+            yield from items.values()
+
+    def final_counts(self) -> dict[str, int]:
+        """How many items ended the run in each final stage (for the run summary)."""
+        return {str(stage): len(self._stages[stage]) for stage in Stage if stage in FINAL}
+
+    def assert_accounted(self, *, finished: bool = False) -> None:
+        """Every item taken is in exactly one stage (and, if `finished`, a final one)."""
+        seen: set[int] = set()
+        for stage, items in self._stages.items():
+            for seq, item in items.items():
+                if item.stage is not stage or item.seq != seq:
+                    raise AccountingError(
+                        f"{item.taken.request_id} is filed under {stage} but is {item.stage}"
+                    )
+                if seq in seen:
+                    raise AccountingError(f"{item.taken.request_id} is in two stages")
+                seen.add(seq)
+                if finished and stage not in FINAL:
+                    raise AccountingError(f"the run ended with {item.taken.request_id} still {stage}")
+        if len(seen) != self.taken:
+            raise AccountingError(f"{self.taken} items taken, {len(seen)} accounted for")

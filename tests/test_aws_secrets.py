@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import boto3
+import psycopg
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -95,8 +96,12 @@ def test_a_drain_with_every_secret_by_reference_leaks_none(
     aws, invoke, worker_env, database_url, redis_client, simulator, run, caplog, capfd
 ):
     api_token = token("static-api-token")
-    db_password = token("db-p@ss/w:rd")
     simulator.tokens.add(api_token)
+    # A server that trusts local connections gets a made-up password (it ignores it), which is
+    # then searched for; one that checks passwords (CI's service container) keeps its own, too
+    # plain ("postgres") to search for, and the token alone is.
+    own_password = psycopg.conninfo.conninfo_to_dict(database_url).get("password")
+    db_password = own_password or token("db-p@ss/w:rd")
     db_arn = put_secret(aws, "coc/prod/database-url", db_url_with_password(database_url, db_password))
     tokens_parameter = put_parameter(aws, "/coc/prod/api-tokens", f"{api_token}\n")
     invoke.env(
@@ -125,7 +130,7 @@ def test_a_drain_with_every_secret_by_reference_leaks_none(
     # The values came from moto: the token reached the API, the URL reached Postgres.
     assert summary["processed_requests"] == 1, summary
     assert {c.token for c in simulator.calls} == {api_token}
-    text = run.assert_clean(api_token, db_password)
+    text = run.assert_clean(api_token, *([] if own_password else [db_password]))
     # Where the secrets came from is logged, by name only.
     assert db_arn in text and tokens_parameter in text
 

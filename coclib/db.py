@@ -14,6 +14,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from coclib.errors import DatabaseUnavailable, StorageRefused
+from coclib.errortext import describe
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,8 @@ def translate(exc: Exception) -> Exception:
         (isinstance(exc, psycopg.Error) and (exc.sqlstate or "")[:2] in _DATA_CLASSES)
         or (isinstance(exc, psycopg.DataError) and exc.sqlstate is None)  # refused before sending
     ):
-        return StorageRefused(_describe(exc))
-    return DatabaseUnavailable(_describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    # psycopg messages name host and user but never the password; keep only the first line.
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"
+        return StorageRefused(describe(exc))
+    return DatabaseUnavailable(describe(exc))
 
 
 class Database:

@@ -83,6 +83,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS[1] successor; ARGV[1] our value: take our announcement back.
+_UNANNOUNCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 # KEYS[1] lease, KEYS[2] successor; ARGV[1] our value. Stop waiting: 1 if the lease came to us
 # meanwhile (it is ours then), else withdraw the announcement and return 0.
 _WITHDRAW = """
@@ -171,7 +178,8 @@ class Lease:
                     return await self._took_over()
                 free = value is None
                 if free and await self.redis.set(self.keys.lease, self.value, nx=True, px=self.ttl_ms):
-                    await self.redis.eval(_WITHDRAW, 2, *keys, self.value)
+                    # The running drain ended on its own: the lease was free to take.
+                    await self.redis.eval(_UNANNOUNCE, 1, self.keys.successor, self.value)
                     self._start_renewing()
                     return True
                 if time.monotonic() >= refresh_at:

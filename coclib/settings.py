@@ -1,7 +1,9 @@
 """Settings: the only place in the project that reads the environment.
 
 `Settings.from_env()` parses and validates every variable once; everything else
-receives a `Settings` (or the pieces it needs) as an argument.
+receives a `Settings` (or the pieces it needs) as an argument. Tools that need less read
+less: `QueueSettings` (a producer: Redis and the queue key) and `DatabaseSettings`
+(Postgres alone). `VARIABLES` says what each variable means, for help texts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -29,6 +32,24 @@ MAX_REQS_PER_SEC = 30.0
 ENVIRONMENTS = ("production", "staging", "development")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _HASH_TAG = re.compile(r"\{[^{}]+\}")
+
+# Every variable and its meaning with its default, for `--help`; each settings class names
+# the ones it reads in `VARIABLES`.
+VARIABLES = {
+    "DATABASE_URL": "libpq URI of Postgres (required)",
+    "REDIS_URL": "redis://, rediss:// or unix:// URL of Redis (required)",
+    "REFRESH_QUEUE_KEY": f"the queue's Redis key (default {DEFAULT_QUEUE_KEY})",
+    "COC_API_TOKENS": "comma-separated static API tokens (or COC_EMAIL and COC_PASSWORD)",
+    "COC_EMAIL": "developer-portal login, with COC_PASSWORD (or COC_API_TOKENS)",
+    "COC_PASSWORD": "developer-portal password, with COC_EMAIL",
+    "COC_API_BASE_URL": f"the API's address (default {DEFAULT_API_BASE_URL})",
+    "COC_REQS_PER_SEC": (
+        f"API requests per second (default {DEFAULT_REQS_PER_SEC:g}, at most {MAX_REQS_PER_SEC:g})"
+    ),
+    "ENVIRONMENT": f"{', '.join(ENVIRONMENTS)} (default development)",
+    "LOG_LEVEL": "log level (default INFO)",
+    "LEDGER_RETENTION_DAYS": "drop ledger partitions older than this many days (default: keep all)",
+}
 
 
 def mask_url_password(url: str) -> str:
@@ -61,6 +82,8 @@ class Settings:
     log_level: str = "INFO"
     refresh_queue_key: str = DEFAULT_QUEUE_KEY
     ledger_retention_days: int | None = None
+
+    VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
 
     @classmethod
     def from_env(
@@ -105,9 +128,7 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         database_url = database_url_from_env(env)
-        redis_url = _required(get, "REDIS_URL")
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+        queue = QueueSettings.from_env(env)
 
         email, password = get("COC_EMAIL"), get("COC_PASSWORD")
         if (email is None) != (password is None):
@@ -126,20 +147,13 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise ConfigError("LOG_LEVEL", f"expected one of {', '.join(LOG_LEVELS)}")
 
-        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
-        if not _HASH_TAG.search(queue_key):
-            raise ConfigError(
-                "REFRESH_QUEUE_KEY",
-                "must contain a {hash tag} so every derived key shares its Redis Cluster slot",
-            )
-
         retention = get("LEDGER_RETENTION_DAYS")
         if retention is not None and (not retention.isdigit() or int(retention) < 1):
             raise ConfigError("LEDGER_RETENTION_DAYS", "must be a whole number of days, 1 or more")
 
         return cls(
             database_url=database_url,
-            redis_url=redis_url,
+            redis_url=queue.redis_url,
             coc_email=email,
             coc_password=password,
             coc_api_tokens=tokens,
@@ -147,7 +161,7 @@ class Settings:
             coc_reqs_per_sec=parse_rate(get("COC_REQS_PER_SEC")),
             environment=environment,
             log_level=log_level,
-            refresh_queue_key=queue_key,
+            refresh_queue_key=queue.refresh_queue_key,
             ledger_retention_days=int(retention) if retention else None,
         )
 
@@ -190,6 +204,76 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """What a producer needs and nothing more (`python -m worker enqueue`): Redis and the queue key."""
+
+    redis_url: str = field(repr=False)
+    refresh_queue_key: str = DEFAULT_QUEUE_KEY
+
+    VARIABLES: ClassVar[tuple[str, ...]] = ("REDIS_URL", "REFRESH_QUEUE_KEY")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> QueueSettings:
+        """Read and validate `REDIS_URL` and `REFRESH_QUEUE_KEY` alone."""
+        env = os.environ if environ is None else environ
+        redis_url = (env.get("REDIS_URL") or "").strip()
+        if not redis_url:
+            raise ConfigError("REDIS_URL", "is required but not set")
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+        queue_key = (env.get("REFRESH_QUEUE_KEY") or "").strip() or DEFAULT_QUEUE_KEY
+        if not _HASH_TAG.search(queue_key):
+            raise ConfigError(
+                "REFRESH_QUEUE_KEY",
+                "must contain a {hash tag} so every derived key shares its Redis Cluster slot",
+            )
+        return cls(redis_url=redis_url, refresh_queue_key=queue_key)
+
+    def secrets(self) -> tuple[str, ...]:
+        """The Redis password, if the URL has one, for redaction."""
+        return _url_password(self.redis_url)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Postgres alone (`python -m worker migrate`, `python -m ledger`)."""
+
+    database_url: str = field(repr=False)
+
+    VARIABLES: ClassVar[tuple[str, ...]] = ("DATABASE_URL",)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
+        """Read and validate `DATABASE_URL` alone."""
+        return cls(database_url=database_url_from_env(environ))
+
+    def secrets(self) -> tuple[str, ...]:
+        """The password in `DATABASE_URL`, as a URI or a key=value string, for redaction."""
+        found = list(_url_password(self.database_url))
+        with contextlib.suppress(psycopg.ProgrammingError):  # not a key=value string either
+            found.append(conninfo_to_dict(self.database_url).get("password"))
+        return tuple(s for s in found if s)
+
+
+def _url_password(url: str) -> tuple[str, ...]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password,) if password else ()
+
+
+def project_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The project's variables (`VARIABLES`) that are set and not blank, as a new dict.
+
+    For a tool that fills in what is missing and then parses it with `Settings.from_env` (the
+    demo supplies embedded services and the simulator).
+    """
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in VARIABLES if (env.get(name) or "").strip()}
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -264,13 +348,6 @@ def secret_references(environ: Mapping[str, str] | None = None) -> tuple[SecretR
                 SecretReference(setting, param_var, PARAMETER_STORE, param, match.group(1) if match else None)
             )
     return tuple(found)
-
-
-def _required(get, name: str) -> str:
-    value = get(name)
-    if value is None:
-        raise ConfigError(name, "is required but not set")
-    return value
 
 
 def parse_rate(raw: str | None) -> float:

@@ -6,8 +6,10 @@ import re
 
 from coclib.errors import InvalidTagError
 
-# The game's tag alphabet: 0289PYLQGRJCUV. Real tags are 3 to 14 characters after '#'.
-TAG_PATTERN = re.compile(r"#[0289PYLQGRJCUV]{3,14}")
+# The game's tag alphabet: a tag is a base-14 number written in these digits.
+TAG_ALPHABET = "0289PYLQGRJCUV"
+# Real tags are 3 to 14 characters after '#'.
+TAG_PATTERN = re.compile(rf"#[{TAG_ALPHABET}]{{3,14}}")
 
 
 def normalise_tag(raw: str) -> str:
@@ -23,5 +25,5 @@ def parse_tag(raw: object) -> str:
     tag = normalise_tag(raw)
     if not TAG_PATTERN.fullmatch(tag):
         shown = raw if len(raw) <= 40 else raw[:40] + "…"
-        raise InvalidTagError(f"{shown!r} is not a tag: expected '#' and 3-14 of 0289PYLQGRJCUV")
+        raise InvalidTagError(f"{shown!r} is not a tag: expected '#' and 3-14 of {TAG_ALPHABET}")
     return tag

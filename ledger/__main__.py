@@ -23,8 +23,9 @@ import orjson
 import psycopg
 
 from coclib.errors import ConfigError
+from coclib.errortext import first_line
 from coclib.settings import database_url_from_env
-from ledger.audit import AuditError, AuditQuery, load_audits, plain, render_table, run_audit
+from ledger.audit import AuditError, AuditQuery, load_audits, render_table, run_audit
 from ledger.partitions import (
     DAYS_AHEAD,
     drop_expired_partitions,
@@ -32,6 +33,7 @@ from ledger.partitions import (
     expired_partitions,
     list_partitions,
 )
+from ledger.values import plain
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -168,17 +170,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        print(f"error: cannot reach Postgres: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: cannot reach Postgres: {first_line(exc)}", file=sys.stderr)
         return 1
     except psycopg.Error as exc:
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -17,16 +17,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 
 from coclib.sqlfiles import SQL_DIR
+from ledger.values import plain
 
 AUDIT_DIR = SQL_DIR / "audit"
 
@@ -180,19 +179,6 @@ def run_audit(
 
 
 # -- output ------------------------------------------------------------------------
-
-
-def plain(value: Any) -> Any:
-    """A value as JSON would carry it: numbers stay numbers, times become ISO 8601 text."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, UUID):
-        return str(value)
-    return value
 
 
 def _cell(value: Any) -> str:

@@ -31,14 +31,13 @@ view can gain or reshape columns without breaking health.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from coclib.db import Database
 from coclib.sqlfiles import load_queries
+from ledger.values import plain
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -72,22 +71,7 @@ async def ledger_stats(db: Database, *, timeout: float) -> dict[str, Any]:
     `timeout` bounds waiting for a pooled connection; the caller bounds the whole call.
     """
     row = await db.fetch_one(load_queries()["health"], timeout=timeout)
-    return {key: json_ready(value) for key, value in (row or {}).items()}
-
-
-def json_ready(value: Any) -> Any:
-    """A Postgres value as JSON likes it: datetimes as ISO 8601 (UTC), numerics as floats."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    return value
+    return {key: plain(value) for key, value in (row or {}).items()}
 
 
 def assess(

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from coclib.db import Database
+from coclib.errortext import first_line
 from coclib.sqlfiles import load_queries
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def ensure_partitions(db: Database, days_ahead: int = DAYS_AHEAD) -> int |
     try:
         row = await db.fetch_one(load_queries()["ensure_partitions"], {"days_ahead": days_ahead})
     except Exception as exc:  # a lock timeout or an outage must not stop the drain
-        log.warning("could not make ledger partitions ahead: %s", _first_line(exc))
+        log.warning("could not make ledger partitions ahead: %s", first_line(exc))
         return None
     created = int(row["created"]) if row else 0
     if created:
@@ -50,7 +51,7 @@ async def apply_retention(db: Database, days: int) -> list[dict[str, Any]] | Non
     try:
         dropped = await db.fetch_all(load_queries()["drop_expired_partitions"], {"days": days})
     except Exception as exc:  # a lock timeout must not fail the run that finished
-        log.warning("ledger retention failed: %s", _first_line(exc))
+        log.warning("ledger retention failed: %s", first_line(exc))
         return None
     for part in dropped:
         log.info("retention dropped %s (~%s rows)", part["partition"], part["estimated_rows"])
@@ -66,14 +67,9 @@ async def ledger_size(db: Database, *, timeout: float = 2.0) -> dict[str, int] |
     try:
         row = await db.fetch_one(load_queries()["ledger_size"], timeout=timeout)
     except Exception as exc:
-        log.warning("could not read the ledger's size: %s", _first_line(exc))
+        log.warning("could not read the ledger's size: %s", first_line(exc))
         return None
     return {key: int(value) for key, value in (row or {}).items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def ensure_partitions_sync(conn: psycopg.Connection, days_ahead: int = DAYS_AHEAD) -> int:

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
 
@@ -147,10 +146,3 @@ def worker_env(database_url: str, redis_url: str, simulator: CocApiSimulator) ->
 @pytest.fixture
 def settings(worker_env: dict[str, str]) -> Settings:
     return Settings.from_env(worker_env)
-
-
-@pytest.fixture
-def db_conn(database_url: str) -> Iterator[psycopg.Connection]:
-    """A plain autocommit connection for assertions."""
-    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        yield conn

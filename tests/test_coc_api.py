@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -79,12 +78,13 @@ def test_a_server_error_is_not_retried_by_coc_py(simulator):
 
 
 def test_a_hanging_api_is_bounded_by_the_callers_timeout(simulator):
-    simulator.hang = 5.0
-    started = time.monotonic()
+    # The API never answers within the test's life: only the caller's own timeout can end the
+    # call (else pytest-timeout fails the test), and it is reported as a timeout, tried once.
+    simulator.hang = 3600.0
     with pytest.raises(TransientError) as info:
         call(simulator, "player", "#2PP", timeout=0.5)
     assert info.value.reason == "timeout"
-    assert time.monotonic() - started < 4.0
+    assert len(simulator.calls) == 1
 
 
 def test_every_send_goes_through_the_limiter(simulator):

@@ -3,9 +3,11 @@
 A real drain process (the command line an operator or the local server runs, the same code
 the Lambda handler calls) works through a backlog against this test's Postgres, Redis and the
 session's simulator (it serves on 127.0.0.1 from a thread of the test process, so the child
-reaches it over TCP). The test kills it with SIGKILL at a random moment, several times in a
-row; each kill can land anywhere: during start-up, recovery, a take, an `attempted` write, a
-call, a flush, an acknowledgement or the final put-back.
+reaches it over TCP). The test kills it with SIGKILL several times in a row, each time at a
+point the child signals, never after a timed sleep (a loaded machine can take seconds just to
+start an interpreter): as soon as it holds the lease (start-up, recovery, the first take) or
+once it has written a random number of new `attempted` rows (calls in flight, flushes and
+acknowledgements under way).
 
 A killed drain leaves its lease in Redis for its 30-second TTL. Rather than wait, the test
 deletes the lease key after each kill, which is exactly what its expiry would do, and starts
@@ -29,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
@@ -48,6 +51,24 @@ from worker.drain import DrainPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 7
+SIGNAL_WAIT_SECONDS = 120  # a bound on a child that never signals (it failed), not a timing
+
+
+def _wait_for(what: str, signalled, proc: subprocess.Popen, log: Path) -> bool:
+    """Poll until `signalled()`; False if the child exited first. Fails loudly after the bound."""
+    deadline = time.monotonic() + SIGNAL_WAIT_SECONDS
+    while not signalled():
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the drain never got to {what}; its log: {log.read_text()[-2000:]}")
+        time.sleep(0.01)
+    return True
+
+
+def _attempted_rows(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM refresh_ledger WHERE outcome = 'attempted'").fetchone()[0]
 
 
 def _backlog(factory: RequestFactory, sim) -> list:
@@ -82,25 +103,40 @@ def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
 
     ledger = Ledger()
     child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    kills: list[tuple[float, int, int]] = []  # (seconds after start, ledger rows, in-flight items)
+    kills: list[tuple[str, int, int]] = []  # (kill point, ledger rows, in-flight items)
+    watch = psycopg.connect(database_url, autocommit=True)
     try:
         for n in range(KILLS):
-            log = (tmp_path / f"drain-{n}.log").open("wb")
+            log_path = tmp_path / f"drain-{n}.log"
+            log = log_path.open("wb")
+            attempted_before = _attempted_rows(watch)
+            # The first kill lands as soon as the child holds the lease; the others after a
+            # random number of new `attempted` rows, so the kills spread over the run's phases.
+            more = 0 if n == 0 else rng.randint(1, 60)
+            point = "lease taken" if more == 0 else f"{more} new attempted rows"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "drain", "--seconds", "20"],
+                # --seconds: far more than any kill point needs; the kill, not the deadline, ends it.
+                [sys.executable, "-m", "worker", "drain", "--seconds", "120"],
                 cwd=ROOT,
                 env=child_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            at = rng.uniform(0.2, 2.5)
-            time.sleep(at)
+            target = attempted_before + more
+            if more == 0:
+                reached = _wait_for(point, lambda: client.exists(keys.lease), proc, log_path)
+            else:
+                reached = _wait_for(
+                    point, lambda target=target: _attempted_rows(watch) >= target, proc, log_path
+                )
             proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            proc.wait(timeout=60)
             log.close()
+            if not reached:
+                point += " (the drain had ended: the queue was empty)"
 
             world = read_world(database_url, client, keys, simulator.calls)
-            context = f"kill {n + 1} at {at:.2f} s (seed {seed}); log: {tmp_path}/drain-{n}.log"
+            context = f"kill {n + 1} at {point} (seed {seed}); log: {log_path}"
             try:
                 ledger.advance(world)
                 check_conservation(world, by_id, inflight_allowed=True)
@@ -109,7 +145,7 @@ def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
                 check_outcomes(world, by_id)
             except AssertionError as exc:
                 raise AssertionError(f"after {context}: {exc}") from exc
-            kills.append((round(at, 2), len(world.rows), len(world.inflight)))
+            kills.append((point, len(world.rows), len(world.inflight)))
             # The dead drain's lease would expire after its 30 s TTL: expire it now.
             client.delete(keys.lease)
 
@@ -139,5 +175,6 @@ def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
         assert abandoned, f"no kill landed while a request was in flight: {kills}"
         assert any(n for _, _, n in kills), f"no kill left anything in the in-flight list: {kills}"
     finally:
+        watch.close()
         client.delete(*client.keys(queue_key.split("}")[0] + "}*") or [keys.queue])
         client.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest
+from coclib.settings import VARIABLES
 from coclib.testing.lambda_context import (
     LambdaContext,
     http_api_event,
@@ -33,10 +33,7 @@ from worker import lambda_function
 from worker.http import REFRESH_BUDGET_SECONDS, refresh_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTING_NAMES = (
-    "DATABASE_URL", "REDIS_URL", "COC_EMAIL", "COC_PASSWORD", "COC_API_TOKENS", "COC_API_BASE_URL",
-    "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "REFRESH_QUEUE_KEY",
-)  # fmt: skip
+SETTING_NAMES = tuple(VARIABLES)
 METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
     "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
@@ -216,9 +213,12 @@ def test_at_info_there_is_no_line_per_outcome(invoke, settings, redis_client, ca
 
 def test_get_health_answers_200_with_stats_queue_size_and_oldest_age(invoke, settings, redis_client):
     invoke(scheduled_event())  # one run, so the ledger has a last run
-    push(redis_client, settings, req(1, enqueued_at=time.time() - 30), req(2, tag="#2PQ"))
+    enqueued_at = time.time() - 30
+    push(redis_client, settings, req(1, enqueued_at=enqueued_at), req(2, tag="#2PQ"))
 
+    before = time.time()
     response = invoke(rest_event("GET", "/health"))
+    after = time.time()
 
     assert response["statusCode"] == 200
     assert header(response, "Content-Type") == "application/json"
@@ -226,8 +226,9 @@ def test_get_health_answers_200_with_stats_queue_size_and_oldest_age(invoke, set
     health = body(response)
     assert health["status"] == "healthy" and health["reasons"] == []
     assert health["queue_size"] == 2 and health["inflight_size"] == 0
-    assert 29 <= health["oldest_queued_age_seconds"] < 60
-    assert abs(health["timestamp"] - time.time()) < 5
+    # Bracketed by clock readings around the call, so a slow machine cannot push them out.
+    assert before - enqueued_at - 0.001 <= health["oldest_queued_age_seconds"] <= after - enqueued_at + 0.001
+    assert before - 0.01 <= health["timestamp"] <= after + 0.01
     assert health["ledger"]["window_seconds"] == 3600
     assert health["ledger"]["last_run_stopped"] == "queue_empty"
     assert health["checks"]["postgres"]["ok"] and health["checks"]["redis"]["ok"]
@@ -279,18 +280,17 @@ def test_post_refresh_is_bounded_by_lambda_time_left_and_api_gateway(
     # The cap: whatever Lambda has left, a refresh drains for at most 24 s (API Gateway: 29).
     assert refresh_seconds(295.0) == REFRESH_BUDGET_SECONDS == 24.0
     assert refresh_seconds(3.0) == 3.0 and refresh_seconds(-1.0) == 0.0
-    # The floor, for real: with 7 s left (2 s after the 5-second buffer), a slow queue stops at the deadline.
+    # The floor, for real: with 7 s left (2 s after the 5-second buffer), a slow queue stops at the
+    # deadline. What says so is the run itself (stopped: deadline, work left), not a stopwatch.
     simulator.latency = (0.4, 0.4)
     push(redis_client, settings, *[req(i) for i in range(200)])
 
-    started = time.monotonic()
     response = invoke(rest_event("POST", "/refresh"), LambdaContext(timeout_seconds=7))
-    elapsed = time.monotonic() - started
 
     summary = body(response)
     assert response["statusCode"] == 200 and summary["stopped"] == "deadline"
-    assert elapsed < 3.0
     assert summary["counts"].get("skipped-deadline", 0) > 0 or summary["queue_size"] > 0
+    assert summary["taken"] < 200 and len(simulator.calls) < 200
 
 
 @pytest.mark.parametrize(
@@ -438,7 +438,9 @@ def test_operator_actions_drain_health_and_migrate(invoke, settings, redis_clien
 # -- warm reuse ---------------------------------------------------------------------------------
 
 
-def test_warm_invocations_reuse_settings_pool_api_client_and_loop(invoke, settings, redis_client, capfd):
+def test_warm_invocations_reuse_settings_pool_api_client_and_loop(
+    invoke, settings, redis_client, simulator, capfd
+):
     push(redis_client, settings, req(1))
     invoke(scheduled_event())
     container = lambda_function._container
@@ -447,17 +449,18 @@ def test_warm_invocations_reuse_settings_pool_api_client_and_loop(invoke, settin
 
     push(redis_client, settings, req(2, tag="#2PQ"))
     second = invoke(scheduled_event())
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        empty = invoke(scheduled_event())
-        timings.append(time.perf_counter() - started)
+    connections = pool.pool.get_stats().get("connections_num", 0)
+    logins = len(simulator.calls)
+    empties = [invoke(scheduled_event()) for _ in range(5)]
 
-    assert second["processed_requests"] == 1 and empty["stopped"] == "queue_empty"
+    assert second["processed_requests"] == 1
+    assert [empty["stopped"] for empty in empties] == ["queue_empty"] * 5
     assert lambda_function._container is container and container.worker is worker
     assert worker._db is pool and worker._api is api and container.loop is loop
     assert worker.settings is settings_seen
-    assert statistics.median(timings) < 0.25  # milliseconds in practice (see bench/lambda.md)
+    # Warm means cheap (bench/lambda.md times it): no new Postgres connection, no API traffic.
+    assert pool.pool.get_stats().get("connections_num", 0) == connections
+    assert len(simulator.calls) == logins
     starts = [line["cold_start"] for line in json_lines(capfd.readouterr().out) if "cold_start" in line]
     assert starts[0] is True and starts[-1] is False
 

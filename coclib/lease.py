@@ -17,6 +17,9 @@ The seam: whoever gives the lease up (handing it over or releasing it) leaves a 
 its last API call started; whoever takes it next reads the note and starts its first call at
 least one rate-limit spacing later, so that two drains in a row never exceed the limit
 together as the API sees it.
+
+Every key involved (lease, successor, seam note) is a `QueueKeys` key of the queue's slot, so
+each script below runs on the node that owns it, on a single node and on a Redis Cluster alike.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from coclib.keys import QueueKeys
+
+if TYPE_CHECKING:
+    from coclib.redis_client import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +122,7 @@ class Lease:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         keys: QueueKeys,
         *,
         owner: str,

@@ -36,9 +36,7 @@ import os
 import time
 import uuid
 from types import SimpleNamespace
-from urllib.parse import urlsplit
 
-import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -70,6 +68,7 @@ from tests.invariants import (
     read_world,
     run_rows,
 )
+from tests.proxies import PostgresProxy, RedisProxy
 from worker.drain import Drain, DrainPolicy, StopCode
 
 CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY = StopCode.CIRCUIT_OPEN, StopCode.DEADLINE, StopCode.QUEUE_EMPTY
@@ -94,148 +93,6 @@ policies = st.builds(
     unexpected_limit=st.integers(1, 3),
     checks=st.just(True),  # the tracker's books, after every step of every run
 )
-
-
-class PostgresProxy:
-    """A TCP proxy to Postgres that dies, for good, right after the server commits the k-th COMMIT.
-
-    It reads the protocol's message framing in both directions (no TLS: the URL it hands out
-    says sslmode=disable): when the server's CommandComplete for the k-th COMMIT a client sent
-    comes back, every connection is cut before that answer reaches the client, and new
-    connections are refused. The client cannot know its transaction committed: Postgres died
-    at the worst moment.
-    """
-
-    def __init__(self, target: dict[str, str], cut_at_commit: int) -> None:
-        self.target = target
-        self.cut_at = cut_at_commit
-        self.commits = 0
-        self.cut = False
-        self.server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        info = {
-            **self.target,
-            "host": "127.0.0.1",
-            "port": str(port),
-            "sslmode": "disable",
-            "gssencmode": "disable",
-        }
-        return psycopg.conninfo.make_conninfo(**info)
-
-    async def die(self) -> None:
-        self.cut = True
-        if self.server is not None:
-            self.server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.cut:
-            client_w.transport.abort()
-            return
-        host = self.target.get("host") or "127.0.0.1"
-        server_r, server_w = await asyncio.open_connection(host, int(self.target.get("port") or 5432))
-        self._writers |= {client_w, server_w}
-        armed = False
-
-        async def message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[bytes, bytes]:
-            kind = await reader.readexactly(1) if typed else b""
-            head = await reader.readexactly(4)
-            return kind, head + await reader.readexactly(int.from_bytes(head, "big") - 4)
-
-        async def upstream() -> None:
-            nonlocal armed
-            kind, body = await message(client_r, typed=False)  # the startup message
-            server_w.write(body)
-            while True:
-                kind, body = await message(client_r)
-                if kind in (b"Q", b"P") and b"COMMIT" in body[:80]:
-                    self.commits += 1
-                    armed = armed or self.commits == self.cut_at
-                server_w.write(kind + body)
-                await server_w.drain()
-
-        async def downstream() -> None:
-            while True:
-                kind, body = await message(server_r)
-                if armed and kind == b"C" and body[4:].startswith(b"COMMIT"):
-                    await self.die()  # committed on the server; the client never hears of it
-                    return
-                client_w.write(kind + body)
-                await client_w.drain()
-
-        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for writer in (client_w, server_w):
-                writer.transport.abort()
-                self._writers.discard(writer)
-
-
-class RedisProxy:
-    """A TCP proxy to Redis that can be cut: every connection aborted, new ones refused.
-
-    A drain whose Redis client goes through it meets a Redis outage at whatever point of its
-    run the cut falls (mid-pipeline, between a commit and its acknowledgement, …).
-    """
-
-    def __init__(self, target_url: str) -> None:
-        parts = urlsplit(target_url)
-        self.unix_path = parts.path if parts.scheme == "unix" else None
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 6379
-        query = dict(q.split("=", 1) for q in parts.query.split("&") if "=" in q)
-        self.db = query.get("db") or (parts.path.lstrip("/") if parts.scheme != "unix" else "") or "0"
-        self.cut = False
-        self.server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/{self.db}"
-
-    async def die(self) -> None:
-        self.cut = True
-        if self.server is not None:
-            self.server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.cut:
-            client_w.transport.abort()
-            return
-        if self.unix_path:
-            server_r, server_w = await asyncio.open_unix_connection(self.unix_path)
-        else:
-            server_r, server_w = await asyncio.open_connection(self.host, self.port)
-        self._writers |= {client_w, server_w}
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [
-            asyncio.ensure_future(pipe(client_r, server_w)),
-            asyncio.ensure_future(pipe(server_r, client_w)),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for writer in (client_w, server_w):
-                writer.transport.abort()
-                self._writers.discard(writer)
 
 
 class FaultyApi:
@@ -388,7 +245,7 @@ class DrainMachine(RuleBasedStateMachine):
         calls_before = len(before.calls)
         proxy = redis_proxy = None
         if postgres_dies_at_commit is not None:
-            proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(self.db_url), postgres_dies_at_commit)
+            proxy = PostgresProxy(self.db_url, postgres_dies_at_commit)
 
             async def through_proxy():
                 url = await proxy.start()
@@ -773,7 +630,7 @@ def test_postgres_dying_right_after_a_commit_neither_loses_nor_repeats_a_request
         async def connect():
             return api
 
-        proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(database_url), cut_at_commit)
+        proxy = PostgresProxy(database_url, cut_at_commit)
         dying = await Database.open(await proxy.start(), connect_timeout=0.5)
         db = await Database.open(database_url)
         try:

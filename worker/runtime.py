@@ -8,14 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from coclib.coc_api import CocApi
 from coclib.db import Database
 from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
+from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
 from ledger.partitions import apply_retention, ledger_size
@@ -50,8 +49,9 @@ class RunReport:
 class Worker:
     """The long-lived parts: Postgres pool, Redis client, rate limiter and API client.
 
-    Nothing connects until first use, so a cold start with Postgres down still answers
-    (and says so) instead of failing at import.
+    Nothing connects until first use, so a cold start with Postgres or Redis down still
+    answers (and says so) instead of failing at import. The Redis client is a plain or a
+    cluster client, whichever the server turns out to be at first use (`coclib.redis_client`).
     """
 
     def __init__(self, settings: Settings, *, policy: DrainPolicy | None = None) -> None:
@@ -59,10 +59,8 @@ class Worker:
         self.keys = QueueKeys(settings.refresh_queue_key)
         self.limiter = RateLimiter(settings.coc_reqs_per_sec)
         self.policy = policy or DrainPolicy()
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
-        )
-        self.queue = RefreshQueue(self.redis, self.keys)
+        self._queue: RefreshQueue | None = None
+        self._redis_lock = asyncio.Lock()
         self._db: Database | None = None
         self._api: CocApi | None = None
         self._api_lock = asyncio.Lock()
@@ -71,6 +69,17 @@ class Worker:
         if self._db is None:
             self._db = await Database.open(self.settings.database_url)
         return self._db
+
+    async def redis(self) -> AsyncRedis:
+        """The Redis client, connected (and the server's kind detected) once."""
+        return (await self.queue()).redis
+
+    async def queue(self) -> RefreshQueue:
+        """The worker's side of the refresh queue, on the Redis client."""
+        async with self._redis_lock:
+            if self._queue is None:
+                self._queue = RefreshQueue(await async_client(self.settings), self.keys)
+            return self._queue
 
     async def api(self) -> CocApi:
         """The API client, logged in once and reused (coc.py keeps its keys)."""
@@ -112,7 +121,7 @@ class Worker:
         then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
         self.settings.require_credentials()
         drain = Drain(
-            queue=self.queue,
+            queue=await self.queue(),
             db=await self.db(),
             connect_api=self.api,
             limiter=self.limiter,
@@ -147,4 +156,6 @@ class Worker:
         if self._db is not None:
             await self._db.close()
             self._db = None
-        await self.redis.aclose()
+        if self._queue is not None:
+            await self._queue.redis.aclose()
+            self._queue = None

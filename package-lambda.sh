@@ -7,13 +7,21 @@ usage() {
 Usage: ./package-lambda.sh [--arch x86_64|arm64] [--python 3.11|3.12|3.13]
                            [--single-zip] [--sha SHA] [--out DIR]
 
-Builds the refresh worker's AWS Lambda artifacts from this checkout:
+Builds the refresh worker's AWS Lambda artifacts from this checkout, named after the commit
+and the target (TARGET is python<X.Y>-<arch>, e.g. python3.11-x86_64, the module's runtime and
+architecture):
 
-  dist/refresh-worker-<sha>.zip  the function: lambda_function.py (the handler shim) at the
-                                 root, worker/, ledger/, coclib/ (without coclib/testing) and
-                                 sql/. Handler setting: lambda_function.lambda_handler.
-  dist/coclib-layer-<sha>.zip    the layer: python/ holding coclib/ and the runtime
-                                 dependencies of pyproject.toml, as wheels for the target.
+  dist/refresh-worker-<sha>-<TARGET>.zip  the function: lambda_function.py (the handler shim)
+                                 at the root, worker/ (without the local-only demo.py and
+                                 serve.py), ledger/ and sql/. Handler setting:
+                                 lambda_function.lambda_handler.
+  dist/coclib-layer-<sha>-<TARGET>.zip    the layer: python/ holding coclib/ (without
+                                 coclib/testing) and the runtime dependencies.
+  dist/refresh-worker-<sha>-<TARGET>.json the manifest: target, sha256 of each zip (hex and
+                                 base64, as tofu's source_code_hash wants), the sha256 of
+                                 requirements.lock and the shipped dependency versions. The
+                                 OpenTofu module reads it to refuse a runtime or architecture
+                                 the zips were not built for, and to redeploy changed zips.
 
 Options:
   --arch ARCH      x86_64 (default) or arm64: the function's architecture.
@@ -23,22 +31,25 @@ Options:
   --out DIR        where the zips go (default: dist/ in this checkout).
   -h, --help       this text.
 
-Dependencies are wheels for the target only (pip install --platform manylinux2014_<arch>
---implementation cp --python-version X.Y --only-binary=:all:): one without such a wheel
-stops the build. The build also stops when a shipped shared object is for another
+Dependencies: the runtime dependencies of pyproject.toml at exactly the versions of
+requirements.lock (the lock the tests install; ./lock-dependencies.sh regenerates it), each
+file checked against the lock's sha256 (pip --require-hashes), as wheels for the target only
+(pip install --platform manylinux..._<arch> --implementation cp --python-version X.Y
+--only-binary=:all:; manylinux2014 for python3.11, up to manylinux_2_34 for 3.12/3.13): a
+dependency without such a wheel, or missing from the lock, stops the build. boto3 is not
+shipped: the Lambda runtime provides it. The build also stops when a shipped shared object is for another
 architecture or needs a GLIBC newer than the runtime's (2.26 for python3.11 on Amazon
 Linux 2, 2.34 for python3.12/3.13 on Amazon Linux 2023), or when a zip is over Lambda's
 limits: 50 MB zipped, 250 MB unzipped for the function and its layer together.
 
-The zips are reproducible: the same sources and dependency versions give byte-identical
-zips (sorted entries, fixed timestamps and modes, no tests, simulator, caches or .pyc).
-Pin dependency versions with pip's PIP_CONSTRAINT=<file> to keep the inputs the same.
+The zips are reproducible: the same sources and lock give byte-identical zips and manifest
+(sorted entries, fixed timestamps and modes, no tests, simulator, caches or .pyc).
 
 Environment: PYTHON, the interpreter that runs pip and packs the zips (default python3,
 3.11 or newer; use the target's version so pip evaluates environment markers exactly).
 
 Examples:
-  ./package-lambda.sh                          # x86_64, python3.11, function + layer
+  ./package-lambda.sh                          # python3.11-x86_64, function + layer
   ./package-lambda.sh --arch arm64 --python 3.12
   ./package-lambda.sh --single-zip --sha "$(git rev-parse HEAD)"
 EOF
@@ -47,9 +58,13 @@ EOF
 die() { echo "package-lambda: error: $*" >&2; exit 1; }
 note() { echo "==> $*"; }
 
-# The newest GLIBC symbol version each runtime provides (the highest a .so may need).
+# The newest GLIBC symbol version each runtime provides (the highest a .so may need), and the
+# manylinux wheel tags that fit under it (pip does not derive older tags from a newer one).
 declare -A GLIBC_MAX=([3.11]=2.26 [3.12]=2.34 [3.13]=2.34)
+declare -A MANYLINUX=([3.11]="manylinux2014" [3.12]="manylinux2014 manylinux_2_28 manylinux_2_34"
+  [3.13]="manylinux2014 manylinux_2_28 manylinux_2_34")
 declare -A PIP_ARCH=([x86_64]=x86_64 [arm64]=aarch64)
+LOCK=requirements.lock
 
 ARCH=x86_64 PYVER=3.11 LAYER=1 SHA="" OUT=""
 while (($#)); do
@@ -66,7 +81,13 @@ done
 
 [[ -n ${PIP_ARCH[$ARCH]-} ]] || die "--arch must be x86_64 or arm64, not '$ARCH'"
 [[ -n ${GLIBC_MAX[$PYVER]-} ]] || die "--python must be 3.11, 3.12 or 3.13, not '$PYVER'"
-PLATFORM="manylinux2014_${PIP_ARCH[$ARCH]}"
+TARGET="python$PYVER-$ARCH"
+PLATFORMS=() PLATFORM_ARGS=()
+for tag in ${MANYLINUX[$PYVER]}; do
+  PLATFORMS+=("${tag}_${PIP_ARCH[$ARCH]}")
+  PLATFORM_ARGS+=(--platform "${tag}_${PIP_ARCH[$ARCH]}")
+done
+PLATFORM=$(IFS=/; echo "${PLATFORMS[*]}")
 
 [[ -z $OUT || $OUT == /* ]] || OUT="$PWD/$OUT"  # relative to where it was run from
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -88,7 +109,7 @@ HOST_PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [[ $HOST_PYVER == "$PYVER" ]] || echo "package-lambda: warning: packing for python$PYVER" \
   "with python$HOST_PYVER: pip evaluates environment markers for python$HOST_PYVER" >&2
 
-for path in lambda_function.py worker ledger coclib sql pyproject.toml; do
+for path in lambda_function.py worker ledger coclib sql pyproject.toml "$LOCK"; do
   [[ -e $path ]] || die "$path is missing: run this from a complete checkout"
 done
 [[ -f worker/lambda_function.py ]] || die "worker/lambda_function.py, the shim's handler, is missing"
@@ -97,41 +118,90 @@ STAGE=$(mktemp -d "${TMPDIR:-/tmp}/package-lambda.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 SECONDS=0
 
-# One source of truth for the runtime dependencies: [project].dependencies.
+# What ships: pyproject.toml's [project].dependencies and what they need on the target, each at
+# the version requirements.lock pins (the lock the tests install), each file hash-checked.
 "$PY" -c 'import tomllib
 for dep in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
     print(dep)' >"$STAGE/requirements.txt"
-note "python$PYVER $ARCH ($PLATFORM): $(paste -sd' ' "$STAGE/requirements.txt")"
-if ! "$PY" -m pip install --quiet --no-compile --disable-pip-version-check \
-  --target "$STAGE/deps" --platform "$PLATFORM" --implementation cp \
-  --python-version "$PYVER" --only-binary=:all: \
-  -r "$STAGE/requirements.txt" >"$STAGE/pip.log" 2>&1; then
+note "$TARGET ($PLATFORM): $(paste -sd' ' "$STAGE/requirements.txt")"
+pip_target() {  # pip install for the Lambda target; its output goes to $STAGE/pip.log
+  "$PY" -m pip install --quiet --no-compile --disable-pip-version-check --ignore-installed \
+    "${PLATFORM_ARGS[@]}" --implementation cp --python-version "$PYVER" --only-binary=:all: \
+    "$@" >"$STAGE/pip.log" 2>&1
+}
+pip_failed() {
   grep -v 'is ignored: it is neither a file nor a directory' "$STAGE/pip.log" | tail -n 15 >&2
   missing=$(sed -n 's/.*Could not find a version that satisfies the requirement \([^ ]*\).*/\1/p' \
     "$STAGE/pip.log" | head -n 1)
   [[ -z $missing ]] || die "no wheel of '$missing' for python$PYVER (cp${PYVER/./}) on $PLATFORM." \
-    "Lambda needs a binary wheel for its platform; pick a version that ships one, or drop the dependency."
-  die "pip could not install the dependencies for python$PYVER on $PLATFORM (its output is above)"
-fi
+    "Lambda needs a binary wheel for its platform; pick a version that ships one (./lock-dependencies.sh)," \
+    "or drop the dependency."
+  die "pip could not install the dependencies for $TARGET ($1; its output is above)"
+}
+# 1. Resolve for the target with the lock's versions as constraints (hashes left out: pip checks
+#    them in step 2, where every requirement carries its own).
+"$PY" - "$LOCK" >"$STAGE/constraints.txt" <<'PY'
+import re, sys
+text = re.sub(r"\\\n\s*", " ", open(sys.argv[1], encoding="utf-8").read())
+for line in text.splitlines():
+    line = re.sub(r"\s--hash=\S+", "", line.split("#", 1)[0]).strip()
+    if line:
+        print(line)
+PY
+pip_target --dry-run --report "$STAGE/resolved.json" --target "$STAGE/unused" \
+  -r "$STAGE/requirements.txt" -c "$STAGE/constraints.txt" || pip_failed "resolving"
+# 2. The lock's entries for what was resolved, with their hashes; a resolved package the lock
+#    does not pin stops the build (the tests never saw it).
+"$PY" - "$LOCK" "$STAGE/resolved.json" >"$STAGE/shipped.txt" <<'PY' || exit 1
+import json, re, sys
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+entries = {}
+for block in re.split(r"\n(?=[A-Za-z0-9])", open(sys.argv[1], encoding="utf-8").read()):
+    m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", block)
+    if m:
+        entries[norm(m[1])] = (m[2], block.split("\n    #", 1)[0].strip())
+problems = []
+for item in json.load(open(sys.argv[2]))["install"]:
+    name, version = norm(item["metadata"]["name"]), item["metadata"]["version"]
+    if name not in entries:
+        problems.append(f"{name} {version} is needed on the target but not in requirements.lock")
+    elif entries[name][0] != version:
+        problems.append(f"{name}: resolved {version}, requirements.lock pins {entries[name][0]}")
+    else:
+        print(entries[name][1])
+if problems:
+    sys.exit("package-lambda: error: the runtime dependencies do not match requirements.lock"
+             " (run ./lock-dependencies.sh):\n  " + "\n  ".join(problems))
+PY
+# 3. Install exactly those files, hash-checked.
+pip_target --require-hashes --no-deps --target "$STAGE/deps" -r "$STAGE/shipped.txt" ||
+  pip_failed "installing the locked wheels"
 note "wheels: $(cd "$STAGE/deps" && ls -d ./*.dist-info | sed 's|^\./||; s|\.dist-info$||' | paste -sd' ')"
 
-FUNCTION_ZIP="$OUT/refresh-worker-$SHA.zip"
+FUNCTION_ZIP="$OUT/refresh-worker-$SHA-$TARGET.zip"
 LAYER_ZIP=""
-((LAYER)) && LAYER_ZIP="$OUT/coclib-layer-$SHA.zip"
+((LAYER)) && LAYER_ZIP="$OUT/coclib-layer-$SHA-$TARGET.zip"
+MANIFEST="$OUT/refresh-worker-$SHA-$TARGET.json"
 mkdir -p "$OUT"
-rm -f "$FUNCTION_ZIP" "$OUT/coclib-layer-$SHA.zip"
+rm -f "$FUNCTION_ZIP" "$OUT/coclib-layer-$SHA-$TARGET.zip" "$MANIFEST"
 
-"$PY" - "$STAGE/deps" "$FUNCTION_ZIP" "$LAYER_ZIP" "${GLIBC_MAX[$PYVER]}" "$ARCH" "$PYVER" <<'PY'
-"""Checks the shared objects, packs the zips reproducibly, checks Lambda's size limits."""
-import hashlib, os, re, struct, sys, zipfile
+"$PY" - "$STAGE/deps" "$FUNCTION_ZIP" "$LAYER_ZIP" "${GLIBC_MAX[$PYVER]}" "$ARCH" "$PYVER" \
+  "$MANIFEST" "$SHA" "$LOCK" <<'PY'
+"""Checks the shared objects, packs the zips reproducibly, checks Lambda's size limits, and
+writes the manifest."""
+import base64, hashlib, json, os, re, struct, sys, zipfile
 from collections import Counter
 from pathlib import Path
 
-deps, function_zip, layer_zip, glibc_max, arch, pyver = sys.argv[1:]
+deps, function_zip, layer_zip, glibc_max, arch, pyver, manifest, sha, lock = sys.argv[1:]
 ELF_MACHINE = {"x86_64": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
 MB = 1024 * 1024
 ZIPPED_LIMIT, UNZIPPED_LIMIT = 50 * MB, 250 * MB
 OWN = ("lambda_function.py", "worker", "ledger", "coclib", "sql")
+# Local-only modules: they import coclib.testing (the simulator, embedded services), which never
+# ships, so they could not even import in Lambda.
+DEV_ONLY = {("coclib", "testing"), ("worker", "demo.py"), ("worker", "serve.py")}
 
 def tree(root, top, own):
     """(name inside the zip, path) for each file under root/top that ships."""
@@ -140,7 +210,7 @@ def tree(root, top, own):
         parts = path.relative_to(root).parts
         if not path.is_file() or "__pycache__" in parts or path.suffix in (".pyc", ".pyo"):
             continue
-        if own and (parts[:2] == ("coclib", "testing") or path.name.endswith("~")
+        if own and (parts[:2] in DEV_ONLY or path.name.endswith("~")
                     or any(p.startswith(".") or p.endswith(".egg-info") for p in parts)):
             continue
         if not own and parts[0] == "bin":  # console scripts: shebangs of the build machine
@@ -149,9 +219,11 @@ def tree(root, top, own):
 
 own = [entry for top in OWN for entry in tree(".", top, own=True)]
 dependencies = [entry for top in sorted(os.listdir(deps)) for entry in tree(deps, top, own=False)]
+# coclib has one home: the layer (as the seed guide recommends), or the single zip.
 coclib = [entry for entry in own if entry[0].startswith("coclib/")]
+function = [entry for entry in own if not entry[0].startswith("coclib/")]
 if layer_zip:
-    zips = {function_zip: own, layer_zip: [("python/" + n, p) for n, p in dependencies + coclib]}
+    zips = {function_zip: function, layer_zip: [("python/" + n, p) for n, p in dependencies + coclib]}
 else:
     zips = {function_zip: own + dependencies}
 
@@ -227,13 +299,16 @@ print(f"==> {checked} shared objects, all {arch}; newest GLIBC needed: "
 def human(n):
     return f"{n / MB:.2f} MB" if n >= MB else f"{n / 1024:.1f} KB"
 
-total, over = 0, []
+total, over, described = 0, [], {}
 for dest, entries in zips.items():
     write_zip(dest, entries)
     zipped = os.path.getsize(dest)
     unzipped = sum(info.file_size for info in zipfile.ZipFile(dest).infolist())
     total += unzipped
-    digest = hashlib.sha256(Path(dest).read_bytes()).hexdigest()
+    raw = hashlib.sha256(Path(dest).read_bytes()).digest()
+    digest = raw.hex()
+    described[dest] = {"file": os.path.basename(dest), "sha256": digest,
+                       "base64sha256": base64.b64encode(raw).decode(), "bytes": zipped}
     print(f"==> {dest}: {human(zipped)} zipped, {human(unzipped)} unzipped, "
           f"{len(entries)} files, sha256 {digest}")
     if zipped > ZIPPED_LIMIT:
@@ -245,5 +320,26 @@ if over:
     for dest in zips:
         os.remove(dest)
     sys.exit("package-lambda: error: over Lambda's limits (zips removed):\n  " + "\n  ".join(over))
+
+# The manifest: what tofu checks before deploying (target) and what tells it a zip changed
+# (base64sha256 is source_code_hash's format). No timestamps: rebuilding gives the same bytes.
+shipped = {}
+for info in sorted(Path(deps).glob("*.dist-info")):
+    meta = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
+    name = re.search(r"^Name: (.+)$", meta, re.M)[1].strip()
+    shipped[re.sub(r"[-_.]+", "-", name).lower()] = re.search(r"^Version: (.+)$", meta, re.M)[1].strip()
+document = {
+    "schema": 1,
+    "commit": sha,
+    "target": f"python{pyver}-{arch}",
+    "runtime": f"python{pyver}",
+    "architecture": arch,
+    "lock_sha256": hashlib.sha256(Path(lock).read_bytes()).hexdigest(),
+    "function": described[function_zip],
+    "layer": described[layer_zip] if layer_zip else None,
+    "dependencies": shipped,
+}
+Path(manifest).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+print(f"==> {manifest}: {document['target']}, lock sha256 {document['lock_sha256']}")
 PY
 note "built in ${SECONDS}s"

@@ -1,4 +1,9 @@
-"""Apply `sql/migrations/NNNN_name.sql` in order, once each, safely from many processes."""
+"""Apply `sql/migrations/NNNN_name.sql` in order, once each, safely from many processes.
+
+The files are the `sql` package's data, found by `coclib.sqlfiles` through `importlib.resources`,
+so a wheel, the repository and the Lambda layout (coclib in the layer, sql in the function) all
+migrate from the same files.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -95,9 +95,42 @@ class Settings:
     VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate every variable; raise `ConfigError` naming the first bad one."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, resolve: SecretResolver | None = None
+    ) -> Settings:
+        """Read and validate every variable; raise `ConfigError` naming the first bad one.
+
+        A secret setting may be given by reference instead (`DATABASE_URL_SECRET_ARN`,
+        `COC_PASSWORD_PARAMETER`, ...: see `secret_references`); `resolve` reads the values
+        (`coclib.aws_secrets.resolve_references` in Lambda). Without a resolver, a reference is
+        a configuration error: plain values are the local way.
+        """
         env = os.environ if environ is None else environ
+        references = secret_references(env)
+        if not references:
+            return cls._from_values(env)
+        if resolve is None:
+            ref = references[0]
+            raise ConfigError(
+                ref.variable,
+                f"names a secret, but only the Lambda handler reads secrets by reference; "
+                f"set {ref.setting} itself here",
+            )
+        resolved = resolve(references)
+        try:
+            return cls._from_values({**env, **resolved})
+        except ConfigError as exc:
+            # Blame the reference the operator set, not a variable they never wrote.
+            ref = next((r for r in references if r.setting == exc.variable), None)
+            if ref is None:
+                raise
+            raise ConfigError(
+                ref.variable, f"the value it names is not a valid {ref.setting}: {exc.problem}"
+            ) from None
+
+    @classmethod
+    def _from_values(cls, env: Mapping[str, str]) -> Settings:
+        """Validate plain values (from the environment, or resolved from references)."""
 
         def get(name: str) -> str | None:
             value = env.get(name)
@@ -336,6 +369,69 @@ def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
         raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
     return value
+
+
+# Settings that may be given by reference to AWS Secrets Manager or SSM Parameter Store: set
+# NAME_SECRET_ARN (a secret's ARN) or NAME_PARAMETER (a SecureString parameter's name or ARN)
+# instead of NAME. The secret's text is exactly what NAME would hold.
+SECRET_SETTINGS = ("DATABASE_URL", "COC_PASSWORD", "COC_API_TOKENS")
+SECRETS_MANAGER = "secretsmanager"
+PARAMETER_STORE = "ssm"
+_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:([a-z0-9-]+):\d{12}:secret:[\w/+=.@-]+$")
+_PARAMETER_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:([a-z0-9-]+):\d{12}:parameter/[\w/.-]+$")
+_PARAMETER_NAME = re.compile(r"^/?[\w.-]+(/[\w.-]+)*$")
+
+
+@dataclass(frozen=True)
+class SecretReference:
+    """Where the value of one secret setting is kept in AWS."""
+
+    setting: str  # the setting it provides, e.g. DATABASE_URL
+    variable: str  # the variable that named it, e.g. DATABASE_URL_SECRET_ARN
+    store: str  # SECRETS_MANAGER or PARAMETER_STORE
+    name: str  # the secret's ARN, or the parameter's name or ARN
+    region: str | None  # from the ARN; None: the function's own region
+
+    def describe(self) -> str:
+        kind = "secret" if self.store == SECRETS_MANAGER else "parameter"
+        return f"{kind} {self.name}"
+
+
+# Reads the values of references: {setting: value}. Raises ConfigError naming the variable.
+SecretResolver = Callable[[Sequence[SecretReference]], Mapping[str, str]]
+
+
+def secret_references(environ: Mapping[str, str] | None = None) -> tuple[SecretReference, ...]:
+    """The secret settings given by reference, validated; empty when every value is plain."""
+    env = os.environ if environ is None else environ
+    found = []
+    for setting in SECRET_SETTINGS:
+        arn_var, param_var = f"{setting}_SECRET_ARN", f"{setting}_PARAMETER"
+        arn = (env.get(arn_var) or "").strip()
+        param = (env.get(param_var) or "").strip()
+        if arn and param:
+            raise ConfigError(param_var, f"set {arn_var} or {param_var}, not both")
+        if not (arn or param):
+            continue
+        variable = arn_var if arn else param_var
+        if (env.get(setting) or "").strip():
+            raise ConfigError(variable, f"{setting} is set too: give the value or a reference, not both")
+        if arn:
+            match = _SECRET_ARN.match(arn)
+            if not match:
+                raise ConfigError(
+                    arn_var,
+                    "expected a Secrets Manager ARN, arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME",
+                )
+            found.append(SecretReference(setting, arn_var, SECRETS_MANAGER, arn, match.group(1)))
+        else:
+            match = _PARAMETER_ARN.match(param)
+            if not match and not _PARAMETER_NAME.match(param):
+                raise ConfigError(param_var, "expected an SSM parameter name (/path/name) or ARN")
+            found.append(
+                SecretReference(setting, param_var, PARAMETER_STORE, param, match.group(1) if match else None)
+            )
+    return tuple(found)
 
 
 def parse_rate(raw: str | None) -> float:

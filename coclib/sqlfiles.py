@@ -1,14 +1,39 @@
-"""SQL lives in `sql/`; this module finds it and loads named queries."""
+"""SQL lives in the `sql` package; this module finds it and loads named queries.
+
+The files are package data read through `importlib.resources`, never a path relative to
+`coclib/`: in Lambda, coclib comes from the layer (/opt/python) and `sql` from the function
+(/var/task), and in a built wheel both sit in site-packages. Wherever `import sql` finds the
+package, its files are there.
+"""
 
 from __future__ import annotations
 
 import re
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
-# `sql/` sits beside the packages, in the repository and in the Lambda zip alike.
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_PACKAGE = "sql"
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def _sql_dir() -> Path:
+    try:
+        root = resources.files(SQL_PACKAGE)
+    except ModuleNotFoundError:
+        raise ImportError(
+            f"the {SQL_PACKAGE!r} package (the project's sql/ folder) is not importable: install "
+            "the project, or ship sql/ beside worker/ and ledger/ (the Lambda function zip does)"
+        ) from None
+    # Every layout we ship unpacks to a directory, where `files()` is a real path. A zipped
+    # import would give a Traversable that Path-based callers (migrations, audit) cannot use.
+    if not isinstance(root, Path):
+        raise ImportError(f"the {SQL_PACKAGE!r} package must be on a file system, not in {root!r}")
+    return root
+
+
+# The directory of the `sql` package: `queries.sql`, `migrations/`, `audit/`.
+SQL_DIR = _sql_dir()
 
 
 def parse_queries(text: str) -> dict[str, str]:

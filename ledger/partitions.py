@@ -58,6 +58,20 @@ async def apply_retention(db: Database, days: int) -> list[dict[str, Any]] | Non
     return dropped
 
 
+async def ledger_size(db: Database, *, timeout: float = 2.0) -> dict[str, int] | None:
+    """`total_bytes`, `estimated_rows` and `partitions` of the ledger, from the catalog (no scan).
+
+    Never raises: a failure is logged and returns None (the size is a metric, not the run's
+    work). `timeout` bounds waiting for a pooled connection, so a Postgres outage costs little.
+    """
+    try:
+        row = await db.fetch_one(load_queries()["ledger_size"], timeout=timeout)
+    except Exception as exc:
+        log.warning("could not read the ledger's size: %s", first_line(exc))
+        return None
+    return {key: int(value) for key, value in (row or {}).items()}
+
+
 def ensure_partitions_sync(conn: psycopg.Connection, days_ahead: int = DAYS_AHEAD) -> int:
     """`ensure_partitions` for a plain connection (the command line); raises on failure."""
     with conn.cursor() as cur:

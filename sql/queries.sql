@@ -102,3 +102,11 @@ SELECT partition::text AS partition, range_start, range_end, is_default, estimat
        pg_size_pretty(total_bytes) AS size
 FROM refresh_ledger_partitions
 ORDER BY is_default, range_start;
+
+-- name: ledger_size
+-- The ledger's size on disk (every partition with its indexes and TOAST) and estimated rows:
+-- catalog statistics and file sizes, no scan, so cheap enough for every run.
+SELECT coalesce(sum(total_bytes), 0)::bigint    AS total_bytes,
+       coalesce(sum(estimated_rows), 0)::bigint AS estimated_rows,
+       count(*)::int                            AS partitions
+FROM refresh_ledger_partitions;

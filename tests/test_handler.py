@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTING_NAMES = tuple(VARIABLES)
 METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
-    "deferred", "skipped_deadline", "attempted", "run_duration_ms",
+    "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
 }  # fmt: skip
 
 

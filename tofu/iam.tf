@@ -1,6 +1,7 @@
-# Execution role: write to its own log group, and (only in a VPC) manage its network
-# interfaces. Nothing else: the function talks to Postgres, Redis and the CoC API over the
-# network with credentials from its environment, not through AWS APIs.
+# Execution role: write to its own log group; read exactly the secrets and parameters its
+# settings refer to (and decrypt them with a customer key, only through those services); in a
+# VPC, manage its network interfaces with the AWS managed policy AWS documents for that.
+# Nothing else: Postgres, Redis and the CoC API are reached over the network, not AWS APIs.
 
 data "aws_iam_policy_document" "assume_role" {
   statement {
@@ -38,49 +39,66 @@ resource "aws_iam_role_policy" "logs" {
   policy = data.aws_iam_policy_document.logs.json
 }
 
-locals {
-  ec2_arn_prefix = "arn:${data.aws_partition.current.partition}:ec2:*:${data.aws_caller_identity.current.account_id}"
+# Secrets by reference: GetSecretValue on exactly the given secret ARNs, GetParameter on
+# exactly the given parameters, and kms:Decrypt on the customer key only via those services.
+# (The AWS managed keys aws/secretsmanager and aws/ssm need no grant in the role.)
+data "aws_iam_policy_document" "secrets" {
+  count = length(local.secret_references) > 0 ? 1 : 0
+
+  dynamic "statement" {
+    for_each = length(local.secret_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadReferencedSecrets"
+      effect    = "Allow"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = local.secret_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(local.parameter_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadReferencedParameters"
+      effect    = "Allow"
+      actions   = ["ssm:GetParameter"]
+      resources = local.parameter_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.secrets_kms_key_arn != null ? [1] : []
+    content {
+      sid       = "DecryptThroughSecretsManagerAndSsm"
+      effect    = "Allow"
+      actions   = ["kms:Decrypt"]
+      resources = [var.secrets_kms_key_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values = [
+          for service in ["secretsmanager", "ssm"] :
+          "${service}.${data.aws_region.current.id}.amazonaws.com"
+        ]
+      }
+    }
+  }
 }
 
-# What AWSLambdaVPCAccessExecutionRole grants, scoped to the given subnets and security
-# groups where EC2 supports resource-level permissions.
-data "aws_iam_policy_document" "vpc" {
-  count = local.use_vpc ? 1 : 0
+resource "aws_iam_role_policy" "secrets" {
+  count = length(local.secret_references) > 0 ? 1 : 0
 
-  statement {
-    sid       = "DescribeNetwork"
-    effect    = "Allow"
-    actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
-    resources = ["*"]
-  }
-
-  statement {
-    sid     = "CreateInterfacesInGivenSubnets"
-    effect  = "Allow"
-    actions = ["ec2:CreateNetworkInterface"]
-    resources = concat(
-      ["${local.ec2_arn_prefix}:network-interface/*"],
-      [for id in var.subnet_ids : "${local.ec2_arn_prefix}:subnet/${id}"],
-      [for id in var.security_group_ids : "${local.ec2_arn_prefix}:security-group/${id}"]
-    )
-  }
-
-  statement {
-    sid    = "ManageOwnInterfaces"
-    effect = "Allow"
-    actions = [
-      "ec2:DeleteNetworkInterface",
-      "ec2:AssignPrivateIpAddresses",
-      "ec2:UnassignPrivateIpAddresses",
-    ]
-    resources = ["${local.ec2_arn_prefix}:network-interface/*"]
-  }
-}
-
-resource "aws_iam_role_policy" "vpc" {
-  count = local.use_vpc ? 1 : 0
-
-  name   = "manage-vpc-interfaces"
+  name   = "read-referenced-secrets"
   role   = aws_iam_role.this.id
-  policy = data.aws_iam_policy_document.vpc[0].json
+  policy = data.aws_iam_policy_document.secrets[0].json
+}
+
+# In a VPC, Lambda creates, describes and deletes the function's network interfaces through
+# the role. AWS documents AWSLambdaVPCAccessExecutionRole for that (its EC2 actions on "*"):
+# hand-scoping them to ARNs built from this account breaks subnets shared from another one.
+resource "aws_iam_role_policy_attachment" "vpc" {
+  count = local.use_vpc ? 1 : 0
+
+  role       = aws_iam_role.this.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 }

@@ -14,10 +14,11 @@ resource "aws_lambda_layer_version" "coclib" {
   layer_name  = "${var.function_name}-coclib"
   description = "coclib and the worker's Python dependencies, built by package-lambda.sh"
 
-  s3_bucket        = local.use_s3_artifacts ? var.artifacts_bucket : null
-  s3_key           = local.use_s3_artifacts ? local.layer_s3_key : null
-  filename         = local.use_s3_artifacts ? null : var.layer_zip_path
-  source_code_hash = local.use_s3_artifacts ? null : filebase64sha256(var.layer_zip_path)
+  s3_bucket = local.use_s3_artifacts ? var.artifacts_bucket : null
+  s3_key    = local.use_s3_artifacts ? local.layer_s3_key : null
+  filename  = local.use_s3_artifacts ? null : var.layer_zip_path
+  # A different zip (even under the same S3 key) is a new layer version.
+  source_code_hash = local.use_s3_artifacts ? try(local.manifest.layer.base64sha256, null) : filebase64sha256(var.layer_zip_path)
 
   compatible_runtimes      = [var.runtime]
   compatible_architectures = [var.architecture]
@@ -29,7 +30,11 @@ resource "aws_lambda_layer_version" "coclib" {
   lifecycle {
     precondition {
       condition     = local.use_s3_artifacts ? var.commit_sha != null : var.layer_zip_path != null
-      error_message = "Set artifacts_bucket and commit_sha (deploy CI's coclib-layer-<sha>.zip), or layer_zip_path (a local zip)."
+      error_message = "Set artifacts_bucket and commit_sha (deploy CI's coclib-layer-<sha>-<target>.zip), or layer_zip_path (a local zip)."
+    }
+    precondition {
+      condition     = local.use_s3_artifacts || var.layer_zip_path == null || try(filebase64sha256(var.layer_zip_path) == local.manifest.layer.base64sha256, false)
+      error_message = "layer_zip_path is not the layer zip its manifest describes: rebuild with ./package-lambda.sh, which writes both."
     }
   }
 }
@@ -54,10 +59,12 @@ resource "aws_lambda_function" "this" {
 
   reserved_concurrent_executions = var.reserved_concurrency
 
-  s3_bucket        = local.use_s3_artifacts ? var.artifacts_bucket : null
-  s3_key           = local.use_s3_artifacts ? local.function_s3_key : null
-  filename         = local.use_s3_artifacts ? null : var.function_zip_path
-  source_code_hash = local.use_s3_artifacts ? null : filebase64sha256(var.function_zip_path)
+  s3_bucket = local.use_s3_artifacts ? var.artifacts_bucket : null
+  s3_key    = local.use_s3_artifacts ? local.function_s3_key : null
+  filename  = local.use_s3_artifacts ? null : var.function_zip_path
+  # From the manifest for S3 (a rebuilt zip under the same key is redeployed), from the file
+  # itself for a local zip.
+  source_code_hash = local.use_s3_artifacts ? try(local.manifest.function.base64sha256, null) : filebase64sha256(var.function_zip_path)
 
   layers = aws_lambda_layer_version.coclib[*].arn
 
@@ -82,17 +89,44 @@ resource "aws_lambda_function" "this" {
   depends_on = [
     aws_cloudwatch_log_group.function,
     aws_iam_role_policy.logs,
-    aws_iam_role_policy.vpc,
+    aws_iam_role_policy.secrets,
+    aws_iam_role_policy_attachment.vpc,
   ]
 
   lifecycle {
     precondition {
       condition     = local.use_s3_artifacts ? var.commit_sha != null : var.function_zip_path != null
-      error_message = "Set artifacts_bucket and commit_sha (deploy CI's refresh-worker-<sha>.zip), or function_zip_path (a local zip)."
+      error_message = "Set artifacts_bucket and commit_sha (deploy CI's refresh-worker-<sha>-<target>.zip), or function_zip_path (a local zip)."
+    }
+    # The manifest says what the zips were built for; Lambda would accept any zip and fail at
+    # import, so the plan stops here instead.
+    precondition {
+      condition     = local.manifest == null || try(local.manifest.runtime == var.runtime && local.manifest.architecture == var.architecture, false)
+      error_message = "The artifacts were built for ${try(local.manifest.target, "?")}, but runtime = \"${var.runtime}\" and architecture = \"${var.architecture}\". Build for ${local.target} (./package-lambda.sh --python ${trimprefix(var.runtime, "python")} --arch ${var.architecture}, or the workflow's matrix), or set runtime and architecture to what was built."
+    }
+    precondition {
+      condition     = local.manifest == null || try((local.manifest.layer != null) == var.use_layer, false)
+      error_message = "use_layer = ${var.use_layer}, but the artifacts were built ${try(local.manifest.layer, null) == null ? "with --single-zip (no layer): set use_layer = false" : "with a layer: set use_layer = true"}."
+    }
+    precondition {
+      condition     = local.manifest != null || !local.use_s3_artifacts || var.commit_sha == null
+      error_message = "The manifest refresh-worker-${coalesce(var.commit_sha, "<sha>")}-${local.target}.json has no readable body: upload it with --content-type application/json, as the workflow does."
+    }
+    precondition {
+      condition     = local.use_s3_artifacts || var.function_zip_path == null || try(filebase64sha256(var.function_zip_path) == local.manifest.function.base64sha256, false)
+      error_message = "function_zip_path is not the zip its manifest (${coalesce(local.manifest_path, "?")}) describes: rebuild with ./package-lambda.sh, which writes both, or set manifest_path."
+    }
+    precondition {
+      condition     = local.database_url_sources == 1
+      error_message = "Give the database URL exactly one way: database_url_secret_arn, database_url_parameter or database_url."
+    }
+    precondition {
+      condition     = local.coc_password_sources <= 1 && local.coc_api_tokens_sources <= 1
+      error_message = "Give the CoC password and the API tokens one way each: a plain value, a *_secret_arn or a *_parameter."
     }
     precondition {
       condition     = local.has_coc_credentials
-      error_message = "Give the CoC API credentials: coc_email with coc_password, or coc_api_tokens."
+      error_message = "Give the CoC API credentials: coc_email with a password (coc_password, coc_password_secret_arn or coc_password_parameter), or API tokens (coc_api_tokens, coc_api_tokens_secret_arn or coc_api_tokens_parameter)."
     }
     precondition {
       condition     = (length(var.subnet_ids) == 0) == (length(var.security_group_ids) == 0)

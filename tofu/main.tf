@@ -1,35 +1,65 @@
 # Shared values. The resources live in files named after what they hold:
+#   artifacts.tf    the build's manifest (S3 or local): target, zip hashes, lock hash
 #   lambda.tf       function, coclib layer, `live` alias, async invoke settings, log group
-#   iam.tf          execution role and its two inline policies
+#   iam.tf          execution role: logs, secrets by reference, VPC access
 #   schedule.tf     EventBridge rule, target and invoke permission
 #   api_gateway.tf  optional REST API: POST /refresh, GET /health, usage plan, API key
 #   alarms.tf       CloudWatch alarms and the optional SNS topic
+#   dashboard.tf    the optional CloudWatch dashboard
 
 data "aws_partition" "current" {}
 
 data "aws_caller_identity" "current" {}
 
+data "aws_region" "current" {}
+
 locals {
   # Where the code comes from: CI's artifacts bucket (the usual case) or local zips.
   use_s3_artifacts = var.artifacts_bucket != null
 
-  # package-lambda.sh builds dist/refresh-worker-<sha>.zip and dist/coclib-layer-<sha>.zip;
-  # CI uploads both to the artifacts bucket under these keys. (The seed's
-  # `filename = "s3://..."` cannot work: `filename` only takes a local path.)
-  # Locals are always evaluated, and a null cannot be interpolated: hence the guard.
-  function_s3_key = var.commit_sha != null ? "refresh-worker-${var.commit_sha}.zip" : null
-  layer_s3_key    = var.commit_sha != null ? "coclib-layer-${var.commit_sha}.zip" : null
+  # What the zips must have been built for: package-lambda.sh --python X.Y --arch A names its
+  # artifacts with the same "python3.11-x86_64". CI uploads them to the artifacts bucket under
+  # these keys. (The seed's `filename = "s3://..."` cannot work: `filename` only takes a local
+  # path.) Locals are always evaluated, and a null cannot be interpolated: hence the guards.
+  target          = "${var.runtime}-${var.architecture}"
+  artifact_prefix = var.commit_sha != null ? "refresh-worker-${var.commit_sha}-" : null
+  function_s3_key = var.commit_sha != null ? "refresh-worker-${var.commit_sha}-${local.target}.zip" : null
+  layer_s3_key    = var.commit_sha != null ? "coclib-layer-${var.commit_sha}-${local.target}.zip" : null
+  manifest_s3_key = var.commit_sha != null ? "refresh-worker-${var.commit_sha}-${local.target}.json" : null
 
   use_vpc = length(var.subnet_ids) > 0 && length(var.security_group_ids) > 0
 
   alias_name     = "live"
   log_group_name = "/aws/lambda/${var.function_name}"
 
+  # Secret settings given by reference: each becomes NAME_SECRET_ARN or NAME_PARAMETER in the
+  # function's environment (the value never does), and the role may read exactly these.
+  secret_references = {
+    for name, ref in {
+      DATABASE_URL_SECRET_ARN   = var.database_url_secret_arn
+      DATABASE_URL_PARAMETER    = var.database_url_parameter
+      COC_PASSWORD_SECRET_ARN   = var.coc_password_secret_arn
+      COC_PASSWORD_PARAMETER    = var.coc_password_parameter
+      COC_API_TOKENS_SECRET_ARN = var.coc_api_tokens_secret_arn
+      COC_API_TOKENS_PARAMETER  = var.coc_api_tokens_parameter
+    } : name => ref if ref != null
+  }
+  secret_arns = sort([for name, ref in local.secret_references : ref if endswith(name, "_SECRET_ARN")])
+  parameter_arns = sort([
+    for name, ref in local.secret_references :
+    "arn:${data.aws_partition.current.partition}:ssm:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(ref, "/")}"
+    if endswith(name, "_PARAMETER")
+  ])
+
+  # Exactly one source for DATABASE_URL; at most one for the password and for the tokens.
+  database_url_sources   = length(compact([var.database_url != null ? "v" : "", var.database_url_secret_arn != null ? "v" : "", var.database_url_parameter != null ? "v" : ""]))
+  coc_password_sources   = length(compact([var.coc_password != null ? "v" : "", var.coc_password_secret_arn != null ? "v" : "", var.coc_password_parameter != null ? "v" : ""]))
+  coc_api_tokens_sources = length(compact([length(var.coc_api_tokens) > 0 ? "v" : "", var.coc_api_tokens_secret_arn != null ? "v" : "", var.coc_api_tokens_parameter != null ? "v" : ""]))
+
   # The function's settings. Optional credentials are left out rather than set empty, so the
   # worker's own check ("one of the two credential forms") sees exactly what was configured.
   environment_variables = merge(
     {
-      DATABASE_URL      = var.database_url
       REDIS_URL         = var.redis_url
       ENVIRONMENT       = var.environment
       LOG_LEVEL         = var.log_level
@@ -38,11 +68,13 @@ locals {
       REFRESH_QUEUE_KEY = var.refresh_queue_key
       PYTHONPATH        = "/var/task:/opt/python"
     },
+    var.database_url != null ? { DATABASE_URL = var.database_url } : {},
     var.coc_email != null ? { COC_EMAIL = var.coc_email } : {},
     var.coc_password != null ? { COC_PASSWORD = var.coc_password } : {},
     length(var.coc_api_tokens) > 0 ? { COC_API_TOKENS = join(",", var.coc_api_tokens) } : {},
+    local.secret_references,
     var.ledger_retention_days != null ? { LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days) } : {}
   )
 
-  has_coc_credentials = (var.coc_email != null && var.coc_password != null) || length(var.coc_api_tokens) > 0
+  has_coc_credentials = (var.coc_email != null && local.coc_password_sources == 1) || local.coc_api_tokens_sources == 1
 }

@@ -67,9 +67,27 @@ output "alarm_topic_arn" {
 output "alarm_names" {
   description = "Names of the CloudWatch alarms, by purpose."
   value = {
-    errors         = aws_cloudwatch_metric_alarm.errors.alarm_name
-    no_invocations = aws_cloudwatch_metric_alarm.no_invocations.alarm_name
-    duration       = aws_cloudwatch_metric_alarm.duration.alarm_name
-    backlog        = aws_cloudwatch_metric_alarm.backlog.alarm_name
+    errors               = aws_cloudwatch_metric_alarm.errors.alarm_name
+    schedule             = aws_cloudwatch_metric_alarm.schedule.alarm_name
+    schedule_failed      = aws_cloudwatch_metric_alarm.schedule_failed.alarm_name
+    duration             = aws_cloudwatch_metric_alarm.duration.alarm_name
+    throttles            = aws_cloudwatch_metric_alarm.throttles.alarm_name
+    async_events_dropped = aws_cloudwatch_metric_alarm.async_events_dropped.alarm_name
+    backlog              = aws_cloudwatch_metric_alarm.backlog.alarm_name
   }
+}
+
+output "dashboard_name" {
+  description = "Name of the CloudWatch dashboard; null unless create_dashboard."
+  value       = one(aws_cloudwatch_dashboard.this[*].dashboard_name)
+}
+
+output "artifact_target" {
+  description = "The target the deployed artifacts were built for, from their manifest (\"python3.11-x86_64\")."
+  value       = try(local.manifest.target, null)
+}
+
+output "artifact_lock_sha256" {
+  description = "sha256 of the requirements.lock the deployed dependencies came from, from the manifest."
+  value       = try(local.manifest.lock_sha256, null)
 }

@@ -111,13 +111,13 @@ variable "kms_key_arn" {
 # ---------------------------------------------------------------------------
 
 variable "artifacts_bucket" {
-  description = "S3 bucket CI uploads the zips to (the AWS_LAMBDA_ARTIFACTS_BUCKET secret). With commit_sha it selects refresh-worker-<sha>.zip and coclib-layer-<sha>.zip. Leave null to deploy local zips instead."
+  description = "S3 bucket CI uploads the artifacts to (the AWS_LAMBDA_ARTIFACTS_BUCKET secret). With commit_sha it selects refresh-worker-<sha>-<target>.zip, coclib-layer-<sha>-<target>.zip and their manifest refresh-worker-<sha>-<target>.json, where <target> is \"<runtime>-<architecture>\" (python3.11-x86_64). Leave null to deploy local zips instead."
   type        = string
   default     = null
 }
 
 variable "commit_sha" {
-  description = "Commit whose artifacts to deploy: the <sha> in refresh-worker-<sha>.zip and coclib-layer-<sha>.zip, as package-lambda.sh names them (GITHUB_SHA in CI, or its --sha value)."
+  description = "Commit whose artifacts to deploy: the <sha> in refresh-worker-<sha>-<target>.zip and coclib-layer-<sha>-<target>.zip, as package-lambda.sh names them (GITHUB_SHA in CI, or its --sha value)."
   type        = string
   default     = null
 
@@ -135,13 +135,19 @@ variable "use_layer" {
 }
 
 variable "function_zip_path" {
-  description = "Local path of the function zip (dist/refresh-worker-<sha>.zip), used instead of S3 when artifacts_bucket is null."
+  description = "Local path of the function zip (dist/refresh-worker-<sha>-<target>.zip), used instead of S3 when artifacts_bucket is null."
   type        = string
   default     = null
 }
 
 variable "layer_zip_path" {
-  description = "Local path of the coclib layer zip (dist/coclib-layer-<sha>.zip), used instead of S3 when artifacts_bucket is null and use_layer is true."
+  description = "Local path of the coclib layer zip (dist/coclib-layer-<sha>-<target>.zip), used instead of S3 when artifacts_bucket is null and use_layer is true."
+  type        = string
+  default     = null
+}
+
+variable "manifest_path" {
+  description = "Local path of the build's manifest (dist/refresh-worker-<sha>-<target>.json), when deploying local zips. null: function_zip_path with .zip replaced by .json, where package-lambda.sh writes it."
   type        = string
   default     = null
 }
@@ -151,14 +157,36 @@ variable "layer_zip_path" {
 # ---------------------------------------------------------------------------
 
 variable "database_url" {
-  description = "DATABASE_URL: libpq URI of the Postgres database, password included."
+  description = "DATABASE_URL as a plain value: libpq URI of the Postgres database, password included. It then sits in the function's configuration, every published version and the state: prefer database_url_secret_arn or database_url_parameter. Give exactly one of the three."
   type        = string
-  nullable    = false
+  default     = null
   sensitive   = true
 
   validation {
-    condition     = can(regex("^postgres(ql)?://", var.database_url))
+    condition     = var.database_url == null || can(regex("^postgres(ql)?://", var.database_url))
     error_message = "database_url must be a postgres:// or postgresql:// URI."
+  }
+}
+
+variable "database_url_secret_arn" {
+  description = "DATABASE_URL_SECRET_ARN: full ARN of a Secrets Manager secret whose text is the whole postgresql:// URI. The function reads it once per container at cold start; the role may read exactly this secret."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.database_url_secret_arn == null || can(regex("^arn:aws[a-zA-Z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.database_url_secret_arn))
+    error_message = "database_url_secret_arn must be a full Secrets Manager secret ARN, ending in the 6-character suffix AWS adds (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-AbCdEf)."
+  }
+}
+
+variable "database_url_parameter" {
+  description = "DATABASE_URL_PARAMETER: name (/path/name) of an SSM Parameter Store SecureString holding the postgresql:// URI, in the function's region. The role may read exactly this parameter."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.database_url_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.database_url_parameter))
+    error_message = "database_url_parameter must be a parameter name such as /coc/prod/database-url."
   }
 }
 
@@ -181,10 +209,32 @@ variable "coc_email" {
 }
 
 variable "coc_password" {
-  description = "COC_PASSWORD: developer-portal password that goes with coc_email."
+  description = "COC_PASSWORD as a plain value: developer-portal password that goes with coc_email. Prefer coc_password_secret_arn or coc_password_parameter; give at most one of the three."
   type        = string
   default     = null
   sensitive   = true
+}
+
+variable "coc_password_secret_arn" {
+  description = "COC_PASSWORD_SECRET_ARN: full ARN of a Secrets Manager secret whose text is the developer-portal password."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coc_password_secret_arn == null || can(regex("^arn:aws[a-zA-Z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.coc_password_secret_arn))
+    error_message = "coc_password_secret_arn must be a full Secrets Manager secret ARN (…:secret:NAME-AbCdEf)."
+  }
+}
+
+variable "coc_password_parameter" {
+  description = "COC_PASSWORD_PARAMETER: name of an SSM SecureString holding the developer-portal password."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coc_password_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.coc_password_parameter))
+    error_message = "coc_password_parameter must be a parameter name such as /coc/prod/portal-password."
+  }
 }
 
 variable "coc_api_tokens" {
@@ -197,6 +247,39 @@ variable "coc_api_tokens" {
   validation {
     condition     = alltrue([for t in var.coc_api_tokens : length(t) > 0 && !strcontains(t, ",")])
     error_message = "Each API token must be non-empty and contain no comma."
+  }
+}
+
+variable "coc_api_tokens_secret_arn" {
+  description = "COC_API_TOKENS_SECRET_ARN: full ARN of a Secrets Manager secret whose text is the comma-separated API tokens (the alternative to coc_api_tokens)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coc_api_tokens_secret_arn == null || can(regex("^arn:aws[a-zA-Z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.coc_api_tokens_secret_arn))
+    error_message = "coc_api_tokens_secret_arn must be a full Secrets Manager secret ARN (…:secret:NAME-AbCdEf)."
+  }
+}
+
+variable "coc_api_tokens_parameter" {
+  description = "COC_API_TOKENS_PARAMETER: name of an SSM SecureString holding the comma-separated API tokens."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coc_api_tokens_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.coc_api_tokens_parameter))
+    error_message = "coc_api_tokens_parameter must be a parameter name such as /coc/prod/api-tokens."
+  }
+}
+
+variable "secrets_kms_key_arn" {
+  description = "Customer managed KMS key that encrypts the referenced secrets or SecureString parameters; the role gets kms:Decrypt on it, only through Secrets Manager and SSM. null when they use the AWS managed keys (aws/secretsmanager, aws/ssm), which need no grant."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.secrets_kms_key_arn == null || can(regex("^arn:aws[a-zA-Z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/", var.secrets_kms_key_arn))
+    error_message = "secrets_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias, or null."
   }
 }
 
@@ -249,9 +332,9 @@ variable "refresh_queue_key" {
 }
 
 variable "ledger_retention_days" {
-  description = "LEDGER_RETENTION_DAYS: after each run, drop ledger partitions whose rows are all older than this many days. null keeps all history. The database role must own refresh_ledger."
+  description = "LEDGER_RETENTION_DAYS: after each run, drop the ledger's daily partitions whose rows are all older than this many days. At the 30 requests/s limit with a constant backlog the ledger grows by about 5.2 million rows, about 1.6 GB with indexes, a day (two rows a request, about 306 bytes a row: bench/ledger.md), so the default 30 days hold up to about 48 GB; at the default 10/s, a third of that. null keeps all history. The database role must own refresh_ledger."
   type        = number
-  default     = null
+  default     = 30
 
   validation {
     condition     = var.ledger_retention_days == null || try(var.ledger_retention_days >= 1 && floor(var.ledger_retention_days) == var.ledger_retention_days, false)
@@ -276,7 +359,7 @@ variable "schedule_expression" {
 }
 
 variable "schedule_enabled" {
-  description = "Whether the schedule fires. Set false to stop scheduled drains (rollback step 1); this also silences the no-invocations alarm."
+  description = "Whether the schedule fires. Set false to stop scheduled drains (rollback step 1); this also silences the schedule-not-firing alarm."
   type        = bool
   nullable    = false
   default     = true
@@ -484,4 +567,27 @@ variable "backlog_alarm_evaluation_periods" {
     condition     = var.backlog_alarm_evaluation_periods >= 1 && floor(var.backlog_alarm_evaluation_periods) == var.backlog_alarm_evaluation_periods
     error_message = "backlog_alarm_evaluation_periods must be a positive whole number."
   }
+}
+
+variable "throttles_alarm_threshold" {
+  description = "Throttled invocations (AWS/Lambda Throttles, sum over 10 minutes) above which the throttles alarm fires. 0: any throttle, as a scheduled drain that is throttled does not run."
+  type        = number
+  nullable    = false
+  default     = 0
+
+  validation {
+    condition     = var.throttles_alarm_threshold >= 0
+    error_message = "throttles_alarm_threshold must not be negative."
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Dashboard
+# ---------------------------------------------------------------------------
+
+variable "create_dashboard" {
+  description = "Create a CloudWatch dashboard named after the function: queue and in-flight, processed requests, API calls per second against the limit, outcomes per run, errors, duration against the timeout, throttles and dropped events, schedule deliveries, ledger size."
+  type        = bool
+  nullable    = false
+  default     = true
 }

@@ -5,9 +5,10 @@ terraform {
   required_providers {
     aws = {
       source = "hashicorp/aws"
-      # `state` on aws_cloudwatch_event_rule and `skip_destroy` on layer versions need a
-      # recent 5.x; nothing here is removed in 6.x.
-      version = ">= 5.30, < 7.0"
+      # The floor must know every runtime var.runtime allows: 5.75 still rejects python3.13
+      # (hashicorp/terraform-provider-aws#40107); the releases from December 2024 on (5.80+)
+      # accept it. Nothing used here is removed in 6.x.
+      version = ">= 5.80, < 7.0"
     }
   }
 }

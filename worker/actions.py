@@ -61,12 +61,12 @@ class Actions:
         policy = None
         if max_requests is not None:
             policy = dataclasses.replace(self.worker.policy, max_requests=max_requests)
-        run = await self.worker.drain(seconds, policy=policy, scheduled=trigger == SCHEDULED)
-        summary = run.as_dict()
+        report = await self.worker.run(seconds, policy=policy, scheduled=trigger == SCHEDULED)
+        summary = report.as_dict()  # the run summary, its retention and the ledger's size
         log.info("run finished", extra={"summary": summary, "trigger": trigger})
         self.metrics.publish(summary, trigger=trigger)
-        if run.stopped is StopCode.INTERNAL_ERROR:
-            raise RunFailed(summary) from run.error
+        if report.summary.stopped is StopCode.INTERNAL_ERROR:
+            raise RunFailed(summary) from report.summary.error
         return summary
 
     async def health(self) -> HealthReport:

@@ -4,6 +4,10 @@ Everything long-lived (settings, logging, the Postgres pool, the Redis client, t
 client with its keys, the metrics publisher and the event loop they are bound to) is built
 on the first invocation and kept while the container is warm: a warm invocation only runs
 its own work on the same loop. Routing lives in `worker.events` and `worker.http`.
+
+Secret settings given by reference (`DATABASE_URL_SECRET_ARN`, `COC_PASSWORD_PARAMETER`, ...)
+are read from Secrets Manager or SSM at that first invocation, once per container
+(`coclib.aws_secrets`); a rotated secret reaches the function with its next cold start.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from coclib.aws_secrets import resolve_references
 from coclib.errors import ConfigError
-from coclib.settings import Settings
+from coclib.settings import Settings, secret_references
 from worker.actions import Actions
 from worker.events import route
 from worker.logs import RedactingFormatter, Redactor, configure_logging, lambda_context_keys
@@ -44,7 +49,7 @@ def _warm() -> _Container:
     global _container
     if _container is None:
         try:
-            settings = Settings.from_env()
+            settings = Settings.from_env(resolve=resolve_references)
         except ConfigError as exc:
             # No settings, so no secrets to know: the message names a variable, never a value
             # of a secret one. The invocation then fails with it (the Errors alarm sees it).
@@ -54,6 +59,11 @@ def _warm() -> _Container:
         formatter = configure_logging(
             settings.log_level, settings.secrets(), static={"environment": settings.environment}
         )
+        references = secret_references()
+        if references:
+            # Where each secret came from (names and ARNs only), for whoever debugs a cold start.
+            sources = {r.setting: r.name for r in references}
+            log.info("secrets read by reference", extra={"references": sources})
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         worker = Worker(settings)

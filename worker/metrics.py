@@ -7,9 +7,11 @@ dimension `environment`; no API call, no extra permission. Metric names:
 | --- | --- | --- |
 | `processed_requests` | Count | requests settled in the run (`fetched` + `failed`) |
 | `queue_size` | Count | length of the queue list when the run ended |
+| `inflight_size` | Count | length of the in-flight list when the run ended |
 | `api_requests_per_second` | Count/Second | API calls made / run duration |
 | `fetched`, `failed`, `deferred`, `skipped_deadline`, `attempted` | Count | the run's rows per outcome |
 | `run_duration_ms` | Milliseconds | how long the run took |
+| `ledger_bytes` | Bytes | the ledger's size on disk after retention (its partitions and indexes) |
 
 The same line carries, as searchable non-metric keys, the run's `run_id`, why it
 `stopped`, its `cause` and what `trigger`ed it (scheduled, http, operator).
@@ -60,8 +62,11 @@ class RunMetrics:
         )
         for outcome, name in OUTCOME_METRICS.items():
             m.add_metric(name=name, unit=MetricUnit.Count, value=counts.get(outcome, 0))
-        if summary.get("queue_size") is not None:
-            m.add_metric(name="queue_size", unit=MetricUnit.Count, value=summary["queue_size"])
+        for name in ("queue_size", "inflight_size"):
+            if summary.get(name) is not None:
+                m.add_metric(name=name, unit=MetricUnit.Count, value=summary[name])
+        if summary.get("ledger_bytes") is not None:
+            m.add_metric(name="ledger_bytes", unit=MetricUnit.Bytes, value=summary["ledger_bytes"])
         m.add_metric(
             name="api_requests_per_second",
             unit=MetricUnit.CountPerSecond,

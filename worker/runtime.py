@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from coclib.coc_api import CocApi
 from coclib.db import Database
@@ -15,11 +17,33 @@ from coclib.ratelimit import RateLimiter
 from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
-from ledger.partitions import apply_retention
+from ledger.partitions import apply_retention, ledger_size
 from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One drain and the housekeeping after it: ledger retention and the ledger's size."""
+
+    summary: RunSummary
+    retention_days: int | None = None
+    # Partitions retention dropped; None when retention is off, was skipped or failed.
+    dropped_partitions: list[str] | None = None
+    ledger: dict[str, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run summary with `retention` and `ledger_bytes` added (the handler's answer)."""
+        out = self.summary.as_dict()
+        out["retention"] = (
+            None
+            if self.retention_days is None
+            else {"days": self.retention_days, "dropped_partitions": self.dropped_partitions}
+        )
+        out["ledger_bytes"] = self.ledger["total_bytes"] if self.ledger else None
+        return out
 
 
 class Worker:
@@ -81,7 +105,20 @@ class Worker:
         scheduled: bool = False,
         on_progress=None,
     ) -> RunSummary:
-        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over)."""
+        """A drain that returns within `seconds` (retention applied after it, as in `run`)."""
+        report = await self.run(seconds, policy=policy, scheduled=scheduled, on_progress=on_progress)
+        return report.summary
+
+    async def run(
+        self,
+        seconds: float,
+        *,
+        policy: DrainPolicy | None = None,
+        scheduled: bool = False,
+        on_progress=None,
+    ) -> RunReport:
+        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
+        then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
         self.settings.require_credentials()
         drain = Drain(
             queue=await self.queue(),
@@ -93,9 +130,15 @@ class Worker:
         )
         summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
-        if days is not None and summary.stopped is not StopCode.LEASE_HELD:
-            await apply_retention(drain.db, days)  # never raises: the next run tries again
-        return summary
+        if summary.stopped is StopCode.LEASE_HELD:
+            # Another run is draining and does the housekeeping; this one did nothing.
+            return RunReport(summary, days)
+        dropped = None
+        if days is not None:
+            gone = await apply_retention(drain.db, days)  # never raises: the next run tries again
+            dropped = None if gone is None else [str(part["partition"]) for part in gone]
+        # After retention, so the figure is what stays: the CloudWatch dashboard's ledger size.
+        return RunReport(summary, days, dropped, await ledger_size(drain.db))
 
     async def health(
         self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS

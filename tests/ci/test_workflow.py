@@ -1,9 +1,11 @@
 """.github/workflows/refresh-worker.yml: valid for GitHub (schema and actionlint, offline),
-and it does what the deployment needs: test, build, ship by commit SHA, with OIDC and
-least privilege. Broken copies prove the validators really reject things."""
+and it does what the deployment needs: test pull requests and main alike, build every target
+the module is deployed with, ship by commit SHA and target from main only, safely re-runnable,
+with OIDC and least privilege. Broken copies prove the validators really reject things."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 
@@ -46,8 +48,8 @@ def test_passes_actionlint():
         ("runs-on: ubuntu-latest", "run-on: ubuntu-latest", lint),
         ("  contents: read", "  contents: reed", validate_schema),
         (
-            "name: refresh-worker-lambda-${{ github.sha }}",
-            "name: refresh-worker-lambda-${{ github.shaa }}",
+            "name: refresh-worker-lambda-${{ github.sha }}-python",
+            "name: refresh-worker-lambda-${{ github.shaa }}-python",
             lint,
         ),
         ("needs: test", "needs: tests", lint),
@@ -69,11 +71,82 @@ def test_validators_reject_a_broken_copy(tmp_path, old, new, validator):
     assert proc.returncode != 0, f"{validator.__name__} accepted a broken workflow:\n{proc.stdout}"
 
 
-def test_runs_on_relevant_pushes_to_main_and_by_hand(workflow):
+LOCKED_INSTALL = "python -m pip install -qr requirements.lock && python -m pip install -qe . --no-deps"
+SOURCES = {
+    "worker/**",
+    "ledger/**",
+    "coclib/**",
+    "sql/**",
+    "tests/**",
+    "package-lambda.sh",
+    "lambda_function.py",
+    "pyproject.toml",
+    "requirements.lock",
+}
+
+
+def test_runs_on_pushes_to_main_pull_requests_and_by_hand(workflow):
     push = workflow["on"]["push"]
     assert push["branches"] == ["main"]
-    assert {"worker/**", "ledger/**", "coclib/**", "sql/**", "package-lambda.sh"} <= set(push["paths"])
+    assert set(push["paths"]) >= SOURCES
+    assert set(workflow["on"]["pull_request"]["paths"]) == set(push["paths"])
     assert "workflow_dispatch" in workflow["on"]
+
+
+def test_only_main_uploads_and_only_the_uploading_job_gets_aws_credentials(workflow):
+    jobs = workflow["jobs"]
+    uploaders = {name for name, job in jobs.items() if "aws s3" in json.dumps(job)}
+    assert uploaders == {"publish"}
+    condition = jobs["publish"]["if"]
+    assert "github.ref == 'refs/heads/main'" in condition
+    assert "github.event_name != 'pull_request'" in condition
+    for name, job in jobs.items():
+        uses = [s.get("uses", "") for s in steps(job)]
+        has_aws = any(u.startswith("aws-actions/configure-aws-credentials@") for u in uses)
+        assert has_aws == (name == "publish"), name
+    # Tests and build run for pull requests too; they need nothing but read access.
+    assert "if" not in jobs["test"] and "if" not in jobs["build"]
+    assert jobs["build"]["needs"] == "test" and jobs["publish"]["needs"] == "build"
+
+
+def test_build_covers_the_modules_default_target_and_names_artifacts_by_target(workflow):
+    job = workflow["jobs"]["build"]
+    matrix = job["strategy"]["matrix"]
+    assert set(matrix["python"]) <= {"3.11", "3.12", "3.13"} and set(matrix["arch"]) <= {"x86_64", "arm64"}
+    variables = (REPO / "tofu" / "variables.tf").read_text()
+    runtime = re.search(r'variable "runtime" \{.*?default\s*=\s*"python(3\.\d+)"', variables, re.S)[1]
+    arch = re.search(r'variable "architecture" \{.*?default\s*=\s*"(\w+)"', variables, re.S)[1]
+    assert runtime in matrix["python"] and arch in matrix["arch"], "CI must build the module's default target"
+    [run] = [s["run"] for s in steps(job) if "package-lambda.sh" in s.get("run", "")]
+    assert run == (
+        './package-lambda.sh --python "${{ matrix.python }}" --arch "${{ matrix.arch }}" --sha "$GITHUB_SHA"'
+    )
+    setup = step_using(job, "actions/setup-python")["with"]
+    assert setup["python-version"] == "${{ matrix.python }}"  # pip evaluates markers for the target
+    artifact = step_using(job, "actions/upload-artifact")["with"]
+    target = "python${{ matrix.python }}-${{ matrix.arch }}"
+    assert artifact["name"] == f"refresh-worker-lambda-${{{{ github.sha }}}}-{target}"
+    assert artifact["path"] == f"dist/*-${{{{ github.sha }}}}-{target}.*"
+    assert artifact["retention-days"] == 30 and artifact["if-no-files-found"] == "error"
+
+
+def test_every_step_can_be_re_run(workflow):
+    artifact = step_using(workflow["jobs"]["build"], "actions/upload-artifact")["with"]
+    assert artifact["overwrite"] is True  # "Re-run failed jobs" uploads under the same name
+    job = workflow["jobs"]["publish"]
+    download = step_using(job, "actions/download-artifact")["with"]
+    assert download["pattern"] == "refresh-worker-lambda-${{ github.sha }}-*"
+    assert download["merge-multiple"] is True and download["path"] == "dist"
+    [upload] = [s for s in steps(job) if "aws s3 cp" in s.get("run", "")]
+    assert upload["env"]["AWS_LAMBDA_ARTIFACTS_BUCKET"] == "${{ secrets.AWS_LAMBDA_ARTIFACTS_BUCKET }}"
+    script = upload["run"]
+    # The zips go first and each manifest last: a manifest tofu can read means its zips are there.
+    assert script.index('for file in "${zips[@]}"') < script.index('for file in "${manifests[@]}"')
+    assert "--content-type application/json" in script.split('for file in "${manifests[@]}"')[1]
+    assert '"s3://${AWS_LAMBDA_ARTIFACTS_BUCKET}/${file#dist/}"' in script
+    # The keys are the file names package-lambda.sh writes, which are the module's keys.
+    assert 'zips=(dist/*-"${GITHUB_SHA}"-*.zip)' in script
+    assert 'manifests=(dist/refresh-worker-"${GITHUB_SHA}"-*.json)' in script
 
 
 def test_least_privilege(workflow):
@@ -97,47 +170,39 @@ def test_actions_are_pinned_to_full_commit_shas(workflow):
             assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), line
 
 
-def test_tests_run_against_postgres_and_redis_services(workflow):
+def test_tests_run_in_the_locked_environment_against_postgres_and_redis_services(workflow):
     job = workflow["jobs"]["test"]
     assert job["services"]["postgres"]["image"] == "postgres:16"
     assert job["services"]["redis"]["image"] == "redis:7"
+    runs = [s.get("run", "") for s in steps(job)]
+    assert LOCKED_INSTALL in runs
     [run] = [s for s in steps(job) if "pytest" in s.get("run", "")]
-    assert run["run"].strip() == "python -m pip install -e '.[test]' && python -m pytest"
+    assert run["run"].strip() == "python -m pytest"
     assert run["env"] == {
         "TEST_DATABASE_URL": "postgresql://postgres:postgres@localhost:5432/postgres",
         "TEST_REDIS_URL": "redis://localhost:6379/0",
     }
+    for name in ("test", "build"):
+        setup = step_using(workflow["jobs"][name], "actions/setup-python")["with"]
+        assert setup["cache-dependency-path"] == "requirements.lock"
 
 
-def test_style_is_checked_with_the_pinned_ruff_before_the_tests(workflow):
+def test_style_is_checked_with_the_locked_ruff_before_the_tests(workflow):
     job = workflow["jobs"]["test"]
     runs = [s.get("run", "") for s in steps(job)]
+    install = runs.index(LOCKED_INSTALL)
     [lint_at] = [i for i, run in enumerate(runs) if "ruff check" in run]
-    assert runs[lint_at] == "python -m pip install -e '.[lint]' && ruff check . && ruff format --check ."
-    assert lint_at < next(i for i, run in enumerate(runs) if "pytest" in run)
+    assert runs[lint_at] == "ruff check . && ruff format --check ."
+    assert install < lint_at < next(i for i, run in enumerate(runs) if "pytest" in run)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     [pin] = pyproject["project"]["optional-dependencies"]["lint"]
     assert re.fullmatch(r"ruff==\d+\.\d+\.\d+", pin)
-
-
-def test_build_ships_by_commit_sha_to_s3_and_github(workflow):
-    job = workflow["jobs"]["build"]
-    assert job["needs"] == "test"
-    runs = "\n".join(s.get("run", "") for s in steps(job))
-    assert "./package-lambda.sh" in runs and '--sha "$GITHUB_SHA"' in runs
-    artifact = step_using(job, "actions/upload-artifact")["with"]
-    assert artifact["name"] == "refresh-worker-lambda-${{ github.sha }}"
-    assert artifact["retention-days"] == 30
-    assert "dist/refresh-worker-${{ github.sha }}.zip" in artifact["path"]
-    assert "dist/coclib-layer-${{ github.sha }}.zip" in artifact["path"]
-    [upload] = [s for s in steps(job) if "aws s3 cp" in s.get("run", "")]
-    assert upload["env"]["AWS_LAMBDA_ARTIFACTS_BUCKET"] == "${{ secrets.AWS_LAMBDA_ARTIFACTS_BUCKET }}"
-    assert '"s3://${AWS_LAMBDA_ARTIFACTS_BUCKET}/${zip}"' in upload["run"]
-    assert '"refresh-worker-${GITHUB_SHA}.zip" "coclib-layer-${GITHUB_SHA}.zip"' in upload["run"]
+    lock = (REPO / "requirements.lock").read_text(encoding="utf-8")
+    assert f"\n{pin} \\\n" in lock, "the lock pins the lint extra's ruff"
 
 
 def test_aws_credentials_come_from_oidc_not_stored_keys(workflow):
-    job = workflow["jobs"]["build"]
+    job = workflow["jobs"]["publish"]
     assert job["permissions"]["id-token"] == "write"
     aws = step_using(job, "aws-actions/configure-aws-credentials")["with"]
     assert aws["role-to-assume"].startswith("${{ secrets.")

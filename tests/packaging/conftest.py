@@ -1,7 +1,8 @@
 """Builds the Lambda artifacts once per session and lays them out as Lambda does.
 
-The build is the real `package-lambda.sh` (x86_64, python3.11, the seed's runtime) run on
-this checkout into a temporary directory, so `dist/` is left alone.
+The build is the real `package-lambda.sh` (x86_64, for the Lambda runtime of the interpreter
+running the tests: python3.11, the seed's runtime, in CI) run on this checkout into a temporary
+directory, so `dist/` is left alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .support import Build, build, extract
 
 @pytest.fixture(scope="session")
 def lambda_build(tmp_path_factory) -> Build:
-    """Function and layer zips for x86_64 / python3.11."""
+    """Function and layer zips for x86_64 and this interpreter's Python."""
     return build(tmp_path_factory.mktemp("dist"))
 
 

@@ -6,9 +6,11 @@ and this script's directory; `-S` leaves out site-packages too. What is importab
 the standard library plus the two paths Lambda puts first, in Lambda's order:
 `/var/task`, then `/opt/python`. A module loaded from anywhere else is reported.
 
-MODE `imports` imports the shipped dependencies and coclib; MODE `scheduled` imports
-`lambda_function` and invokes its handler with an EventBridge scheduled event.
-Writes what it found as JSON to the file OUT (stdout is the handler's, as on Lambda).
+MODE `imports` imports the shipped dependencies and coclib, and finds the SQL files through
+coclib (which comes from the layer) although they ship in the function; MODE `scheduled`
+imports `lambda_function` and invokes its handler with an EventBridge scheduled event; MODE
+`migrate` invokes it with `{"action": "migrate"}`. An exception the handler raises is recorded
+as `error`. Writes what it found as JSON to the file OUT (stdout is the handler's, as on Lambda).
 """
 
 import importlib
@@ -93,11 +95,22 @@ def main() -> None:
         out["psycopg_impl"] = psycopg.pq.__impl__
         out["coclib"] = coclib.__file__
         out["coclib_testing_shipped"] = importlib.util.find_spec("coclib.testing") is not None
-    elif mode == "scheduled":
+        out["boto3_importable"] = importlib.util.find_spec("boto3") is not None
+        from coclib.migrations import discover
+        from coclib.sqlfiles import SQL_DIR, load_queries
+
+        out["sql_dir"] = str(SQL_DIR)
+        out["migrations"] = [m.path.name for m in discover()]
+        out["queries"] = sorted(load_queries())
+    elif mode in ("scheduled", "migrate"):
         import lambda_function
 
         out["handler_module"] = lambda_function.__file__
-        out["result"] = lambda_function.lambda_handler(SCHEDULED_EVENT, LambdaContext(60_000))
+        event = SCHEDULED_EVENT if mode == "scheduled" else {"action": "migrate"}
+        try:
+            out["result"] = lambda_function.lambda_handler(event, LambdaContext(60_000))
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
     else:
         sys.exit(f"unknown mode {mode!r}")
     stdlib = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")}

@@ -17,11 +17,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "package-lambda.sh"
 SHA = "test0123abcd"
+# The tests build for the Lambda runtime of the interpreter running them, so that the clean-
+# interpreter test can load the layer's compiled wheels (psycopg-binary, orjson are per CPython).
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+GLIBC_MAX = {"3.11": (2, 26), "3.12": (2, 34), "3.13": (2, 34)}  # Amazon Linux 2, 2023, 2023
+TARGET = f"python{PYTHON}-x86_64"
 # What the function zip is built from; a copy of these is a buildable checkout.
 SOURCES = (
     "lambda_function.py",
     "package-lambda.sh",
     "pyproject.toml",
+    "requirements.lock",
     "worker",
     "ledger",
     "coclib",
@@ -34,6 +40,7 @@ class Build:
     out: Path
     function_zip: Path
     layer_zip: Path | None
+    manifest: Path
     output: str  # stdout and stderr together
     seconds: float
 
@@ -54,14 +61,26 @@ def run_package(
     )
 
 
-def build(out: Path, *args: str, checkout: Path = REPO) -> Build:
+def build(out: Path, *args: str, checkout: Path = REPO, target: str = TARGET) -> Build:
+    """package-lambda.sh into `out`, for this interpreter's runtime unless `args` name one."""
+    if PYTHON not in GLIBC_MAX:
+        pytest.fail(f"the packaging tests need a Python that is a Lambda runtime (3.11-3.13), not {PYTHON}")
+    if "--python" not in args:
+        args = ("--python", PYTHON, *args)
     started = time.monotonic()
     proc = run_package("--out", str(out), "--sha", SHA, *args, cwd=checkout)
     seconds = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"package-lambda.sh {' '.join(args)} failed:\n{output}"
-    layer = out / f"coclib-layer-{SHA}.zip"
-    return Build(out, out / f"refresh-worker-{SHA}.zip", layer if layer.exists() else None, output, seconds)
+    layer = out / f"coclib-layer-{SHA}-{target}.zip"
+    return Build(
+        out,
+        out / f"refresh-worker-{SHA}-{target}.zip",
+        layer if layer.exists() else None,
+        out / f"refresh-worker-{SHA}-{target}.json",
+        output,
+        seconds,
+    )
 
 
 def copy_checkout(dest: Path, source: Path = REPO) -> Path:
@@ -124,3 +143,33 @@ def elf_files(root: Path) -> list[Path]:
                 if f.read(4) == b"\x7fELF":
                     found.append(path)
     return found
+
+
+LOCK = REPO / "requirements.lock"
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    name: str  # normalised: lower case, runs of -_. as one -
+    version: str
+    marker: str | None
+    hashes: tuple[str, ...]
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(path: Path = LOCK) -> dict[str, LockEntry]:
+    """requirements.lock as {name: entry}: `name==version ; marker \\` lines, then `--hash=` lines."""
+    entries: dict[str, LockEntry] = {}
+    text = re.sub(r"\\\n\s*", " ", path.read_text(encoding="utf-8"))
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = re.match(r"([A-Za-z0-9][\w.-]*)==([^\s;]+)\s*(?:;\s*(.*?))?\s*((?:--hash=\S+\s*)*)$", line)
+        if not m:
+            assert not line, f"requirements.lock: cannot read {line!r}"
+            continue
+        hashes = tuple(re.findall(r"--hash=(\S+)", m[4]))
+        entries[normalise(m[1])] = LockEntry(normalise(m[1]), m[2], (m[3] or "").strip() or None, hashes)
+    return entries

@@ -1,5 +1,7 @@
 """The built zips work on their own: unzipped as Lambda lays them out (/var/task, /opt/python)
-and loaded in a clean interpreter, they import and drain a real queue into real Postgres."""
+and loaded in a clean interpreter, they import, find their SQL, migrate an empty database and
+drain a real queue into real Postgres. coclib comes from the layer only; boto3 from nowhere
+(the Lambda runtime provides it, and a plain-value configuration never imports it)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from pathlib import Path
 import psycopg
 import redis
 
+from .support import PYTHON
+
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
+ROOT = Path(__file__).resolve().parents[2]
 QUEUE_KEY = "{coc:refresh}:queue"
 
 
@@ -25,7 +30,7 @@ def run_like_lambda(root: Path, mode: str, env: dict[str, str] | None = None) ->
         "LANG": "C.UTF-8",
         "TZ": ":UTC",
         "LAMBDA_TASK_ROOT": str(root / "var" / "task"),
-        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{PYTHON}",
         "AWS_LAMBDA_FUNCTION_NAME": "refresh-worker",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
@@ -53,9 +58,25 @@ def test_dependencies_import_from_the_layer_alone(lambda_root):
     out = run_like_lambda(lambda_root, "imports")
     assert out["foreign_modules"] == []
     assert out["psycopg_impl"] == "binary"  # libpq comes with the wheel, not the system
-    # /var/task precedes /opt/python: the function's own copy of coclib wins.
-    assert out["coclib"].startswith(str(lambda_root / "var" / "task"))
+    # One home for coclib: the layer. The function zip has none to shadow it with.
+    assert out["coclib"] == str(lambda_root / "opt" / "python" / "coclib" / "__init__.py")
+    assert not (lambda_root / "var" / "task" / "coclib").exists()
     assert out["coclib_testing_shipped"] is False
+    assert out["boto3_importable"] is False
+    # coclib (in /opt/python) finds the SQL that ships with the function (in /var/task).
+    assert out["sql_dir"] == str(lambda_root / "var" / "task" / "sql")
+    assert out["migrations"] == sorted(p.name for p in (ROOT / "sql" / "migrations").glob("*.sql"))
+    assert {"health", "ledger_size", "insert_ledger_rows"} <= set(out["queries"])
+
+
+def test_migrate_action_builds_the_schema_from_the_shipped_sql(lambda_root, empty_database_url, redis_url):
+    env = {"DATABASE_URL": empty_database_url, "REDIS_URL": redis_url}
+    out = run_like_lambda(lambda_root, "migrate", env=env)
+    assert "error" not in out, out["error"]
+    assert out["foreign_modules"] == []
+    with psycopg.connect(empty_database_url) as conn:
+        applied = [row[0] for row in conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
+    assert applied == [p.stem[5:] for p in sorted((ROOT / "sql" / "migrations").glob("*.sql"))]
 
 
 def test_scheduled_event_drains_the_queue_into_postgres(
@@ -70,11 +91,13 @@ def test_scheduled_event_drains_the_queue_into_postgres(
 
     out = run_like_lambda(lambda_root, "scheduled", env=worker_env)
 
+    assert "error" not in out, out["error"]
     assert out["handler_module"] == str(lambda_root / "var" / "task" / "lambda_function.py")
     assert out["foreign_modules"] == []
     summary = out["result"]
     assert summary["counts"].get("fetched") == 1, summary
     assert summary["stopped"] == "queue_empty", summary
+    assert summary["ledger_bytes"] > 0, summary  # the dashboard's ledger size, read after the run
     assert client.llen(queue_key) == 0
     with psycopg.connect(database_url) as conn:
         outcomes = sorted(

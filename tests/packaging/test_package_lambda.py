@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -14,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from .support import (
+    GLIBC_MAX,
+    PYTHON,
     REPO,
     SCRIPT,
     SHA,
+    TARGET,
     build,
     copy_checkout,
     elf_files,
@@ -118,22 +123,22 @@ def test_script_is_valid_bash():
     assert SCRIPT.read_text().splitlines()[:3][-1] == "set -euo pipefail"
 
 
-def test_function_zip_holds_the_code_and_nothing_else(lambda_build):
+# Modules for local runs only: they import coclib.testing, which never ships.
+DEV_ONLY = {"worker/demo.py", "worker/serve.py"}
+
+
+def test_function_zip_holds_the_handler_worker_ledger_and_sql_only(lambda_build):
     shipped = set(names(lambda_build.function_zip))
     assert "lambda_function.py" in shipped
     expected = {"lambda_function.py"} | {
-        f
-        for top in ("worker", "ledger", "coclib", "sql")
-        for f in repo_files(top)
-        if not f.startswith("coclib/testing/")
+        f for top in ("worker", "ledger", "sql") for f in repo_files(top) if f not in DEV_ONLY
     }
     assert shipped == expected
+    assert "sql/__init__.py" in shipped  # the SQL is a package, found through importlib.resources
     assert not [
         n
         for n in shipped
-        if n.startswith(("tests/", "bench/", "coclib/testing/"))
-        or "__pycache__" in n
-        or n.endswith((".pyc", ".pyo"))
+        if n.startswith(("tests/", "bench/", "coclib/")) or "__pycache__" in n or n.endswith((".pyc", ".pyo"))
     ]
 
 
@@ -151,6 +156,35 @@ def test_layer_holds_coclib_and_the_dependencies_under_python(lambda_build):
         if n.startswith(("python/coclib/testing/", "python/bin/")) or "__pycache__" in n or n.endswith(".pyc")
     ]
     assert not {"worker", "ledger", "sql", "tests"} & tops
+    # The Lambda runtime provides the AWS SDK (Powertools' parameters utility uses it).
+    assert not {"boto3", "botocore", "s3transfer"} & tops
+
+
+def test_manifest_names_the_target_and_the_bytes_of_each_zip(lambda_build):
+    manifest = json.loads(lambda_build.manifest.read_text())
+    assert manifest["schema"] == 1 and manifest["commit"] == SHA
+    assert (manifest["target"], manifest["runtime"], manifest["architecture"]) == (
+        TARGET,
+        f"python{PYTHON}",
+        "x86_64",
+    )
+    for part, zip_path in (("function", lambda_build.function_zip), ("layer", lambda_build.layer_zip)):
+        raw = hashlib.sha256(zip_path.read_bytes()).digest()
+        assert manifest[part] == {
+            "file": zip_path.name,
+            "sha256": raw.hex(),
+            "base64sha256": base64.b64encode(raw).decode(),  # what filebase64sha256() gives tofu
+            "bytes": zip_path.stat().st_size,
+        }
+    # The shipped dependencies, read from the layer itself.
+    dist_infos = [
+        n.split("/")[1].removesuffix(".dist-info").rsplit("-", 1)
+        for n in names(lambda_build.layer_zip)
+        if n.count("/") == 2 and n.endswith(".dist-info/METADATA")
+    ]
+    in_layer = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in dist_infos}
+    assert manifest["dependencies"] == in_layer
+    assert f"{lambda_build.manifest}: {TARGET}, lock sha256 " in lambda_build.output
 
 
 def test_zip_entries_are_normalised(lambda_build):
@@ -183,7 +217,7 @@ def test_sizes_are_within_targets_and_printed(lambda_build):
         assert sha256(zip_path) in lambda_build.output
 
 
-def test_two_builds_are_byte_identical_and_fast(tmp_path):
+def test_two_builds_are_byte_identical_and_fast(tmp_path):  # manifests included
     # Two copies of one snapshot, in different directories: the bytes depend on the sources
     # only, not on where they are, where the zips go or the staging directory.
     first = copy_checkout(tmp_path / "first")
@@ -194,15 +228,17 @@ def test_two_builds_are_byte_identical_and_fast(tmp_path):
     assert time.monotonic() - started < 60, "a build with a warm pip cache takes under a minute"
     assert sha256(a.function_zip) == sha256(b.function_zip)
     assert sha256(a.layer_zip) == sha256(b.layer_zip)
+    assert sha256(a.manifest) == sha256(b.manifest)
 
 
-def test_shared_objects_need_no_glibc_newer_than_python311_on_amazon_linux_2(lambda_build, tmp_path):
+def test_shared_objects_need_no_glibc_newer_than_the_runtime_has(lambda_build, tmp_path):
     extract(lambda_build.function_zip, tmp_path / "task")
     extract(lambda_build.layer_zip, tmp_path / "opt")
     objects = elf_files(tmp_path)
     assert objects, "psycopg-binary, orjson and aiohttp ship shared objects"
     newest = max(v for path in objects for v in glibc_needed(path))
-    assert newest <= (2, 26), f"needs GLIBC {newest}, python3.11 on Lambda (AL2) has 2.26"
+    limit = GLIBC_MAX[PYTHON]
+    assert newest <= limit, f"needs GLIBC {newest}, python{PYTHON} on Lambda has {limit}"
     assert {elf_machine(path) for path in objects} == {"Advanced Micro Devices X86-64"}
     # The script's own ELF reading agrees with binutils.
     assert f"newest GLIBC needed: {'.'.join(map(str, newest))} " in lambda_build.output
@@ -219,7 +255,7 @@ def test_shared_objects_need_no_glibc_newer_than_python311_on_amazon_linux_2(lam
 
 @pytest.mark.slow
 def test_arm64_python312_build_ships_aarch64_objects(tmp_path):
-    arm = build(tmp_path / "dist", "--arch", "arm64", "--python", "3.12")
+    arm = build(tmp_path / "dist", "--arch", "arm64", "--python", "3.12", target="python3.12-arm64")
     extract(arm.layer_zip, tmp_path / "opt")
     objects = elf_files(tmp_path / "opt")
     assert {elf_machine(path) for path in objects} == {"AArch64"}
@@ -231,7 +267,11 @@ def test_arm64_python312_build_ships_aarch64_objects(tmp_path):
 def test_single_zip_mode_builds_one_zip_with_everything(lambda_build, tmp_path):
     single = build(tmp_path / "dist", "--single-zip")
     assert single.layer_zip is None
-    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [f"refresh-worker-{SHA}.zip"]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [
+        f"refresh-worker-{SHA}-{TARGET}.json",
+        f"refresh-worker-{SHA}-{TARGET}.zip",
+    ]
+    assert json.loads(single.manifest.read_text())["layer"] is None
     shipped = set(names(single.function_zip))
     assert set(names(lambda_build.function_zip)) <= shipped
     assert {n.removeprefix("python/") for n in names(lambda_build.layer_zip)} <= shipped
@@ -302,6 +342,7 @@ def test_build_refuses_zips_over_lambdas_limits(tmp_path):
     proc = run_package("--sha", SHA, cwd=checkout)
 
     assert proc.returncode != 0
-    assert re.search(rf"refresh-worker-{SHA}\.zip is 51\.\d+ MB", proc.stderr), proc.stderr
+    # (run_package builds the script's default target, python3.11-x86_64.)
+    assert re.search(rf"refresh-worker-{SHA}-python3\.11-x86_64\.zip is 51\.\d+ MB", proc.stderr), proc.stderr
     assert "Lambda takes at most 50.00 MB" in proc.stderr
     assert not list((checkout / "dist").glob("*.zip"))

@@ -306,6 +306,8 @@ def test_every_tf_file_parses_and_the_layout_is_there(parsed):
         "versions.tf",
         "variables.tf",
         "main.tf",
+        "artifacts.tf",
+        "dashboard.tf",
         "lambda.tf",
         "iam.tf",
         "schedule.tf",
@@ -347,7 +349,7 @@ def _allows(constraint: str, version: str) -> bool:
 
 
 @pytest.mark.parametrize("directory", ["", EXAMPLE])
-def test_aws_provider_constraint_covers_5x_and_6x(parsed, directory):
+def test_aws_provider_constraint_covers_5x_and_6x_and_knows_every_allowed_runtime(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.terraform, f"{directory or 'tofu'} has no terraform block"
     providers = mod.terraform[0]["required_providers"][0]
@@ -355,6 +357,11 @@ def test_aws_provider_constraint_covers_5x_and_6x(parsed, directory):
     assert aws["source"] == "hashicorp/aws"
     assert _allows(aws["version"], "5.80.0") and _allows(aws["version"], "6.20.0")
     assert not _allows(aws["version"], "4.67.0") and not _allows(aws["version"], "7.0.0")
+    # runtime allows python3.13, which 5.75.1 refuses (hashicorp/terraform-provider-aws#40107).
+    allowed = Module.from_files("", parsed).variables["runtime"]["validation"][0]["condition"]
+    runtimes = re.findall(r"python3\.\d+", allowed)
+    assert "python3.13" in runtimes
+    assert not _allows(aws["version"], "5.75.1")
 
 
 @pytest.mark.parametrize("directory", ["", EXAMPLE])
@@ -464,15 +471,19 @@ def test_handler_memory_timeout_architecture_publish(mod):
     assert fn["reserved_concurrent_executions"] == "${var.reserved_concurrency}"
 
 
-def test_code_and_layer_come_from_s3_keys_named_by_commit(mod):
+def test_code_and_layer_come_from_s3_keys_named_by_commit_and_target(mod):
     fn = mod.resource("aws_lambda_function", "this")
     layer = mod.resource("aws_lambda_layer_version", "coclib")
+    # package-lambda.sh --python X.Y --arch A names its files python<X.Y>-<A>: the runtime value.
+    assert mod.locals["target"] == "${var.runtime}-${var.architecture}"
+    assert 'TARGET="python$PYVER-$ARCH"' in (REPO / "package-lambda.sh").read_text()
     assert refs_to(fn["s3_bucket"], "var", "artifacts_bucket")
     assert refs_to(fn["s3_key"], "local", "function_s3_key")
-    assert "refresh-worker-${var.commit_sha}.zip" in mod.locals["function_s3_key"]
+    assert "refresh-worker-${var.commit_sha}-${local.target}.zip" in mod.locals["function_s3_key"]
     assert refs_to(layer["s3_bucket"], "var", "artifacts_bucket")
     assert refs_to(layer["s3_key"], "local", "layer_s3_key")
-    assert "coclib-layer-${var.commit_sha}.zip" in mod.locals["layer_s3_key"]
+    assert "coclib-layer-${var.commit_sha}-${local.target}.zip" in mod.locals["layer_s3_key"]
+    assert "refresh-worker-${var.commit_sha}-${local.target}.json" in mod.locals["manifest_s3_key"]
     # `filename` is a local path only (the seed's "s3://..." is not valid)
     assert refs_to(fn["filename"], "var", "function_zip_path")
     assert refs_to(layer["filename"], "var", "layer_zip_path")
@@ -515,6 +526,7 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "LEDGER_RETENTION_DAYS",
         "PYTHONPATH",
     }
+    assert "local.secret_references" in env  # the *_SECRET_ARN / *_PARAMETER variables
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env
     assert "LOG_LEVEL = var.log_level" in env and mod.variables["log_level"]["default"] == "INFO"
     assert mod.variables["refresh_queue_key"]["default"] == "{coc:refresh}:queue"
@@ -522,6 +534,9 @@ def test_environment_variables_and_sensitive_inputs(mod):
     assert mod.variables["coc_reqs_per_sec"]["default"] == 10
     sensitive = {name for name, body in mod.variables.items() if body.get("sensitive") is True}
     assert {"database_url", "redis_url", "coc_password", "coc_api_tokens"} <= sensitive
+    # DATABASE_URL: a plain value or a reference, exactly one (checked at plan).
+    assert mod.variables["database_url"]["default"] is None
+    assert "database_url_sources == 1" in json.dumps(fn["lifecycle"])
     envs = set(re.findall(r'"(\w+)"', mod.variables["environment"]["validation"][0]["condition"]))
     assert envs == {"production", "staging", "development"}
     assert fn["kms_key_arn"] == "${var.kms_key_arn}"
@@ -614,22 +629,24 @@ def test_api_deployment_stage_usage_plan_key_and_permission(mod):
 # ---------------------------------------------------------------------------
 
 
-def test_vpc_config_only_with_subnets_and_security_groups(mod):
+def test_vpc_config_only_with_subnets_and_the_documented_managed_policy(mod):
     fn = mod.resource("aws_lambda_function", "this")
     dyn = fn["dynamic"][0]["vpc_config"]
     assert refs_to(dyn["for_each"], "local", "use_vpc")
     assert mod.locals["use_vpc"] == ("${length(var.subnet_ids) > 0 && length(var.security_group_ids) > 0}")
     content = dyn["content"][0]
     assert content == {"subnet_ids": "${var.subnet_ids}", "security_group_ids": "${var.security_group_ids}"}
-    policy = mod.resource("aws_iam_role_policy", "vpc")
-    assert policy["count"] == "${local.use_vpc ? 1 : 0}"
-    actions = {a for st in mod.data[("aws_iam_policy_document", "vpc")]["statement"] for a in st["actions"]}
-    assert {
-        "ec2:CreateNetworkInterface",
-        "ec2:DescribeNetworkInterfaces",
-        "ec2:DeleteNetworkInterface",
-    } <= actions
-    assert all(a.startswith("ec2:") for a in actions)
+    # AWS's documented way: the managed AWSLambdaVPCAccessExecutionRole, only in a VPC.
+    attachment = mod.resource("aws_iam_role_policy_attachment", "vpc")
+    assert attachment["count"] == "${local.use_vpc ? 1 : 0}"
+    assert attachment["policy_arn"] == (
+        "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+    )
+    assert attachment["role"] == "${aws_iam_role.this.name}"
+    # No hand-scoped EC2 ARNs built from this account (they break shared subnets).
+    everything = " ".join(s for body in mod.files.values() for s in strings_in(body))
+    assert ":ec2:" not in everything and "ec2:CreateNetworkInterface" not in everything
+    assert "${aws_iam_role_policy_attachment.vpc}" in fn["depends_on"]
 
 
 def test_role_may_only_write_to_its_own_log_group(mod):
@@ -638,8 +655,9 @@ def test_role_may_only_write_to_its_own_log_group(mod):
     assert set(statements[0]["actions"]) == {"logs:CreateLogStream", "logs:PutLogEvents"}
     assert statements[0]["resources"] == ["${aws_cloudwatch_log_group.function.arn}:*"]
     policies = {name for (t, name) in mod.resources if t == "aws_iam_role_policy"}
-    assert policies == {"logs", "vpc"}
-    assert not mod.of_type("aws_iam_role_policy_attachment"), "no managed policies"
+    assert policies == {"logs", "secrets"}
+    attachments = mod.of_type("aws_iam_role_policy_attachment")
+    assert set(attachments) == {"vpc"}, "no managed policy but the VPC access one"
     assert not mod.of_type("aws_iam_policy")
     everything = " ".join(s for body in mod.files.values() for s in strings_in(body))
     assert "logs:CreateLogGroup" not in everything
@@ -648,6 +666,155 @@ def test_role_may_only_write_to_its_own_log_group(mod):
     assert mod.resolve(group["retention_in_days"]) == 30
     fn = mod.resource("aws_lambda_function", "this")
     assert "${aws_cloudwatch_log_group.function}" in fn["depends_on"]
+
+
+# ---------------------------------------------------------------------------
+# Secrets by reference
+# ---------------------------------------------------------------------------
+
+SECRET_SETTINGS = ("database_url", "coc_password", "coc_api_tokens")
+
+
+def test_each_secret_setting_has_a_secret_arn_and_a_parameter_input_that_become_env_references(mod):
+    refs = mod.locals["secret_references"]
+    for setting in SECRET_SETTINGS:
+        arn, param = f"{setting}_secret_arn", f"{setting}_parameter"
+        for name in (arn, param):
+            body = mod.variables[name]
+            assert body["default"] is None and body["type"] == "string"
+            assert body.get("sensitive") is not True, f"{name} is a name, not a secret"
+        # The worker's variable names (coclib.settings.secret_references) from the inputs.
+        assert f"{setting.upper()}_SECRET_ARN = var.{arn}" in refs
+        assert f"{setting.upper()}_PARAMETER = var.{param}" in refs
+        # A full secret ARN (with AWS's 6-character suffix), so that IAM matches it exactly.
+        assert "-[A-Za-z0-9]{6}$" in mod.variables[arn]["validation"][0]["condition"]
+    assert "if ref != null" in refs  # unset references are left out of the environment
+    from coclib.settings import SECRET_SETTINGS as WORKER_SECRET_SETTINGS
+
+    assert {s.upper() for s in SECRET_SETTINGS} == set(WORKER_SECRET_SETTINGS)
+
+
+def test_iam_grants_exactly_the_referenced_secrets_and_decrypt_for_a_customer_key(mod):
+    doc = mod.data[("aws_iam_policy_document", "secrets")]
+    assert doc["count"] == "${length(local.secret_references) > 0 ? 1 : 0}"
+    statements = {s["content"][0]["sid"]: s for s in (d["statement"] for d in doc["dynamic"])}
+    secrets = statements["ReadReferencedSecrets"]
+    assert secrets["for_each"] == "${length(local.secret_arns) > 0 ? [1] : []}"
+    assert secrets["content"][0]["actions"] == ["secretsmanager:GetSecretValue"]
+    assert secrets["content"][0]["resources"] == "${local.secret_arns}"
+    params = statements["ReadReferencedParameters"]
+    assert params["content"][0]["actions"] == ["ssm:GetParameter"]
+    assert params["content"][0]["resources"] == "${local.parameter_arns}"
+    kms = statements["DecryptThroughSecretsManagerAndSsm"]
+    assert kms["for_each"] == "${var.secrets_kms_key_arn != null ? [1] : []}"
+    assert kms["content"][0]["actions"] == ["kms:Decrypt"]
+    assert kms["content"][0]["resources"] == ["${var.secrets_kms_key_arn}"]
+    [condition] = kms["content"][0]["condition"]
+    assert (condition["test"], condition["variable"]) == ("StringEquals", "kms:ViaService")
+    assert "secretsmanager" in json.dumps(condition["values"]) and "ssm" in json.dumps(condition["values"])
+    # Exactly the given ARNs: the secret ARNs as given, the parameters' ARNs built from their names.
+    assert mod.locals["secret_arns"].startswith("${sort([for name, ref in local.secret_references : ref if")
+    assert 'endswith(name, "_SECRET_ARN")' in mod.locals["secret_arns"]
+    params_arn = mod.locals["parameter_arns"]
+    assert ":ssm:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:parameter/" in (
+        params_arn
+    )
+    assert 'endswith(name, "_PARAMETER")' in params_arn
+    everything = json.dumps(doc)
+    assert '"*"' not in everything and "secretsmanager:*" not in everything
+    policy = mod.resource("aws_iam_role_policy", "secrets")
+    assert policy["policy"] == "${data.aws_iam_policy_document.secrets[0].json}"
+    assert "${aws_iam_role_policy.secrets}" in mod.resource("aws_lambda_function", "this")["depends_on"]
+
+
+# ---------------------------------------------------------------------------
+# The artifacts' manifest
+# ---------------------------------------------------------------------------
+
+
+def test_a_runtime_or_architecture_the_artifacts_were_not_built_for_stops_the_plan(mod):
+    fn = mod.resource("aws_lambda_function", "this")
+    preconditions = fn["lifecycle"][0]["precondition"]
+    [target] = [p for p in preconditions if "local.manifest.runtime" in p["condition"]]
+    assert "local.manifest.runtime == var.runtime" in target["condition"]
+    assert "local.manifest.architecture == var.architecture" in target["condition"]
+    assert "package-lambda.sh --python" in target["error_message"]
+    assert "local.manifest.target" in target["error_message"]
+    [layer] = [p for p in preconditions if "local.manifest.layer != null" in p["condition"]]
+    assert "var.use_layer" in layer["condition"]
+    [local_zip] = [p for p in preconditions if "filebase64sha256(var.function_zip_path)" in p["condition"]]
+    assert "local.manifest.function.base64sha256" in local_zip["condition"]
+    # In S3, a missing target is named, with what was built, before the manifest is read.
+    manifest = mod.data[("aws_s3_object", "manifest")]
+    assert manifest["key"] == "${local.manifest_s3_key}"
+    [missing] = manifest["lifecycle"][0]["precondition"]
+    assert missing["condition"] == "${contains(local.built_targets, local.target)}"
+    assert "local.built_targets" in missing["error_message"] and "matrix" in missing["error_message"]
+    listing = mod.data[("aws_s3_objects", "artifacts")]
+    assert listing["prefix"] == "${local.artifact_prefix}"
+    assert "jsondecode(local.manifest_json)" in mod.locals["manifest"]
+    assert "data.aws_s3_object.manifest[0].body" in mod.locals["manifest_json"]
+    assert "file(local.manifest_path)" in mod.locals["manifest_json"]
+
+
+def test_a_changed_zip_is_redeployed(mod):
+    fn = mod.resource("aws_lambda_function", "this")
+    layer = mod.resource("aws_lambda_layer_version", "coclib")
+    assert "local.manifest.function.base64sha256" in fn["source_code_hash"]
+    assert "filebase64sha256(var.function_zip_path)" in fn["source_code_hash"]
+    assert "local.manifest.layer.base64sha256" in layer["source_code_hash"]
+    assert "filebase64sha256(var.layer_zip_path)" in layer["source_code_hash"]
+
+
+# ---------------------------------------------------------------------------
+# Ledger retention and the dashboard
+# ---------------------------------------------------------------------------
+
+
+def test_ledger_retention_defaults_to_30_days_with_the_growth_figures(mod):
+    var = mod.variables["ledger_retention_days"]
+    assert var["default"] == 30
+    for figure in ("5.2 million rows", "1.6 GB", "306 bytes", "48 GB", "null keeps all history"):
+        assert figure in var["description"], figure
+    env = mod.locals["environment_variables"]
+    assert "LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days)" in env
+
+
+def test_dashboard_shows_what_operators_need_and_is_optional(mod):
+    dash = mod.resource("aws_cloudwatch_dashboard", "this")
+    assert dash["count"] == "${var.create_dashboard ? 1 : 0}"
+    assert mod.variables["create_dashboard"]["default"] is True
+    widgets = mod.locals["dashboard_widgets"]
+    text = json.dumps(widgets)
+    for metric in (
+        "queue_size",
+        "inflight_size",
+        "processed_requests",
+        "api_requests_per_second",
+        "fetched",
+        "failed",
+        "deferred",
+        "skipped_deadline",
+        "Errors",
+        "Duration",
+        "Throttles",
+        "AsyncEventsDropped",
+        "ledger_bytes",
+    ):
+        assert re.search(rf"\b{metric}\b", text), f"the dashboard does not show {metric}"
+    by_title = {w["title"]: w for w in widgets}
+    assert any(w.get("stacked") is True for w in widgets), "outcomes per run are stacked"
+    limit = next(w for title, w in by_title.items() if "against the limit" in title)
+    assert "var.coc_reqs_per_sec" in json.dumps(limit["annotations"])
+    duration = next(w for title, w in by_title.items() if "timeout" in title)
+    assert "local.timeout_ms" in json.dumps(duration["annotations"])
+    assert mod.locals["timeout_ms"] == mod.resource("aws_lambda_function", "this")["timeout"] * 1000
+    # The worker's metrics: namespace and dimension as worker/metrics.py emits them.
+    assert mod.locals["emf"] == ["CocRefreshWorker"]
+    assert mod.locals["emf_dims"] == ["environment", "${var.environment}"]
+    emitted = (REPO / "worker" / "metrics.py").read_text()
+    for name in ("inflight_size", "ledger_bytes", "queue_size", "api_requests_per_second"):
+        assert f'"{name}"' in emitted
 
 
 # ---------------------------------------------------------------------------
@@ -671,14 +838,46 @@ def test_errors_alarm_more_than_5_in_10_minutes(mod):
     assert alarm["dimensions"] == {"FunctionName": "${aws_lambda_function.this.function_name}"}
 
 
-def test_no_invocations_alarm_5_minutes_missing_data_breaches(mod):
+def test_schedule_alarm_counts_the_rules_deliveries_not_the_functions_invocations(mod):
+    # GET /health probes invoke the function too: the function's Invocations cannot tell a
+    # dead schedule. The rule's own AWS/Events Invocations can.
     alarm = _alarm(mod, "Invocations")
-    assert alarm["namespace"] == "AWS/Lambda"
+    assert alarm["namespace"] == "AWS/Events"
+    assert alarm["dimensions"] == {"RuleName": "${aws_cloudwatch_event_rule.schedule.name}"}
     assert alarm["statistic"] == "Sum"
     assert alarm["period"] * alarm["evaluation_periods"] == 300
     assert alarm["threshold"] == 1
     assert alarm["comparison_operator"] == "LessThanThreshold"
     assert alarm["treat_missing_data"] == "breaching"
+    assert alarm["actions_enabled"] == "${var.schedule_enabled}"
+    lambda_invocations = [
+        b
+        for b in mod.of_type("aws_cloudwatch_metric_alarm").values()
+        if b["namespace"] == "AWS/Lambda" and b["metric_name"] == "Invocations"
+    ]
+    assert not lambda_invocations
+
+
+def test_failed_schedule_deliveries_alarm(mod):
+    alarm = _alarm(mod, "FailedInvocations")
+    assert alarm["namespace"] == "AWS/Events"
+    assert alarm["dimensions"] == {"RuleName": "${aws_cloudwatch_event_rule.schedule.name}"}
+    assert (alarm["statistic"], alarm["threshold"], alarm["comparison_operator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["treat_missing_data"] == "notBreaching"
+
+
+@pytest.mark.parametrize("metric", ["Throttles", "AsyncEventsDropped"])
+def test_throttles_and_dropped_async_events_alarm_on_the_function(mod, metric):
+    alarm = _alarm(mod, metric)
+    assert alarm["namespace"] == "AWS/Lambda"
+    assert alarm["dimensions"] == {"FunctionName": "${aws_lambda_function.this.function_name}"}
+    assert alarm["statistic"] == "Sum" and alarm["comparison_operator"] == "GreaterThanThreshold"
+    assert alarm["treat_missing_data"] == "notBreaching"
+    assert mod.resolve(alarm["threshold"]) == 0
 
 
 def test_duration_alarm_maximum_above_240_seconds(mod):
@@ -688,6 +887,12 @@ def test_duration_alarm_maximum_above_240_seconds(mod):
     assert alarm["threshold"] == 240000  # Lambda reports Duration in milliseconds
     assert alarm["comparison_operator"] == "GreaterThanThreshold"
     assert alarm["threshold"] < mod.resource("aws_lambda_function", "this")["timeout"] * 1000
+
+
+def test_every_alarm_is_an_output(mod):
+    names = mod.outputs["alarm_names"]["value"]
+    alarms = mod.of_type("aws_cloudwatch_metric_alarm")
+    assert {re.search(r"metric_alarm\.(\w+)\.", v)[1] for v in names.values()} == set(alarms)
 
 
 def test_backlog_alarm_on_the_queue_size_emf_metric(mod):

@@ -1,6 +1,6 @@
 # A root module that deploys everything the seed describes: the function from CI's artifacts,
-# its schedule, the API with its key, alarms mailed to an operator, and (when subnets are
-# given) VPC access.
+# its schedule, the API with its key, alarms mailed to an operator, the dashboard, secrets read
+# from Secrets Manager at cold start, and (when subnets are given) VPC access.
 
 module "refresh_worker" {
   source = "../.."
@@ -10,15 +10,19 @@ module "refresh_worker" {
   runtime       = var.runtime
   architecture  = var.architecture
 
-  # CI uploads refresh-worker-<sha>.zip and coclib-layer-<sha>.zip here.
+  # CI uploads refresh-worker-<sha>-<target>.zip, coclib-layer-<sha>-<target>.zip and their
+  # manifest here; the plan stops if runtime or architecture is not what was built.
   artifacts_bucket = var.artifacts_bucket
   commit_sha       = var.commit_sha
 
-  database_url   = var.database_url
-  redis_url      = var.redis_url
-  coc_email      = var.coc_email
-  coc_password   = var.coc_password
-  coc_api_tokens = var.coc_api_tokens
+  # Secrets by reference: the function reads them at cold start; only the ARNs are in its
+  # configuration and in this state.
+  database_url_secret_arn   = var.database_url_secret_arn
+  coc_api_tokens_secret_arn = var.coc_api_tokens_secret_arn
+  coc_email                 = var.coc_email
+  coc_password_secret_arn   = var.coc_password_secret_arn
+  secrets_kms_key_arn       = var.secrets_kms_key_arn
+  redis_url                 = var.redis_url
 
   # Rollback handles: the schedule switch and the alias pin.
   schedule_enabled = var.schedule_enabled
@@ -32,6 +36,9 @@ module "refresh_worker" {
   create_alarm_topic      = true
   alarm_topic_kms_key_id  = var.alarm_topic_kms_key_id
   backlog_alarm_threshold = 500
+  create_dashboard        = true
+
+  ledger_retention_days = var.ledger_retention_days
 
   tags = {
     Owner = "platform"

@@ -48,3 +48,13 @@ output "schedule_rule_name" {
   description = "EventBridge rule of the drain schedule."
   value       = module.refresh_worker.schedule_rule_name
 }
+
+output "dashboard_name" {
+  description = "CloudWatch dashboard of the worker."
+  value       = module.refresh_worker.dashboard_name
+}
+
+output "artifact_target" {
+  description = "Target the deployed artifacts were built for."
+  value       = module.refresh_worker.artifact_target
+}

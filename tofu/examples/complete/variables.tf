@@ -28,14 +28,13 @@ variable "artifacts_bucket" {
 }
 
 variable "commit_sha" {
-  description = "Commit whose refresh-worker-<sha>.zip and coclib-layer-<sha>.zip to deploy."
+  description = "Commit whose artifacts (refresh-worker-<sha>-<target>.zip and the rest) to deploy."
   type        = string
 }
 
-variable "database_url" {
-  description = "Postgres URI with password."
+variable "database_url_secret_arn" {
+  description = "Full ARN of the Secrets Manager secret holding the Postgres URI (password included)."
   type        = string
-  sensitive   = true
 }
 
 variable "redis_url" {
@@ -44,24 +43,34 @@ variable "redis_url" {
   sensitive   = true
 }
 
+variable "coc_api_tokens_secret_arn" {
+  description = "Full ARN of the secret holding the static API tokens (comma-separated) bound to the NAT gateway's Elastic IP, or null."
+  type        = string
+  default     = null
+}
+
 variable "coc_email" {
-  description = "Developer-portal email (with coc_password), when no static tokens are used."
+  description = "Developer-portal email (with coc_password_secret_arn), when no static tokens are used."
   type        = string
   default     = null
 }
 
-variable "coc_password" {
-  description = "Developer-portal password."
+variable "coc_password_secret_arn" {
+  description = "Full ARN of the secret holding the developer-portal password, or null."
   type        = string
   default     = null
-  sensitive   = true
 }
 
-variable "coc_api_tokens" {
-  description = "Static API tokens bound to the NAT gateway's Elastic IP."
-  type        = list(string)
-  default     = []
-  sensitive   = true
+variable "secrets_kms_key_arn" {
+  description = "Customer managed KMS key of those secrets, or null for the AWS managed key."
+  type        = string
+  default     = null
+}
+
+variable "ledger_retention_days" {
+  description = "Days of outcome ledger kept (null keeps everything)."
+  type        = number
+  default     = 30
 }
 
 variable "schedule_enabled" {

@@ -73,7 +73,8 @@ locals {
     var.coc_password != null ? { COC_PASSWORD = var.coc_password } : {},
     length(var.coc_api_tokens) > 0 ? { COC_API_TOKENS = join(",", var.coc_api_tokens) } : {},
     local.secret_references,
-    var.ledger_retention_days != null ? { LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days) } : {}
+    var.ledger_retention_days != null ? { LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days) } : {},
+    var.redis_cluster != null ? { REDIS_CLUSTER = tostring(var.redis_cluster) } : {}
   )
 
   has_coc_credentials = (var.coc_email != null && local.coc_password_sources == 1) || local.coc_api_tokens_sources == 1

@@ -73,7 +73,7 @@ variable "memory_size" {
 }
 
 variable "reserved_concurrency" {
-  description = "Reserved concurrent executions for the function. -1 reserves nothing (the default); 0 stops every invocation (an emergency brake). A Redis lease already lets only one drain run at a time. See the README for the account-minimum pitfall before setting a positive value."
+  description = "Reserved concurrent executions for the function. -1 reserves nothing (the default); 0 stops every invocation (an emergency brake). A Redis lease already lets only one drain run at a time, but a hand-over runs two invocations at once (the drain and its successor) and health probes and POST /refresh need their own: reserve at least 3 if you reserve at all. See the README for the account-minimum pitfall."
   type        = number
   nullable    = false
   default     = -1
@@ -320,15 +320,21 @@ variable "log_level" {
 }
 
 variable "refresh_queue_key" {
-  description = "REFRESH_QUEUE_KEY: Redis list the producers push to. Keep a {hash tag} in it: every other key the worker uses derives from it, so they share one Redis Cluster slot."
+  description = "REFRESH_QUEUE_KEY: Redis list the producers push to; any key, so an existing producer's list works as it is. Every other key the worker uses derives from it in the same Redis Cluster slot: a key with a {hash tag} lends it to them, a key without one becomes the tag ({refresh_queue}:inflight for refresh_queue)."
   type        = string
   nullable    = false
   default     = "{coc:refresh}:queue"
 
   validation {
-    condition     = can(regex("\\{[^{}]+\\}", var.refresh_queue_key))
-    error_message = "refresh_queue_key must contain a non-empty {hash tag}, e.g. {coc:refresh}:queue."
+    condition     = length(trimspace(var.refresh_queue_key)) > 0
+    error_message = "refresh_queue_key must not be empty."
   }
+}
+
+variable "redis_cluster" {
+  description = "REDIS_CLUSTER: true or false to say whether Redis is a cluster instead of detecting it at connect time (INFO cluster). null, the default, detects: right for ElastiCache (cluster mode, Serverless) and Valkey."
+  type        = bool
+  default     = null
 }
 
 variable "ledger_retention_days" {
@@ -389,7 +395,7 @@ variable "subnet_ids" {
 }
 
 variable "security_group_ids" {
-  description = "Security groups of the function's network interfaces when subnet_ids is set."
+  description = "Security groups of the function's network interfaces when subnet_ids is set. They must reach Postgres (5432) and Redis: 6379 on ElastiCache, TLS included (ElastiCache serves TLS on the same port), on every node of a cluster."
   type        = list(string)
   nullable    = false
   default     = []

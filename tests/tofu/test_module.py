@@ -524,12 +524,16 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "LOG_LEVEL",
         "REFRESH_QUEUE_KEY",
         "LEDGER_RETENTION_DAYS",
+        "REDIS_CLUSTER",
         "PYTHONPATH",
     }
     assert "local.secret_references" in env  # the *_SECRET_ARN / *_PARAMETER variables
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env
     assert "LOG_LEVEL = var.log_level" in env and mod.variables["log_level"]["default"] == "INFO"
     assert mod.variables["refresh_queue_key"]["default"] == "{coc:refresh}:queue"
+    # Only when given: unset, the worker detects a cluster itself.
+    assert "var.redis_cluster != null ? {REDIS_CLUSTER = tostring(var.redis_cluster)} : {}" in env
+    assert mod.variables["redis_cluster"]["default"] is None
     assert mod.variables["coc_api_base_url"]["default"] == "https://api.clashofclans.com/v1"
     assert mod.variables["coc_reqs_per_sec"]["default"] == 10
     sensitive = {name for name, body in mod.variables.items() if body.get("sensitive") is True}

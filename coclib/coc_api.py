@@ -9,16 +9,16 @@ sessions, error types) and steered where a refresh worker needs something else:
 - its retries on timeouts and 5xx (sleeps of 1, 3, 5, 7, 9 s) are refused at that
   hook: the drain decides when to try again, within its deadline;
 - each call is bounded by a timeout the caller gives;
-- what comes back must be the JSON object the endpoint returns: an HTML page, truncated or
-  other JSON, an empty body (what proxies and CDNs send when something in front of the API
-  fails) is a transient `bad_response`, never a crash. Valid JSON under a wrong Content-Type
-  (coc.py hands it over as text) is parsed and accepted.
+- what comes back must be the JSON object the endpoint returns, as JSON: an HTML page,
+  truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
+  when something in front of the API fails) is a transient `bad_response`, never a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Keys coc.py adds to every response dict (and to its cached copy).
 INJECTED_KEYS = frozenset({"status_code", "timestamp", "_response_retry"})
+_MARKUP = re.compile(r"<[^>]*>")
 # One re-login after `accessDenied.invalidIp` is coc.py's recovery; a second means it failed.
 _MAX_RELOGINS = 1
 
@@ -232,15 +233,15 @@ def checked_body(data: Any, *, kind: str, tag: str) -> dict[str, Any]:
     """The API's JSON object without coc.py's injected keys, or `TransientError` (`bad_response`).
 
     coc.py returns a successful answer's parsed JSON, or its text when the Content-Type was
-    not JSON. The body must be an object naming what was asked for: the player or clan with
-    this tag, or a war with a `state`.
+    not JSON (the real API never does that: something in between answered). The body must be
+    an object naming what was asked for: the player or clan with this tag, or a war with a
+    `state`.
     """
     if isinstance(data, str):
-        try:
-            data = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            shown = excerpt(data.strip().encode(), limit=60) if data.strip() else "nothing"
-            raise _bad_response(f"the API answered 200 with {shown!r}, not JSON") from None
+        # An error page says what went wrong in its text, not its markup.
+        text = " ".join(_MARKUP.sub(" ", data).split())
+        shown = repr(excerpt(text.encode(), limit=80)) if text else "nothing"
+        raise _bad_response(f"the API answered 200 with {shown} under a Content-Type that is not JSON")
     if not isinstance(data, dict):
         raise _bad_response(f"the API answered 200 with a JSON {type(data).__name__}, not an object")
     body = {k: v for k, v in data.items() if k not in INJECTED_KEYS}

@@ -17,6 +17,9 @@ The seam: whoever gives the lease up (handing it over or releasing it) leaves a 
 its last API call started; whoever takes it next reads the note and starts its first call at
 least one rate-limit spacing later, so that two drains in a row never exceed the limit
 together as the API sees it.
+
+Every key involved (lease, successor, seam note) is a `QueueKeys` key of the queue's slot, so
+each script below runs on the node that owns it, on a single node and on a Redis Cluster alike.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from coclib.keys import QueueKeys
+
+if TYPE_CHECKING:
+    from coclib.redis_client import AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# KEYS[1] successor; ARGV[1] our value: take our announcement back.
+_UNANNOUNCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 # KEYS[1] lease, KEYS[2] successor; ARGV[1] our value. Stop waiting: 1 if the lease came to us
 # meanwhile (it is ours then), else withdraw the announcement and return 0.
 _WITHDRAW = """
@@ -109,7 +122,7 @@ class Lease:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         keys: QueueKeys,
         *,
         owner: str,
@@ -171,7 +184,8 @@ class Lease:
                     return await self._took_over()
                 free = value is None
                 if free and await self.redis.set(self.keys.lease, self.value, nx=True, px=self.ttl_ms):
-                    await self.redis.eval(_WITHDRAW, 2, *keys, self.value)
+                    # The running drain ended on its own: the lease was free to take.
+                    await self.redis.eval(_UNANNOUNCE, 1, self.keys.successor, self.value)
                     self._start_renewing()
                     return True
                 if time.monotonic() >= refresh_at:

@@ -12,6 +12,14 @@ so a request made while an older one is being fetched is queued again (the fetch
 flight may predate whatever the caller wants to see). The TTL bounds the damage of
 a marker whose item vanished (say, a flushed queue): at worst that kind and tag
 cannot be enqueued for `dedupe_ttl` seconds.
+
+Every operation touches the keys of one `QueueKeys` family, which share a Redis Cluster slot,
+and each that must be atomic is one Lua script (EVAL with every key declared), never a
+MULTI pipeline: scripts run the same on a single node, a Redis Cluster and every redis-py
+version, while cluster transactions in redis-py are recent and version-dependent. The scripts
+are also safe to run twice (redis-py retries a command whose connection dropped): a retried
+take moves more items into the in-flight list, where recovery finds them; a retried put-back
+or acknowledgement moves or removes only what is still in the in-flight list.
 """
 
 from __future__ import annotations
@@ -22,15 +30,17 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
-import redis
-import redis.asyncio as aioredis
 
 from coclib.errors import InvalidRequestError, RequestError
 from coclib.keys import QueueKeys
 from coclib.storable import excerpt
 from coclib.tags import parse_tag
+
+if TYPE_CHECKING:  # producers import this module alone: no settings (and no psycopg) at run time
+    from coclib.redis_client import AsyncRedis, SyncRedis
 
 KINDS = ("player", "clan", "war")
 MAX_ITEM_BYTES = 4096
@@ -46,6 +56,53 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
     return 1
 end
 return 0
+"""
+# KEYS[1] queue, KEYS[2] in-flight; ARGV[1] how many. Moves from the head, returns what moved.
+_TAKE = """
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+    local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    if not item then break end
+    taken[#taken + 1] = item
+end
+return taken
+"""
+# KEYS[1] in-flight; ARGV items. Returns how many were removed.
+_ACK = """
+local removed = 0
+for i = 1, #ARGV do
+    removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return removed
+"""
+# KEYS[1] in-flight, KEYS[2] dead-letter list; ARGV items. Moves those still in flight.
+_DEAD_LETTER = """
+local moved = 0
+for i = 1, #ARGV do
+    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+        redis.call('RPUSH', KEYS[2], ARGV[i])
+        moved = moved + 1
+    end
+end
+return moved
+"""
+# KEYS[1] queue, KEYS[2] in-flight, KEYS[3..] pending markers; ARGV[1] marker TTL, then per
+# item, last to first: the item and the KEYS index of its marker (0: none). An item no longer
+# in the in-flight list is not pushed: a retried call or a recovery that got there first
+# must not queue it twice. Returns how many were pushed.
+_PUT_BACK = """
+local pushed = 0
+for i = 2, #ARGV, 2 do
+    if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
+        redis.call('LPUSH', KEYS[1], ARGV[i])
+        local marker = tonumber(ARGV[i + 1])
+        if marker > 0 then
+            redis.call('SET', KEYS[marker], '1', 'NX', 'EX', ARGV[1])
+        end
+        pushed = pushed + 1
+    end
+end
+return pushed
 """
 
 
@@ -149,7 +206,7 @@ def _parse(raw: bytes) -> RefreshRequest:
 
 
 def enqueue(
-    client: redis.Redis,
+    client: SyncRedis,
     kind: str,
     tag: str,
     *,
@@ -158,8 +215,9 @@ def enqueue(
 ) -> str | None:
     """Queue a refresh of `kind` and `tag`; return its id, or None if one is already waiting.
 
-    Raises `InvalidRequestError` or `InvalidTagError` for a bad kind or tag, so a producer
-    learns at once instead of through a `failed` ledger row.
+    `client` is a plain or a cluster client (`coclib.redis_client.sync_client` picks the
+    right one). Raises `InvalidRequestError` or `InvalidTagError` for a bad kind or tag, so
+    a producer learns at once instead of through a `failed` ledger row.
     """
     if kind not in KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -174,9 +232,9 @@ def enqueue(
 
 
 class RefreshQueue:
-    """The worker's side of the queue: take, acknowledge, put back."""
+    """The worker's side of the queue: take, acknowledge, put back (plain or cluster client)."""
 
-    def __init__(self, client: aioredis.Redis, keys: QueueKeys, *, dedupe_ttl: int = DEDUPE_TTL_SECONDS):
+    def __init__(self, client: AsyncRedis, keys: QueueKeys, *, dedupe_ttl: int = DEDUPE_TTL_SECONDS):
         self.redis = client
         self.keys = keys
         self.dedupe_ttl = dedupe_ttl
@@ -186,14 +244,8 @@ class RefreshQueue:
         """Move up to `n` items from the head of the queue to the in-flight list."""
         if n <= 0:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _ in range(n):
-                pipe.lmove(self.keys.queue, self.keys.inflight, "LEFT", "RIGHT")
-            raws = [raw for raw in await pipe.execute() if raw is not None]
-        taken = []
-        for raw in raws:
-            taken.append(parse_item(raw, self._seq))
-            self._seq += 1
+        raws = await self.redis.eval(_TAKE, 2, self.keys.queue, self.keys.inflight, n)
+        taken = self._parse(raws)
         markers = [self.keys.pending(t.request.kind, t.request.tag) for t in taken if t.request]
         if markers:
             await self.redis.delete(*markers)
@@ -201,52 +253,58 @@ class RefreshQueue:
 
     async def ack(self, items: Iterable[Taken]) -> None:
         """Forget items whose outcome is committed to the ledger."""
-        items = list(items)
-        if not items:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                pipe.lrem(self.keys.inflight, 1, item.raw)
-            await pipe.execute()
+        raws = [item.raw for item in items]
+        if raws:
+            await self.redis.eval(_ACK, 1, self.keys.inflight, *raws)
 
     async def put_back(self, items: Sequence[Taken]) -> None:
-        """Return unfinished items to the head of the queue, in take order, atomically."""
+        """Return unfinished items to the head of the queue, in take order, atomically.
+
+        Only items still in the in-flight list move (so calling it twice is harmless); each
+        gets its de-duplication marker back, as if it had never been taken.
+        """
         if not items:
             return
-        ordered = sorted(items, key=lambda t: t.seq)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            # LPUSH puts its last argument first: push in reverse to keep the order.
-            pipe.lpush(self.keys.queue, *[t.raw for t in reversed(ordered)])
-            for item in ordered:
-                pipe.lrem(self.keys.inflight, 1, item.raw)
-                if item.request:
-                    marker = self.keys.pending(item.request.kind, item.request.tag)
-                    pipe.set(marker, b"1", nx=True, ex=self.dedupe_ttl)
-            await pipe.execute()
+        markers: dict[str, int] = {}  # marker key -> its KEYS index (from 3)
+        argv: list[bytes | str | int] = [self.dedupe_ttl]
+        # LPUSH one by one from the last: the first taken ends up first.
+        for item in sorted(items, key=lambda t: t.seq, reverse=True):
+            index = 0
+            if item.request:
+                marker = self.keys.pending(item.request.kind, item.request.tag)
+                index = markers.setdefault(marker, len(markers) + 3)
+            argv += [item.raw, index]
+        await self.redis.eval(
+            _PUT_BACK, 2 + len(markers), self.keys.queue, self.keys.inflight, *markers, *argv
+        )
 
     async def dead_letter(self, items: Sequence[Taken]) -> None:
-        """Move items from the in-flight list to the dead-letter list, atomically."""
+        """Move items from the in-flight list to the dead-letter list, atomically.
+
+        As with `put_back`, only items still in the in-flight list move: a repeat moves nothing.
+        """
         if not items:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.keys.dead_letter, *[t.raw for t in items])
-            for item in items:
-                pipe.lrem(self.keys.inflight, 1, item.raw)
-            await pipe.execute()
+        await self.redis.eval(
+            _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.raw for t in items]
+        )
 
     async def inflight(self) -> list[Taken]:
         """Everything in the in-flight list, parsed (for crash recovery)."""
-        raws = await self.redis.lrange(self.keys.inflight, 0, -1)
-        taken = []
-        for raw in raws:
-            taken.append(parse_item(raw, self._seq))
-            self._seq += 1
-        return taken
+        return self._parse(await self.redis.lrange(self.keys.inflight, 0, -1))
 
     async def sizes(self) -> tuple[int, int]:
         """(queue length, in-flight length)."""
+        # A pipeline of reads in one slot: one round trip, on a cluster too.
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(self.keys.queue)
             pipe.llen(self.keys.inflight)
             queued, inflight = await pipe.execute()
         return queued, inflight
+
+    def _parse(self, raws: Iterable[bytes]) -> list[Taken]:
+        taken = []
+        for raw in raws:
+            taken.append(parse_item(raw, self._seq))
+            self._seq += 1
+        return taken

@@ -31,14 +31,21 @@ DEFAULT_REQS_PER_SEC = 10.0
 MAX_REQS_PER_SEC = 30.0
 ENVIRONMENTS = ("production", "staging", "development")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-_HASH_TAG = re.compile(r"\{[^{}]+\}")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# URL query options that would switch certificate verification off: refused, not honoured.
+_UNVERIFIED_TLS = re.compile(
+    r"(?i)(?:^|&)(ssl_cert_reqs=(none|optional)|ssl_check_hostname=(false|no|0))(?:&|$)"
+)
 
 # Every variable and its meaning with its default, for `--help`; each settings class names
 # the ones it reads in `VARIABLES`.
 VARIABLES = {
     "DATABASE_URL": "libpq URI of Postgres (required)",
-    "REDIS_URL": "redis://, rediss:// or unix:// URL of Redis (required)",
-    "REFRESH_QUEUE_KEY": f"the queue's Redis key (default {DEFAULT_QUEUE_KEY})",
+    "REDIS_URL": "redis://, rediss:// or unix:// URL of Redis, any node of a cluster (required)",
+    "REDIS_CLUSTER": "true or false: whether Redis is a cluster (default: asked of the server)",
+    "SSL_CERT_FILE": "with rediss://: a CA bundle to trust besides the system's",
+    "REFRESH_QUEUE_KEY": f"the queue's Redis key, any name (default {DEFAULT_QUEUE_KEY})",
     "COC_API_TOKENS": "comma-separated static API tokens (or COC_EMAIL and COC_PASSWORD)",
     "COC_EMAIL": "developer-portal login, with COC_PASSWORD (or COC_API_TOKENS)",
     "COC_PASSWORD": "developer-portal password, with COC_EMAIL",
@@ -82,6 +89,8 @@ class Settings:
     log_level: str = "INFO"
     refresh_queue_key: str = DEFAULT_QUEUE_KEY
     ledger_retention_days: int | None = None
+    redis_cluster: bool | None = None  # None: detected when connecting
+    ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
 
     VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
 
@@ -130,6 +139,8 @@ class Settings:
             log_level=log_level,
             refresh_queue_key=queue.refresh_queue_key,
             ledger_retention_days=int(retention) if retention else None,
+            redis_cluster=queue.redis_cluster,
+            ssl_cert_file=queue.ssl_cert_file,
         )
 
     @property
@@ -179,29 +190,102 @@ class QueueSettings:
 
     redis_url: str = field(repr=False)
     refresh_queue_key: str = DEFAULT_QUEUE_KEY
+    redis_cluster: bool | None = None  # None: detected when connecting
+    ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
 
-    VARIABLES: ClassVar[tuple[str, ...]] = ("REDIS_URL", "REFRESH_QUEUE_KEY")
+    VARIABLES: ClassVar[tuple[str, ...]] = (
+        "REDIS_URL",
+        "REDIS_CLUSTER",
+        "SSL_CERT_FILE",
+        "REFRESH_QUEUE_KEY",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> QueueSettings:
-        """Read and validate `REDIS_URL` and `REFRESH_QUEUE_KEY` alone."""
+        """Read and validate the Redis variables and `REFRESH_QUEUE_KEY` alone."""
         env = os.environ if environ is None else environ
-        redis_url = (env.get("REDIS_URL") or "").strip()
-        if not redis_url:
+
+        def get(name: str) -> str | None:
+            value = (env.get(name) or "").strip()
+            return value or None
+
+        redis_url = get("REDIS_URL")
+        if redis_url is None:
             raise ConfigError("REDIS_URL", "is required but not set")
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
-        queue_key = (env.get("REFRESH_QUEUE_KEY") or "").strip() or DEFAULT_QUEUE_KEY
-        if not _HASH_TAG.search(queue_key):
-            raise ConfigError(
-                "REFRESH_QUEUE_KEY",
-                "must contain a {hash tag} so every derived key shares its Redis Cluster slot",
-            )
-        return cls(redis_url=redis_url, refresh_queue_key=queue_key)
+        redis_cluster = _parse_bool("REDIS_CLUSTER", get("REDIS_CLUSTER"))
+        check_redis_url(redis_url, cluster=redis_cluster)
+        ssl_cert_file = get("SSL_CERT_FILE") if redis_url.startswith("rediss://") else None
+        if ssl_cert_file is not None and not os.path.isfile(ssl_cert_file):
+            raise ConfigError("SSL_CERT_FILE", f"names {ssl_cert_file!r}, which is not a readable file")
+        # Any key is accepted: coclib.keys puts the derived keys in its slot, tag or no tag.
+        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
+        return cls(redis_url, queue_key, redis_cluster, ssl_cert_file)
 
     def secrets(self) -> tuple[str, ...]:
         """The Redis password, if the URL has one, for redaction."""
         return _url_password(self.redis_url)
+
+
+def redis_db(url: str) -> int:
+    """The database number a Redis URL names (`?db=N`, else a `/N` path on redis://); 0 if none."""
+    parts = urlsplit(url)
+    in_query = [q.split("=", 1)[1] for q in parts.query.split("&") if q.startswith("db=")]
+    in_path = "" if parts.scheme == "unix" else parts.path.lstrip("/")
+    raw = in_query[-1] if in_query else in_path
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ConfigError("REDIS_URL", f"the database must be a number, got {raw!r}")
+    return int(raw)
+
+
+def check_redis_url(url: str, *, cluster: bool | None) -> None:
+    """Refuse a REDIS_URL the worker cannot use, with one message naming the variable.
+
+    Checked here: the scheme, a host and port that parse, the database number, TLS options
+    that would turn certificate verification off, and (when REDIS_CLUSTER=true says so
+    up front) what a cluster cannot have: a database other than 0, or a unix socket.
+    """
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError("REDIS_URL", "expected a redis://, rediss:// or unix:// URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", f"does not parse as a URL ({exc})") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("REDIS_URL", f"has no host: {mask_url_password(url)}")
+    db = redis_db(url)
+    if _UNVERIFIED_TLS.search(parts.query):
+        raise ConfigError(
+            "REDIS_URL",
+            "TLS certificates are always verified; remove ssl_cert_reqs / ssl_check_hostname "
+            "and name a CA bundle with SSL_CERT_FILE if the server's CA is not a public one",
+        )
+    if cluster:
+        if parts.scheme == "unix":
+            raise ConfigError(
+                "REDIS_URL", "a Redis Cluster is reached over redis:// or rediss://, not unix://"
+            )
+        if db != 0:
+            raise ConfigError("REDIS_URL", cluster_db_problem(db))
+
+
+def cluster_db_problem(db: int) -> str:
+    """Why `/N` is refused on a cluster (shared by the settings and the connect-time check)."""
+    return (
+        f"names database {db}, but a Redis Cluster has only database 0 (no SELECT): "
+        f"take the database (/{db}) out of the URL"
+    )
+
+
+def _parse_bool(name: str, raw: str | None) -> bool | None:
+    if raw is None:
+        return None
+    value = _BOOLEANS.get(raw.lower())
+    if value is None:
+        raise ConfigError(name, f"expected true or false, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Postgres: one template database migrated once per session; each test gets a fresh
 copy (CREATE DATABASE … TEMPLATE is cheap). Redis: one logical db, flushed before
-each test. The simulator runs in a background thread for the whole session and has
-its faults reset before each test.
+each test; the cluster, TLS-only and Valkey servers come from `tests.redis_servers`.
+The simulator runs in a background thread for the whole session and has its faults
+reset before each test.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from coclib.testing.services import (
     with_redis_db,
 )
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread
+from tests.redis_servers import (  # noqa: F401 (fixtures: a Redis Cluster, TLS-only Redis, Valkey)
+    redis_cluster,
+    tls_material,
+    tls_redis,
+    valkey_cluster,
+    valkey_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ROOT / ".cache" / "test-services"
@@ -96,10 +104,12 @@ def redis_base_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_base_url: str) -> str:
     """A Redis db, flushed for this test (the session's claim on it kept)."""
-    with redis.Redis.from_url(redis_base_url) as client:
-        client.flushdb()
+    with redis.Redis.from_url(redis_base_url) as client, client.pipeline(transaction=True) as tx:
+        # One MULTI: another session looking for a free db never sees this one unclaimed.
+        tx.flushdb()
         if not os.environ.get("TEST_REDIS_URL"):
-            client.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
+            tx.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
+        tx.execute()
     return redis_base_url
 
 

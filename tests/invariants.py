@@ -280,6 +280,7 @@ def check_outcomes(
     items: dict[str, Item],
     *,
     missing_tags: set[str] = frozenset(),
+    broken_tags: set[str] = frozenset(),
     interrupted_limit: int | None = None,
 ) -> None:
     """A settled request's outcome fits what it is and what the API answered.
@@ -326,6 +327,8 @@ def check_outcomes(
         allowed |= {"valid": set(), "not_found": {"not_found"}, "private": {"private_war_log"}}[item.category]
         if item.tag in missing_tags:
             allowed.add("not_found")
+        if item.tag in broken_tags:
+            allowed.add("unexpected_error")
         assert reason in allowed, f"{item.category} request {item.id} failed with {reason}"
         if reason == "interrupted":
             runs = {r["run_id"] for r in attempted}

@@ -336,3 +336,73 @@ def test_a_lost_lease_writes_its_code(settings, redis_client, database_url, simu
     closing = {r["reason"] for r in ledger(database_url) if r["outcome"] == "deferred"}
     assert closing == {"lease_lost"}
     redis_client.delete(keys.lease)
+
+
+# -- answers the API should not send ------------------------------------------------------------
+
+
+def test_a_tag_answered_with_an_html_page_at_the_head_of_the_queue_fails_and_the_rest_drains(
+    settings, redis_client, database_url, simulator
+):
+    simulator.bad_body["#2PQ"] = "html"
+    tags = ["#2PQ", "#2PP", "#2PR", "#2PU", "#2PV", "#2PY"]
+    push(redis_client, settings, *[req(f"h{i}", tag) for i, tag in enumerate(tags)])
+
+    summary = drain(settings, policy=DrainPolicy(checks=True, max_tries=3, retry_backoff=0.01))
+
+    assert summary.stopped == "queue_empty"
+    assert outcomes(database_url, "h0") == [("attempted", None)] * 3 + [("failed", "bad_response")]
+    assert "Service temporarily unavailable" in ledger(database_url, "h0")[-1]["detail"]
+    assert [c.tag for c in simulator.calls].count("#2PQ") == 3  # the normal retries, no more
+    assert fetched_ids(database_url) == {f"h{i}" for i in range(1, 6)}
+    assert queue_items(redis_client, settings) == [] and inflight_items(redis_client, settings) == []
+
+
+@pytest.mark.parametrize(
+    ("variant", "ending"),
+    [
+        ("html", ("failed", "bad_response")),
+        ("truncated_json", ("failed", "bad_response")),
+        ("json_array", ("failed", "bad_response")),
+        ("json_string", ("failed", "bad_response")),
+        ("empty", ("failed", "bad_response")),
+        ("wrong_content_type", ("failed", "bad_response")),
+        ("nul_in_string", ("failed", "unstorable")),
+        ("huge", ("failed", "unstorable")),
+    ],
+)
+@pytest.mark.parametrize("kind", ["player", "war"])
+def test_each_kind_of_bad_body_is_classified_and_costs_at_most_the_normal_retries(
+    variant, ending, kind, settings, redis_client, database_url, simulator
+):
+    simulator.bad_body["#2PQ"] = variant
+    push(redis_client, settings, req("bad", "#2PQ", kind), req("good", "#2PP", kind))
+
+    summary = drain(settings, policy=DrainPolicy(checks=True, max_tries=2, retry_backoff=0.01))
+
+    assert summary.stopped == "queue_empty"
+    assert outcomes(database_url, "bad")[-1] == ending
+    assert [c.tag for c in simulator.calls].count("#2PQ") == (2 if ending[1] == "bad_response" else 1)
+    assert outcomes(database_url, "good")[-1] == ("fetched", None)
+    table, key = {"player": ("players", "tag"), "war": ("wars", "clan_tag")}[kind]
+    stored = {r["tag"] for r in query(database_url, f"SELECT {key} AS tag FROM {table}")}
+    assert stored == ({"#2PP", "#2PQ"} if ending[0] == "fetched" else {"#2PP"})
+    detail = ledger(database_url, "bad")[-1]["detail"]
+    assert detail is None or "\x00" not in detail
+
+
+def test_html_pages_for_many_requests_in_a_row_open_the_circuit_and_fail_nothing(
+    settings, redis_client, database_url, simulator
+):
+    # A proxy in front of the API answers every call with its error page: the API is down for
+    # us, and none of the requests is to blame.
+    tags = ["#2PP", "#2PQ", "#2PR", "#2PU", "#2PV", "#2PY"]
+    simulator.bad_body.update({tag: "html" for tag in tags})
+    push(redis_client, settings, *[req(f"c{i}", tag) for i, tag in enumerate(tags)])
+    before = queue_items(redis_client, settings)
+
+    summary = drain(settings, policy=DrainPolicy(checks=True, transient_streak=3, retry_backoff=0.01))
+
+    assert summary.stopped == "circuit_open" and summary.cause == "upstream"
+    assert "failed" not in {r["outcome"] for r in ledger(database_url)}
+    assert queue_items(redis_client, settings) == before

@@ -23,19 +23,20 @@ import redis
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest
-from coclib.settings import DEFAULT_QUEUE_KEY, VARIABLES, Settings
+from coclib.settings import DEFAULT_QUEUE_KEY, VARIABLES, QueueSettings, Settings
 from tests.helpers import ledger, push
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_VARIABLES = {
     "DATABASE_URL", "REDIS_URL", "REFRESH_QUEUE_KEY", "COC_API_TOKENS", "COC_EMAIL", "COC_PASSWORD",
     "COC_API_BASE_URL", "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "LEDGER_RETENTION_DAYS",
+    "REDIS_CLUSTER", "SSL_CERT_FILE",
 }  # fmt: skip
 # Every variable set to something Settings.from_env refuses, so a command that reads one fails.
 BAD_VALUES = {
     "DATABASE_URL": "not a database url",
     "REDIS_URL": "http://not-redis",
-    "REFRESH_QUEUE_KEY": "no-hash-tag",
+    "REDIS_CLUSTER": "maybe",
     "COC_EMAIL": "only-the-email@example.com",
     "COC_API_BASE_URL": "ftp://nowhere",
     "COC_REQS_PER_SEC": "fast",
@@ -97,7 +98,7 @@ def test_help_names_the_variables_each_command_reads_with_defaults_and_the_exit_
         done = run_cli(command, "--help", env={})
         assert done.returncode == 0, done.stderr
         helps[command] = done.stdout
-    assert environment_block(helps["enqueue"]) == {"REDIS_URL", "REFRESH_QUEUE_KEY"}
+    assert environment_block(helps["enqueue"]) == set(QueueSettings.VARIABLES)
     assert environment_block(helps["migrate"]) == {"DATABASE_URL"}
     assert environment_block(helps["drain"]) == environment_block(helps["serve"]) == ALL_VARIABLES
     assert "(default {coc:refresh}:queue)" in helps["enqueue"]
@@ -135,7 +136,8 @@ def test_bad_values_are_each_refused_by_the_full_settings():
 
 
 def test_enqueue_reads_only_redis_url_and_the_queue_key(redis_url):
-    env = {**BAD_VALUES, "REDIS_URL": redis_url, "REFRESH_QUEUE_KEY": "{cli-test}:queue"}
+    others = {k: v for k, v in BAD_VALUES.items() if k not in QueueSettings.VARIABLES}
+    env = {**others, "REDIS_URL": redis_url, "REFRESH_QUEUE_KEY": "{cli-test}:queue"}
 
     done = run_cli("enqueue", "player", "#2PP", "#8qu8j9lp", env=env)
 
@@ -157,9 +159,9 @@ def test_enqueue_reads_only_redis_url_and_the_queue_key(redis_url):
             "configuration error: REDIS_URL: expected a redis://, rediss:// or unix:// URL",
         ),
         (
-            {"REDIS_URL": "redis://127.0.0.1:6379/0", "REFRESH_QUEUE_KEY": "plain"},
-            "configuration error: REFRESH_QUEUE_KEY: must contain a {hash tag} so every derived key "
-            "shares its Redis Cluster slot",
+            {"REDIS_URL": "redis://127.0.0.1:6379/3", "REDIS_CLUSTER": "true"},
+            "configuration error: REDIS_URL: names database 3, but a Redis Cluster has only database 0 "
+            "(no SELECT): take the database (/3) out of the URL",
         ),
     ],
 )
@@ -365,7 +367,7 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
     # simulator answers with an HTML page and status 200. Each fails alone, with a code.
     not_utf8 = [row for row in failed if row["reason"] == "invalid_request" and "UTF-8" in row["detail"]]
     assert len(not_utf8) == 1
-    (html,) = [row for row in failed if "<!DOCTYPE html>" in (row["detail"] or "")]
+    (html,) = [row for row in failed if "Service temporarily unavailable" in (row["detail"] or "")]
     assert re.fullmatch(r"[a-z_]+", html["reason"]) and html["kind"] == "player"
     assert not (tmp_path / ".local").exists()  # nothing embedded was started
     assert unclean_lines(done.stdout, done.stderr) == []

@@ -35,8 +35,8 @@ import itertools
 import os
 import time
 import uuid
+from types import SimpleNamespace
 
-import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -68,6 +68,7 @@ from tests.invariants import (
     read_world,
     run_rows,
 )
+from tests.proxies import PostgresProxy, RedisProxy
 from worker.drain import Drain, DrainPolicy, StopCode
 
 CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY = StopCode.CIRCUIT_OPEN, StopCode.DEADLINE, StopCode.QUEUE_EMPTY
@@ -89,91 +90,22 @@ policies = st.builds(
     transient_streak=st.integers(2, 5),
     finish_reserve=st.just(0.1),
     interrupted_limit=st.integers(1, 3),
+    unexpected_limit=st.integers(1, 3),
+    checks=st.just(True),  # the tracker's books, after every step of every run
 )
 
 
-class PostgresProxy:
-    """A TCP proxy to Postgres that dies, for good, right after the server commits the k-th COMMIT.
+class FaultyApi:
+    """The API client, with a bug: processing a broken tag's answer raises (after the real call)."""
 
-    It reads the protocol's message framing in both directions (no TLS: the URL it hands out
-    says sslmode=disable): when the server's CommandComplete for the k-th COMMIT a client sent
-    comes back, every connection is cut before that answer reaches the client, and new
-    connections are refused. The client cannot know its transaction committed: Postgres died
-    at the worst moment.
-    """
+    def __init__(self, api: CocApi, broken: set[str]) -> None:
+        self.api, self.broken = api, broken
 
-    def __init__(self, target: dict[str, str], cut_at_commit: int) -> None:
-        self.target = target
-        self.cut_at = cut_at_commit
-        self.commits = 0
-        self.cut = False
-        self.server: asyncio.AbstractServer | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        info = {
-            **self.target,
-            "host": "127.0.0.1",
-            "port": str(port),
-            "sslmode": "disable",
-            "gssencmode": "disable",
-        }
-        return psycopg.conninfo.make_conninfo(**info)
-
-    async def die(self) -> None:
-        self.cut = True
-        if self.server is not None:
-            self.server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        if self.cut:
-            client_w.transport.abort()
-            return
-        host = self.target.get("host") or "127.0.0.1"
-        server_r, server_w = await asyncio.open_connection(host, int(self.target.get("port") or 5432))
-        self._writers |= {client_w, server_w}
-        armed = False
-
-        async def message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[bytes, bytes]:
-            kind = await reader.readexactly(1) if typed else b""
-            head = await reader.readexactly(4)
-            return kind, head + await reader.readexactly(int.from_bytes(head, "big") - 4)
-
-        async def upstream() -> None:
-            nonlocal armed
-            kind, body = await message(client_r, typed=False)  # the startup message
-            server_w.write(body)
-            while True:
-                kind, body = await message(client_r)
-                if kind in (b"Q", b"P") and b"COMMIT" in body[:80]:
-                    self.commits += 1
-                    armed = armed or self.commits == self.cut_at
-                server_w.write(kind + body)
-                await server_w.drain()
-
-        async def downstream() -> None:
-            while True:
-                kind, body = await message(server_r)
-                if armed and kind == b"C" and body[4:].startswith(b"COMMIT"):
-                    await self.die()  # committed on the server; the client never hears of it
-                    return
-                client_w.write(kind + body)
-                await client_w.drain()
-
-        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for writer in (client_w, server_w):
-                writer.transport.abort()
-                self._writers.discard(writer)
+    async def fetch(self, kind: str, tag: str, **kwargs):
+        fetched = await self.api.fetch(kind, tag, **kwargs)
+        if tag in self.broken:
+            raise RuntimeError(f"injected: a bug processing {tag}")
+        return fetched
 
 
 # (category, kind, option): option is how a request is spelled, or which malformed payload.
@@ -204,6 +136,8 @@ class DrainMachine(RuleBasedStateMachine):
         self.finished_runs: set[str] = set()
         self.inflight_allowed = False
         self.missing: set[str] = set()  # valid tags the API now answers 404 for
+        self.broken: set[str] = set()  # tags whose answers the worker now fails to process
+        self.ever_broken: set[str] = set()
         self.policy = DrainPolicy()
         sim = self.sim
         sim.reset_faults()
@@ -219,6 +153,7 @@ class DrainMachine(RuleBasedStateMachine):
         self.db: Database | None = None
         self.api: CocApi | None = None
         self.clean = True  # false once a step raised: teardown then only cleans up
+        self.other_apis: list[CocApi] = []
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -228,31 +163,54 @@ class DrainMachine(RuleBasedStateMachine):
             self.queue = RefreshQueue(self.aredis, self.keys)
             self.db = await Database.open(self.db_url)
 
-    async def _connect_api(self) -> CocApi:
+    async def _connect_api(self) -> FaultyApi:
         if self.api is None:
             self.api = await CocApi.connect(
                 base_url=self.sim.base_url, limiter=self.limiter, tokens=(TEST_TOKEN,), max_in_flight=64
             )
-        return self.api
+        return FaultyApi(self.api, self.broken)
 
-    async def _run(self, seconds: float, *, db: Database | None = None, cancel_after: float | None = None):
+    async def _other_container(self) -> Drain:
+        """A second drain as another Lambda container has it: its own limiter and API client."""
+        limiter = RateLimiter(RATE)
+        api = await CocApi.connect(base_url=self.sim.base_url, limiter=limiter, tokens=(TEST_TOKEN,))
+        self.other_apis.append(api)
+
+        async def connect() -> FaultyApi:
+            return FaultyApi(api, self.broken)
+
+        return Drain(queue=self.queue, db=self.db, connect_api=connect, limiter=limiter, policy=self.policy)
+
+    async def _run(
+        self,
+        seconds: float,
+        *,
+        db: Database | None = None,
+        queue: RefreshQueue | None = None,
+        cancel_after: float | None = None,
+        scheduled: bool = False,
+        meanwhile=None,
+    ):
         await self._open()
         drain = Drain(
-            queue=self.queue,
+            queue=queue or self.queue,
             db=db or self.db,
             connect_api=self._connect_api,
             limiter=self.limiter,
             policy=self.policy,
         )
-        task = asyncio.ensure_future(drain.run(time.monotonic() + seconds))
+        task = asyncio.ensure_future(drain.run(time.monotonic() + seconds, scheduled=scheduled))
+        if meanwhile is not None:
+            others = await meanwhile(task)
+            return [await task, *others]
         if cancel_after is None:
-            return await task
+            return [await task]
         await asyncio.sleep(cancel_after)
         task.cancel()
         try:
-            return await task
+            return [await task]
         except asyncio.CancelledError:
-            return None
+            return [None]
 
     def world(self):
         return read_world(self.db_url, self.redis, self.keys, self.sim.calls)
@@ -268,7 +226,7 @@ class DrainMachine(RuleBasedStateMachine):
 
     @property
     def any_fault(self) -> bool:
-        return self.systemic_fault or self.sim.server_error
+        return self.systemic_fault or self.sim.server_error or bool(self.broken)
 
     def drain_step(
         self,
@@ -277,13 +235,17 @@ class DrainMachine(RuleBasedStateMachine):
         cancel_after: float | None = None,
         dead_postgres: bool = False,
         postgres_dies_at_commit: int | None = None,
+        redis_dies_after: float | None = None,
+        meanwhile=None,
+        scheduled: bool = False,
     ):
+        """One drain (and whatever `meanwhile` starts beside it), then every check of a step."""
         self.clean = False
         before = self.world()
         calls_before = len(before.calls)
-        proxy = None
+        proxy = redis_proxy = None
         if postgres_dies_at_commit is not None:
-            proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(self.db_url), postgres_dies_at_commit)
+            proxy = PostgresProxy(self.db_url, postgres_dies_at_commit)
 
             async def through_proxy():
                 url = await proxy.start()
@@ -294,57 +256,99 @@ class DrainMachine(RuleBasedStateMachine):
                     await proxy.die()
                     await db.close()
 
-            summary = self.runner.run(through_proxy())
+            summaries = self.runner.run(through_proxy())
+        elif redis_dies_after is not None:
+            redis_proxy = RedisProxy(self.redis_url)
+
+            async def redis_dies():
+                client = aioredis.Redis.from_url(await redis_proxy.start(), socket_connect_timeout=0.5)
+                try:
+
+                    async def cut(task):
+                        await asyncio.sleep(redis_dies_after)
+                        await redis_proxy.die()
+                        return []
+
+                    return await self._run(seconds, queue=RefreshQueue(client, self.keys), meanwhile=cut)
+                finally:
+                    await redis_proxy.die()
+                    await client.aclose()
+
+            summaries = self.runner.run(redis_dies())
         elif dead_postgres:
             dead = self.runner.run(Database.open(DEAD_POSTGRES, connect_timeout=0.5))
             try:
-                summary = self.runner.run(self._run(seconds, db=dead))
+                summaries = self.runner.run(self._run(seconds, db=dead))
             finally:
                 self.runner.run(dead.close())
         else:
-            summary = self.runner.run(self._run(seconds, cancel_after=cancel_after))
+            summaries = self.runner.run(
+                self._run(seconds, cancel_after=cancel_after, scheduled=scheduled, meanwhile=meanwhile)
+            )
+        summary = summaries[0]
+        if redis_proxy is not None:
+            # A drain that lost Redis could not give its lease up: it lapses on its own (10 s).
+            self.redis.delete(self.keys.lease)
         after = self.world()
         # Shown by --hypothesis-show-statistics: how runs ended, and whether Postgres died with
         # a batch in doubt (settled items left in the in-flight list for recovery).
-        event(f"run stopped: {summary.stopped if summary else 'cancelled'}")
-        if proxy is not None and proxy.commits >= proxy.cut_at:
+        for s in summaries:
+            event(f"run stopped: {s.stopped if s else 'cancelled'}")
+        postgres_died = proxy is not None and proxy.commits >= proxy.cut_at
+        if postgres_died:
             settled = after.settled_ids()
             in_doubt = any(raw_id(r) in settled for r in after.inflight)
             event(f"postgres died; settled items left in flight: {in_doubt}")
 
         assert after.lease is None, "the drain left its lease behind"
+        assert self.redis.get(self.keys.successor) is None or meanwhile is not None
         # The queue afterwards: the old in-flight list and queue, minus what settled, in order.
         assert after.queue == expected_queue_after(before.inflight, before.queue, after)
-        if summary is not None:
-            check_run_order(after, summary.run_id, [raw_id(r) for r in [*before.inflight, *before.queue]])
+        order = [raw_id(r) for r in [*before.inflight, *before.queue]]
+        # Every run that recorded its summary in this step (a hand-over chain has several).
+        for run_id in set(after.summaries) - set(before.summaries):
+            check_run_order(after, run_id, order)
+            stored = SimpleNamespace(**after.summaries[run_id]["summary"])
+            # A cancelled run cannot know whether a write the cancellation cut short committed.
+            if stored.stopped != "cancelled":
+                check_summary(after, stored)
         if dead_postgres:
             assert summary.stopped == CIRCUIT_OPEN and "database_unavailable" in summary.cause
             assert after.queue == before.queue and after.inflight == before.inflight
             assert after.rows == before.rows
             assert len(after.calls) == calls_before, "a drain without Postgres called the API"
-        elif summary is None or (proxy is not None and proxy.commits >= proxy.cut_at):
-            # A cancelled run, or one whose Postgres died, may leave items for recovery.
+        elif summary is None or postgres_died or redis_proxy is not None:
+            # A cancelled run, or one whose Postgres or Redis died, may leave items for recovery.
             self.inflight_allowed = True
-            if summary is not None:
-                assert summary.stopped == CIRCUIT_OPEN and "database_unavailable" in summary.cause, summary
+            if summary is not None and (postgres_died or summary.stopped == CIRCUIT_OPEN):
+                # An internal error keeps its stop (the invocation must fail); a fault replaces any other.
+                assert summary.stopped in (CIRCUIT_OPEN, StopCode.INTERNAL_ERROR), summary
+                assert summary.cause in ("database_unavailable", "redis_unavailable") or not (
+                    postgres_died or summary.items.get("left")
+                ), summary
+            if summary is not None and summary.run_id in after.summaries:
+                self.finished_runs.add(summary.run_id)
         else:
             self.inflight_allowed = False
-            self.finished_runs.add(summary.run_id)
-            check_summary(after, summary)
+            for s in summaries:
+                if s.stopped != "lease_held":
+                    self.finished_runs.add(s.run_id)
+                    check_summary(after, s)
+                    assert s.items.get("left", 0) == 0 and s.items.get("dead_lettered", 0) == 0, s
             rows = run_rows(after, summary.run_id)
             if self.systemic_fault:
                 # Maintenance or a revoked key: nothing that needed the API failed or was fetched.
+                offline = OFFLINE_REASONS | {"interrupted", "unexpected_error"}
                 bad = [
                     (r["request_id"], r["outcome"], r["reason"])
                     for r in rows
-                    if r["outcome"] == "fetched"
-                    or (r["outcome"] == "failed" and r["reason"] not in OFFLINE_REASONS | {"interrupted"})
+                    if r["outcome"] == "fetched" or (r["outcome"] == "failed" and r["reason"] not in offline)
                 ]
                 assert not bad, f"a systemic fault settled requests: {bad}"
-                assert summary.stopped in (CIRCUIT_OPEN, QUEUE_EMPTY, DEADLINE)
-                if any(r["outcome"] == "attempted" for r in rows) and seconds >= 10:
+                assert summary.stopped in (CIRCUIT_OPEN, QUEUE_EMPTY, DEADLINE, StopCode.INTERNAL_ERROR)
+                if any(r["outcome"] == "attempted" for r in rows) and seconds >= 10 and not self.broken:
                     assert summary.stopped == CIRCUIT_OPEN
-            elif not self.any_fault and seconds >= 10:
+            elif not self.any_fault and seconds >= 10 and meanwhile is None:
                 assert summary.stopped == QUEUE_EMPTY, summary
                 assert after.queue == [] and after.inflight == []
         self.clean = True
@@ -433,6 +437,65 @@ class DrainMachine(RuleBasedStateMachine):
     def drain_with_postgres_down(self):
         self.drain_step(30.0, dead_postgres=True)
 
+    @rule(after=st.floats(0.0, 0.6))
+    def drain_while_redis_dies(self, after):
+        self.drain_step(30.0, redis_dies_after=after)
+
+    @rule(after=st.floats(0.0, 0.8))
+    def drain_whose_lease_is_taken(self, after):
+        async def steal(task):
+            await asyncio.sleep(after)
+            if not task.done() and await self.aredis.exists(self.keys.lease):
+                # Its lease lapsed (a long pause, a partition) and another drain took it.
+                await self.aredis.set(self.keys.lease, "another-drain keeps", px=30_000)
+                await task
+                await self.aredis.delete(self.keys.lease)  # that other drain ends
+            return []
+
+        self.drain_step(30.0, meanwhile=steal, scheduled=True)
+
+    @rule(after=st.floats(0.0, 0.8), scheduled=st.booleans())
+    def another_invocation_arrives(self, after, scheduled):
+        """A second invocation while the first drains: a scheduled one takes over, any other
+        returns `lease_held` at once."""
+
+        async def arrive(task):
+            await asyncio.sleep(after)
+            other = await self._other_container()
+            summary = await other.run(time.monotonic() + 30.0, scheduled=scheduled)
+            if not scheduled and not task.done():
+                assert summary.stopped == "lease_held"
+            return [summary]
+
+        self.drain_step(30.0, meanwhile=arrive, scheduled=True)
+
+    @rule(after=st.floats(0.0, 0.8))
+    def a_successor_dies_after_announcing_itself(self, after):
+        """What a SIGKILLed successor leaves: an announcement nobody refreshes (it lapses in 3 s)."""
+
+        async def ghost(task):
+            await asyncio.sleep(after)
+            if not task.done():
+                await self.aredis.set(self.keys.successor, "ghost-run yields", px=3000)
+            return []
+
+        self.drain_step(30.0, meanwhile=ghost, scheduled=True)
+        self.redis.delete(self.keys.successor)
+
+    # -- rules: bugs -----------------------------------------------------------------------
+
+    @rule(pick=st.integers(0, 1000))
+    def a_bug_meets_a_tag(self, pick):
+        valid = [i for i in self.items.values() if i.category == "valid"]
+        if valid:
+            tag = valid[pick % len(valid)].tag
+            self.broken.add(tag)
+            self.ever_broken.add(tag)
+
+    @rule()
+    def the_bug_is_fixed(self):
+        self.broken.clear()
+
     # -- invariants ------------------------------------------------------------------------
 
     @invariant()
@@ -444,7 +507,11 @@ class DrainMachine(RuleBasedStateMachine):
         check_request_histories(world, finished_runs=self.finished_runs)
         check_calls(world, self.items)
         check_outcomes(
-            world, self.items, missing_tags=self.missing, interrupted_limit=self.policy.interrupted_limit
+            world,
+            self.items,
+            missing_tags=self.missing,
+            broken_tags=self.ever_broken,
+            interrupted_limit=self.policy.interrupted_limit,
         )
         assert self.sim.max_calls_in_window(1.0) <= RATE
         self.clean = True
@@ -454,6 +521,7 @@ class DrainMachine(RuleBasedStateMachine):
     def settle_everything(self):
         sim = self.sim
         sim.maintenance = sim.server_error = False
+        self.broken.clear()
         sim.tokens.add(TEST_TOKEN)
         sim.latency = (0.0, 0.0)
         sim.not_found.difference_update(self.missing)
@@ -469,7 +537,11 @@ class DrainMachine(RuleBasedStateMachine):
         check_request_histories(world, finished_runs=self.finished_runs)
         check_calls(world, self.items)
         check_outcomes(
-            world, self.items, missing_tags=self.missing, interrupted_limit=self.policy.interrupted_limit
+            world,
+            self.items,
+            missing_tags=self.missing,
+            broken_tags=self.ever_broken,
+            interrupted_limit=self.policy.interrupted_limit,
         )
         for item in self.items.values():
             settles = world.settling(item.id)
@@ -483,6 +555,8 @@ class DrainMachine(RuleBasedStateMachine):
         finally:
 
             async def close():
+                for api in self.other_apis:
+                    await api.close()
                 if self.api is not None:
                     await self.api.close()
                 if self.db is not None:
@@ -556,7 +630,7 @@ def test_postgres_dying_right_after_a_commit_neither_loses_nor_repeats_a_request
         async def connect():
             return api
 
-        proxy = PostgresProxy(psycopg.conninfo.conninfo_to_dict(database_url), cut_at_commit)
+        proxy = PostgresProxy(database_url, cut_at_commit)
         dying = await Database.open(await proxy.start(), connect_timeout=0.5)
         db = await Database.open(database_url)
         try:

@@ -5,7 +5,9 @@ SIGKILLs it.
 
 What must hold whatever the timing: no request is lost or settled twice, no API call is made
 twice, the queue keeps its order, and the two drains never call the API at the same time
-(every call the first drain made arrived before the first call of the second).
+(every call the first drain made arrived before the first call of the second). Backlogs are far
+larger than any drain here can finish and drains end at short deadlines, so a slow machine
+changes how much is drained, never which drain is running when another arrives.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import pytest
 
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest
-from tests.helpers import inflight_items, ledger, push, query, queue_items
+from tests.helpers import ledger, push, query, queue_items
 from tests.invariants import check_run_order, fresh_tag, raw_id, read_world, run_rows
 from worker.drain import DrainPolicy, RunSummary
 from worker.runtime import Worker
 
 POLICY = DrainPolicy(checks=True)
+BACKLOG = 1500  # 50 s of work at 30/s: no drain here runs out of it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,13 +54,21 @@ def attempts(database_url: str) -> int:
     return query(database_url, "SELECT count(*) AS n FROM refresh_ledger WHERE outcome = 'attempted'")[0]["n"]
 
 
+def check_nothing_lost_or_repeated(world, ids: list[str], before: list[bytes]) -> None:
+    """Each request settled at most once and each tag called at most once; what is not settled
+    is back in the queue, in its order; nothing is left in flight."""
+    settled = Counter(r["request_id"] for r in world.rows if r["outcome"] in ("fetched", "failed"))
+    assert set(settled.values()) <= {1}, settled.most_common(3)
+    assert set(settled) <= set(ids)
+    calls = Counter(c.tag for c in world.calls)
+    assert set(calls.values()) <= {1}, f"calls made twice: {[t for t, n in calls.items() if n > 1]}"
+    assert world.queue == [raw for raw in before if raw_id(raw) not in settled]
+    assert world.inflight == []
+
+
 def check_the_seam(database_url: str, simulator, first: RunSummary, second: RunSummary) -> None:
-    """Each request settled once, each tag called once, and the first run's calls all came first."""
+    """The first run's calls all came before the second's."""
     rows = ledger(database_url)
-    settled = Counter(r["request_id"] for r in rows if r["outcome"] in ("fetched", "failed"))
-    assert set(settled.values()) == {1}, settled.most_common(3)
-    calls = Counter(c.tag for c in simulator.calls)
-    assert set(calls.values()) == {1}, f"calls made twice: {[t for t, n in calls.items() if n > 1]}"
     run_of = {r["tag"]: str(r["run_id"]) for r in rows if r["outcome"] == "attempted"}
     first_calls = [c.at for c in simulator.calls if run_of[c.tag] == first.run_id]
     second_calls = [c.at for c in simulator.calls if run_of[c.tag] == second.run_id]
@@ -67,7 +78,7 @@ def check_the_seam(database_url: str, simulator, first: RunSummary, second: RunS
 
 def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client, database_url, simulator):
     simulator.latency = (0.05, 0.15)
-    ids = backlog(redis_client, settings, 150)
+    ids = backlog(redis_client, settings, BACKLOG)
     before = queue_items(redis_client, settings)
 
     async def go() -> tuple[RunSummary, RunSummary]:
@@ -75,7 +86,7 @@ def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client,
         try:
             running = asyncio.ensure_future(first.drain(60, scheduled=True))
             await until(lambda: attempts(database_url) >= 10)
-            successor = await second.drain(60, scheduled=True)
+            successor = await second.drain(4, scheduled=True)
             return await running, successor
         finally:
             await first.close()
@@ -84,10 +95,11 @@ def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client,
     first, second = asyncio.run(go())
 
     assert first.stopped == "handed_over" and first.cause == "handed_over"
-    assert second.took_over_from == first.run_id and second.stopped == "queue_empty"
+    assert second.took_over_from == first.run_id and second.stopped == "deadline"
     assert not first.handover_failed
     check_the_seam(database_url, simulator, first, second)
     world = read_world(database_url, redis_client, QueueKeys(settings.refresh_queue_key), simulator.calls)
+    check_nothing_lost_or_repeated(world, ids, before)
     # What the first run took and did not call went back to the head, with its hand-over row.
     closing = {(r["outcome"], r["reason"]) for r in run_rows(world, first.run_id)}
     assert closing - {("attempted", None), ("fetched", None)} <= {("skipped-deadline", "handed_over")}
@@ -97,8 +109,12 @@ def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client,
     stored = {str(run_id): summary for run_id, summary in _summaries(database_url)}
     assert stored[first.run_id]["stopped"] == "handed_over"
     assert stored[second.run_id]["took_over_from"] == first.run_id
-    assert set(ids) == world.settled_ids()
-    assert world.queue == [] and world.inflight == [] and world.lease is None
+    chain = query(database_url, "SELECT run_id::text, stopped, took_over_from::text FROM refresh_runs")
+    assert {(r["run_id"], r["stopped"], r["took_over_from"]) for r in chain} == {
+        (first.run_id, "handed_over", None),
+        (second.run_id, "deadline", first.run_id),
+    }
+    assert world.lease is None
 
 
 def _summaries(database_url: str) -> list[tuple[str, dict]]:
@@ -114,13 +130,13 @@ def test_only_a_scheduled_drain_takes_over_and_only_from_a_scheduled_one(
 ):
     """An operator's drain or POST /refresh never preempts, and is never preempted."""
     simulator.latency = (0.05, 0.1)
-    backlog(redis_client, settings, 60)
+    backlog(redis_client, settings, BACKLOG)
     keys = QueueKeys(settings.refresh_queue_key)
 
     async def go() -> tuple[RunSummary, RunSummary, bool]:
         first, second = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
         try:
-            running = asyncio.ensure_future(first.drain(60, scheduled=running_scheduled))
+            running = asyncio.ensure_future(first.drain(4, scheduled=running_scheduled))
             await until(lambda: attempts(database_url) >= 5)
             newcomer = await second.drain(60, scheduled=newcomer_scheduled)
             still_running = not running.done()
@@ -132,20 +148,21 @@ def test_only_a_scheduled_drain_takes_over_and_only_from_a_scheduled_one(
     first, newcomer, still_running = asyncio.run(go())
 
     assert newcomer.stopped == "lease_held" and still_running  # it answered at once
-    assert first.stopped == "queue_empty"
+    assert first.stopped == "deadline"  # not preempted
     assert redis_client.get(keys.successor) is None
     assert newcomer.run_id not in {str(r["run_id"]) for r in ledger(database_url)}
 
 
 def test_a_second_successor_returns_at_once(settings, redis_client, database_url, simulator):
     simulator.latency = (0.05, 0.1)
-    backlog(redis_client, settings, 80)
+    ids = backlog(redis_client, settings, BACKLOG)
+    before = queue_items(redis_client, settings)
     keys = QueueKeys(settings.refresh_queue_key)
 
     async def go() -> tuple[RunSummary, RunSummary, bool]:
         first, third = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
         try:
-            running = asyncio.ensure_future(first.drain(60, scheduled=True))
+            running = asyncio.ensure_future(first.drain(12, scheduled=True))
             await until(lambda: attempts(database_url) >= 5)
             # Another scheduled invocation already waits (it announced itself a moment ago).
             redis_client.set(keys.successor, "waiting-run yields", px=3000)
@@ -159,11 +176,13 @@ def test_a_second_successor_returns_at_once(settings, redis_client, database_url
     first, late, answered_while_running = asyncio.run(go())
 
     assert late.stopped == "lease_held" and answered_while_running
-    # The waiting successor never took the lease: the first drain, handing over to nobody,
-    # drains on in a new run.
-    assert first.stopped == "queue_empty"
-    settled = Counter(r["request_id"] for r in ledger(database_url) if r["outcome"] == "fetched")
-    assert len(settled) == 80 and set(settled.values()) == {1}
+    # The waiting successor never renewed the lease it was handed: the first invocation,
+    # having handed over to nobody, drained on in a new run.
+    runs = query(database_url, "SELECT run_id::text, stopped FROM refresh_run_summaries ORDER BY finished_at")
+    assert [r["stopped"] for r in runs] == ["handed_over", "deadline"], runs
+    assert first.run_id == runs[-1]["run_id"]
+    world = read_world(database_url, redis_client, keys, simulator.calls)
+    check_nothing_lost_or_repeated(world, ids, before)
 
 
 _SUCCESSOR = """
@@ -187,7 +206,8 @@ def test_a_successor_killed_after_announcing_itself_stalls_nothing(
     worker_env, settings, redis_client, database_url, simulator
 ):
     simulator.latency = (0.05, 0.1)
-    ids = backlog(redis_client, settings, 200)
+    ids = backlog(redis_client, settings, BACKLOG)
+    before = queue_items(redis_client, settings)
     keys = QueueKeys(settings.refresh_queue_key)
     env = {**os.environ, **worker_env, "PYTHONPATH": ROOT}
 
@@ -195,7 +215,7 @@ def test_a_successor_killed_after_announcing_itself_stalls_nothing(
         first = Worker(settings, policy=DrainPolicy(checks=True))
         successor = None
         try:
-            running = asyncio.ensure_future(first.drain(40, scheduled=True))
+            running = asyncio.ensure_future(first.drain(20, scheduled=True))
             await until(lambda: attempts(database_url) >= 5)
             successor = subprocess.Popen([sys.executable, "-c", _SUCCESSOR], env=env, cwd=ROOT)
             await until(lambda: redis_client.exists(keys.successor) or successor.poll() is not None)
@@ -211,10 +231,8 @@ def test_a_successor_killed_after_announcing_itself_stalls_nothing(
     last = asyncio.run(go())
 
     runs = query(database_url, "SELECT run_id::text, stopped FROM refresh_run_summaries ORDER BY finished_at")
-    assert [r["stopped"] for r in runs] == ["handed_over", "queue_empty"], runs
+    assert [r["stopped"] for r in runs] == ["handed_over", "deadline"], runs
     assert last.run_id == runs[-1]["run_id"]  # the same invocation drained on, in a new run
-    settled = Counter(r["request_id"] for r in ledger(database_url) if r["outcome"] == "fetched")
-    assert set(settled) == set(ids) and set(settled.values()) == {1}
-    assert set(Counter(c.tag for c in simulator.calls).values()) == {1}
-    assert queue_items(redis_client, settings) == [] and inflight_items(redis_client, settings) == []
-    assert redis_client.get(keys.lease) is None and redis_client.get(keys.successor) is None
+    world = read_world(database_url, redis_client, keys, simulator.calls)
+    check_nothing_lost_or_repeated(world, ids, before)
+    assert world.lease is None and redis_client.get(keys.successor) is None

@@ -42,7 +42,16 @@ def test_defaults():
         ({"COC_EMAIL": "a@b.c"}, "COC_PASSWORD"),
         ({"COC_PASSWORD": "pw-only"}, "COC_EMAIL"),
         ({"COC_API_BASE_URL": "api.example"}, "COC_API_BASE_URL"),
-        ({"REFRESH_QUEUE_KEY": "no-hash-tag:queue"}, "REFRESH_QUEUE_KEY"),
+        ({"REDIS_URL": "redis://cache:port/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis:///0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://cache:6379/zero"}, "REDIS_URL"),
+        ({"REDIS_URL": "rediss://cache:6379/0?ssl_cert_reqs=none"}, "REDIS_URL"),
+        ({"REDIS_URL": "rediss://cache:6379/0?ssl_check_hostname=false"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://cache:6379/3", "REDIS_CLUSTER": "true"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://cache:6379?db=2", "REDIS_CLUSTER": "yes"}, "REDIS_URL"),
+        ({"REDIS_URL": "unix:///tmp/redis.sock", "REDIS_CLUSTER": "true"}, "REDIS_URL"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+        ({"REDIS_URL": "rediss://cache:6379/0", "SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
         ({"LEDGER_RETENTION_DAYS": "0"}, "LEDGER_RETENTION_DAYS"),
         ({"LEDGER_RETENTION_DAYS": "a week"}, "LEDGER_RETENTION_DAYS"),
     ],
@@ -94,3 +103,37 @@ def test_queue_key_hash_tag_is_kept_by_every_derived_key():
     keys = QueueKeys(Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "{site-a}:refresh"}).refresh_queue_key)
     for key in (keys.queue, keys.inflight, keys.lease, keys.dead_letter, keys.pending("player", "#2PP")):
         assert key.startswith("{site-a}")
+
+
+def test_any_queue_key_is_accepted_and_one_without_a_tag_becomes_the_tag():
+    from coclib.keys import QueueKeys
+
+    s = Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "refresh_queue"})
+    assert s.refresh_queue_key == "refresh_queue"
+    keys = QueueKeys(s.refresh_queue_key)
+    assert keys.queue == "refresh_queue" and keys.inflight == "{refresh_queue}:inflight"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, None), ("true", True), ("TRUE", True), ("1", True), ("false", False), ("no", False)],
+)
+def test_redis_cluster_overrides_detection_either_way(raw, expected):
+    env = {**BASE, "REDIS_URL": "redis://cache:6379"} | ({} if raw is None else {"REDIS_CLUSTER": raw})
+    assert Settings.from_env(env).redis_cluster is expected
+
+
+def test_a_database_other_than_0_is_fine_until_the_server_is_a_cluster():
+    assert Settings.from_env({**BASE, "REDIS_URL": "redis://cache:6379/3"}).redis_cluster is None
+    assert Settings.from_env({**BASE, "REDIS_URL": "redis://cache:6379/0", "REDIS_CLUSTER": "true"})
+    with pytest.raises(ConfigError, match=r"only database 0.*\(/3\) out of the URL"):
+        Settings.from_env({**BASE, "REDIS_URL": "redis://:pw-9@cache:6379/3", "REDIS_CLUSTER": "true"})
+
+
+def test_ssl_cert_file_is_read_for_rediss_only(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = Settings.from_env({**BASE, "REDIS_URL": "rediss://cache:6379", "SSL_CERT_FILE": str(bundle)})
+    assert tls.ssl_cert_file == str(bundle)
+    plain = Settings.from_env({**BASE, "SSL_CERT_FILE": "/nonexistent/ca.pem"})
+    assert plain.ssl_cert_file is None  # not ours to judge when Redis is not on TLS

@@ -22,6 +22,7 @@ from coclib.errortext import describe, first_line
 from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import KINDS, enqueue
+from coclib.redis_client import ClusterUnavailable, sync_client
 from coclib.settings import VARIABLES, DatabaseSettings, QueueSettings, Settings, mask_url_password
 from coclib.tags import parse_tag
 from worker.events import DEFAULT_RUN_SECONDS
@@ -212,16 +213,18 @@ def _enqueue(args: argparse.Namespace, secrets: list[str]) -> int:
         except InvalidTagError as exc:
             raise UsageError(exc.detail) from None
     keys = QueueKeys(settings.refresh_queue_key)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    client = None
     try:
+        client = sync_client(settings)  # a single node or a cluster, whichever REDIS_URL names
         for tag in args.tags:
             request_id = enqueue(client, args.kind, tag, keys=keys)
             print(f"{args.kind} {tag}: {request_id or 'already queued'}")
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, ClusterUnavailable) as exc:
         where = mask_url_password(settings.redis_url)
-        raise CocLibError(f"cannot reach Redis at {where}: {first_line(exc)}") from None
+        raise CocLibError(f"cannot reach Redis at {where}: {describe(exc)}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return EXIT_OK
 
 

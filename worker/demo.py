@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
-import redis
 from psycopg.conninfo import conninfo_to_dict
 from tqdm import tqdm
 
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import enqueue
+from coclib.redis_client import SyncRedis, sync_client
 from coclib.settings import DEFAULT_QUEUE_KEY, Settings, mask_url_password, project_environment
 from coclib.tags import TAG_ALPHABET
 from coclib.testing.services import embedded_postgres, embedded_redis
@@ -115,7 +115,7 @@ MALFORMED_ITEMS = (
 )
 
 
-def _enqueue_mix(client: redis.Redis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
+def _enqueue_mix(client: SyncRedis, keys: QueueKeys, sim: CocApiSimulator | None, n: int) -> int:
     """A day's traffic in miniature: mostly players, some clans and wars, a few bad ones."""
     rng = random.Random(time.time_ns())
     count = 0
@@ -205,11 +205,8 @@ def run_demo(
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        client = redis.Redis.from_url(settings.redis_url)
-        try:
+        with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
             queued = _enqueue_mix(client, worker.keys, sim, requests)
-        finally:
-            client.close()
         print(
             f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}; "
             f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"

@@ -178,6 +178,10 @@ class RunSummary:
         }
 
 
+# A run that handed over to nobody is followed by another only if this much time is left.
+RERUN_MIN_SECONDS = 5.0
+
+
 class Drain:
     """Drains the refresh queue. Holds no per-run state: `run()` may be called again."""
 
@@ -207,9 +211,16 @@ class Drain:
 
         A `scheduled` run takes over from a running scheduled drain (which hands the lease
         over within a second or so), and yields in turn to the next scheduled run. Any other
-        run finds a running drain and returns `lease_held`, and is never asked to yield.
+        run finds a running drain and returns `lease_held`, and is never asked to yield. The
+        summary is that of the last run.
         """
-        return await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
+        while True:
+            summary = await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
+            # Stopped for a successor that never came (it died after announcing itself): drain
+            # on in a new run rather than leave the queue to the next schedule.
+            if not summary.handover_failed or deadline - self.clock() < RERUN_MIN_SECONDS:
+                return summary
+            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
 
 
 class _Run:
@@ -254,6 +265,9 @@ class _Run:
             acquired = await self._take_lease()
         except RedisError as exc:
             self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, _error_text(exc))
+            return await self._summarise()
+        except Exception as exc:  # before the lease: nothing was taken, nothing is to record
+            self._internal_error(exc)
             return await self._summarise()
         if not acquired:
             if self.stop is None:
@@ -353,7 +367,9 @@ class _Run:
             if self.stop is None and self._idle():
                 if not self.queue_seen_empty:
                     continue  # look at the queue once more before calling it empty
-                self._close_parked(api_down=len(self.streak) > 1)
+                # Nothing left to learn from: the requests that ran out of tries fail, unless as
+                # many different requests in a row met transient errors as open the circuit.
+                self._close_parked(api_down=len(self.streak) >= self.policy.transient_streak)
                 if self._idle() and self.stop is None:
                     full = (
                         self.policy.max_requests is not None

@@ -6,14 +6,13 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
-
 from coclib.coc_api import CocApi
 from coclib.db import Database
 from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
+from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
 from ledger.partitions import apply_retention
@@ -22,15 +21,13 @@ from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
 
-# A run that handed over to nobody is followed by another only if this much time is left.
-RERUN_MIN_SECONDS = 5.0
-
 
 class Worker:
     """The long-lived parts: Postgres pool, Redis client, rate limiter and API client.
 
-    Nothing connects until first use, so a cold start with Postgres down still answers
-    (and says so) instead of failing at import.
+    Nothing connects until first use, so a cold start with Postgres or Redis down still
+    answers (and says so) instead of failing at import. The Redis client is a plain or a
+    cluster client, whichever the server turns out to be at first use (`coclib.redis_client`).
     """
 
     def __init__(self, settings: Settings, *, policy: DrainPolicy | None = None) -> None:
@@ -38,10 +35,8 @@ class Worker:
         self.keys = QueueKeys(settings.refresh_queue_key)
         self.limiter = RateLimiter(settings.coc_reqs_per_sec)
         self.policy = policy or DrainPolicy()
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
-        )
-        self.queue = RefreshQueue(self.redis, self.keys)
+        self._queue: RefreshQueue | None = None
+        self._redis_lock = asyncio.Lock()
         self._db: Database | None = None
         self._api: CocApi | None = None
         self._api_lock = asyncio.Lock()
@@ -50,6 +45,17 @@ class Worker:
         if self._db is None:
             self._db = await Database.open(self.settings.database_url)
         return self._db
+
+    async def redis(self) -> AsyncRedis:
+        """The Redis client, connected (and the server's kind detected) once."""
+        return (await self.queue()).redis
+
+    async def queue(self) -> RefreshQueue:
+        """The worker's side of the refresh queue, on the Redis client."""
+        async with self._redis_lock:
+            if self._queue is None:
+                self._queue = RefreshQueue(await async_client(self.settings), self.keys)
+            return self._queue
 
     async def api(self) -> CocApi:
         """The API client, logged in once and reused (coc.py keeps its keys)."""
@@ -75,26 +81,17 @@ class Worker:
         scheduled: bool = False,
         on_progress=None,
     ) -> RunSummary:
-        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over).
-
-        A run that stopped to hand over and found its successor gone (it died after announcing
-        itself) is followed at once by another, so that the queue does not wait for the next
-        schedule; the last run's summary is returned.
-        """
+        """A drain that returns within `seconds` (a `scheduled` one takes over and hands over)."""
         self.settings.require_credentials()
         drain = Drain(
-            queue=self.queue,
+            queue=await self.queue(),
             db=await self.db(),
             connect_api=self.api,
             limiter=self.limiter,
             policy=self.policy,
             on_progress=on_progress,
         )
-        deadline = time.monotonic() + seconds
-        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
-        while summary.handover_failed and deadline - time.monotonic() > RERUN_MIN_SECONDS:
-            log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
-            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if days is not None and summary.stopped is not StopCode.LEASE_HELD:
             await apply_retention(drain.db, days)  # never raises: the next run tries again
@@ -116,4 +113,6 @@ class Worker:
         if self._db is not None:
             await self._db.close()
             self._db = None
-        await self.redis.aclose()
+        if self._queue is not None:
+            await self._queue.redis.aclose()
+            self._queue = None

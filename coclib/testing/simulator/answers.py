@@ -101,6 +101,7 @@ class BadBody(enum.StrEnum):
     EMPTY = "empty"  # no body at all, JSON headers
     HUGE = "huge"  # valid JSON, the right body plus tens of MB of padding
     WRONG_CONTENT_TYPE = "wrong_content_type"  # the right body, sent as text/plain
+    NUL_IN_STRING = "nul_in_string"  # the right body, a string in it holding \u0000 (valid JSON)
 
 
 HUGE_BODY_BYTES = 24 * 1024 * 1024
@@ -140,6 +141,11 @@ def bad_answer(variant: BadBody, good_body: bytes, cache_control: str, huge_byte
             return Answer(200, good_body[:-1] + b',"padding":"' + b"x" * padding + b'"}', cache_control)
         case BadBody.WRONG_CONTENT_TYPE:
             return Answer(200, good_body, cache_control, WRONG_CONTENT_TYPE)
+        case BadBody.NUL_IN_STRING:
+            # The name (or the first string) gains a NUL: JSON allows it, Postgres' jsonb does not.
+            key = b'"name":"' if b'"name":"' in good_body else b'":"'
+            at = good_body.index(key) + len(key)
+            return Answer(200, good_body[:at] + b"\\u0000" + good_body[at:], cache_control)
     raise ValueError(f"unknown bad body {variant!r}")
 
 

@@ -1,0 +1,155 @@
+"""TCP proxies that cut the worker off from Postgres or Redis at the worst moment.
+
+Each listens on 127.0.0.1 and forwards to the real server, wherever it listens (a TCP port,
+or the Unix socket of an embedded server). `die()` aborts every connection and refuses new
+ones: to the worker, the server is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+
+Endpoint = tuple[str, int] | str  # (host, port), or a Unix socket's path
+
+
+def postgres_endpoint(conninfo: str) -> Endpoint:
+    """Where a Postgres URL's server really listens."""
+    info = psycopg.conninfo.conninfo_to_dict(conninfo)
+    host, port = info.get("host") or "127.0.0.1", int(info.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def redis_endpoint(url: str) -> tuple[Endpoint, int]:
+    """Where a Redis URL's server really listens, and the database number it names."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path, int(parse_qs(parts.query).get("db", ["0"])[0])
+    return (parts.hostname or "127.0.0.1", parts.port or 6379), int(parts.path.strip("/") or 0)
+
+
+class CuttableProxy:
+    """Forwards every connection to `target` until `die()`."""
+
+    def __init__(self, target: Endpoint) -> None:
+        self.target = target
+        self.cut = False
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def listen(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def die(self) -> None:
+        self.cut = True
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def relay(self, client: asyncio.StreamReader, server: asyncio.StreamWriter, link: dict) -> None:
+        """Client to server, for one connection (`link`: its own notes); the other way is
+        `relay_back`. Plain bytes unless overridden."""
+        await _pipe(client, server)
+
+    async def relay_back(
+        self, server: asyncio.StreamReader, client: asyncio.StreamWriter, link: dict
+    ) -> None:
+        await _pipe(server, client)
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.cut:
+            client_w.transport.abort()
+            return
+        if isinstance(self.target, str):
+            server_r, server_w = await asyncio.open_unix_connection(self.target)
+        else:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        self._writers |= {client_w, server_w}
+        link: dict = {}
+        tasks = [
+            asyncio.ensure_future(self.relay(client_r, server_w, link)),
+            asyncio.ensure_future(self.relay_back(server_r, client_w, link)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for writer in (client_w, server_w):
+                writer.transport.abort()
+                self._writers.discard(writer)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+class RedisProxy(CuttableProxy):
+    """Redis through a cuttable proxy: the run meets an outage wherever the cut falls."""
+
+    def __init__(self, url: str) -> None:
+        target, self.db = redis_endpoint(url)
+        super().__init__(target)
+
+    async def start(self) -> str:
+        return f"redis://127.0.0.1:{await self.listen()}/{self.db}"
+
+
+class PostgresProxy(CuttableProxy):
+    """A proxy to Postgres that dies, for good, right after the server commits the k-th COMMIT.
+
+    It reads the protocol's message framing in both directions (no TLS: the URL it hands out
+    says sslmode=disable): when the server's CommandComplete for the k-th COMMIT a client sent
+    comes back, every connection is cut before that answer reaches the client, and new
+    connections are refused. The client cannot know its transaction committed: Postgres died
+    at the worst moment.
+    """
+
+    def __init__(self, conninfo: str, cut_at_commit: int) -> None:
+        super().__init__(postgres_endpoint(conninfo))
+        self.conninfo = conninfo
+        self.cut_at = cut_at_commit
+        self.commits = 0
+
+    async def start(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.conninfo)
+        info.update(host="127.0.0.1", port=str(await self.listen()), sslmode="disable", gssencmode="disable")
+        return psycopg.conninfo.make_conninfo(**info)
+
+    async def relay(self, client: asyncio.StreamReader, server: asyncio.StreamWriter, link: dict) -> None:
+        _, body = await _message(client, typed=False)  # the startup message
+        server.write(body)
+        while True:
+            kind, body = await _message(client)
+            if kind in (b"Q", b"P") and b"COMMIT" in body[:80]:
+                self.commits += 1
+                # This connection sent the k-th COMMIT: its answer is the one never delivered.
+                link["armed"] = link.get("armed") or self.commits == self.cut_at
+            server.write(kind + body)
+            await server.drain()
+
+    async def relay_back(
+        self, server: asyncio.StreamReader, client: asyncio.StreamWriter, link: dict
+    ) -> None:
+        while True:
+            kind, body = await _message(server)
+            if link.get("armed") and kind == b"C" and body[4:].startswith(b"COMMIT"):
+                await self.die()  # committed on the server; the client never hears of it
+                return
+            client.write(kind + body)
+            await client.drain()
+
+
+async def _message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[bytes, bytes]:
+    kind = await reader.readexactly(1) if typed else b""
+    head = await reader.readexactly(4)
+    return kind, head + await reader.readexactly(int.from_bytes(head, "big") - 4)

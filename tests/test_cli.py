@@ -237,7 +237,10 @@ def test_cli_drain_prints_the_summary_and_exits_clean(worker_env, settings, redi
     done = run_cli("drain", "--seconds", "60", env=worker_env)
 
     assert done.returncode == 0, done.stderr
-    summary = orjson.loads(done.stdout[done.stdout.index("\n{") :])  # log lines come first
+    # Log lines (one JSON object each) come first; the summary is the indented object at the end.
+    lines = done.stdout.splitlines()
+    start = len(lines) - 1 - lines[::-1].index("{")
+    summary = orjson.loads("\n".join(lines[start:]))
     assert (summary["stopped"], summary["counts"].get("fetched")) == ("queue_empty", 2)
     assert unclean_lines(done.stdout, done.stderr) == []
     assert done.stderr == ""

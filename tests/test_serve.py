@@ -158,6 +158,17 @@ def _env(worker_env: dict[str, str], **changes: str) -> dict[str, str]:
     return env
 
 
+def stopped(server: subprocess.Popen) -> tuple[str, str]:
+    """The output of a server told to stop; killed if it has not stopped in 60 s (a bound on a
+    hang, not a timing), so a server that ignores its signal cannot live on into the next test."""
+    try:
+        return server.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.communicate()
+        raise
+
+
 def test_python_m_worker_serve_answers_curl_and_drains_on_schedule(worker_env, settings, redis_client):
     push(redis_client, settings, RefreshRequest("scheduled", "player", "#2PP", time.time()))
     server = subprocess.Popen(
@@ -180,7 +191,7 @@ def test_python_m_worker_serve_answers_curl_and_drains_on_schedule(worker_env, s
         assert queue_items(redis_client, settings) == []  # the scheduled event drained it
     finally:
         server.send_signal(signal.SIGINT)
-        _out, err = server.communicate(timeout=30)
+        _out, err = stopped(server)
     assert server.returncode == 0, err
     assert "Traceback" not in err
 
@@ -209,7 +220,7 @@ def test_python_m_worker_serve_stops_cleanly(signal_name, worker_env, settings, 
     status, _, summary = http(f"{url}/refresh", "POST", b"{}")  # the pool and the API session open
     assert (status, summary["counts"].get("fetched")) == (200, 1)
     server.send_signal(getattr(signal, signal_name))
-    out, err = server.communicate(timeout=30)
+    out, err = stopped(server)
 
     # Closed on the way out: no "Unclosed client session", "Task was destroyed …" in any log line.
     assert server.returncode == 0

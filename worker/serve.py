@@ -237,8 +237,11 @@ def serve(
         flush=True,
     )
     gateway.start()
-    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the pool and the API session are closed.
+    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: the pool and the API session are closed. SIGINT
+    # is handled explicitly too: a process started in the background by a shell (a CI job,
+    # `nohup`) inherits SIGINT ignored, and would otherwise never stop on it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         while True:
             time.sleep(3600)

@@ -59,23 +59,17 @@ from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode  # noqa: E402
 from coclib.settings import Settings  # noqa: E402
-from coclib.tags import TAG_ALPHABET  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database  # noqa: E402
+from coclib.testing.tags import numbered_tag  # noqa: E402
 
 DB_NAME = "coc_bench_drain"
 TOKEN = "bench-token"
 TARGETS = {"rate": 0.97, "cpu_ms": 1.5, "rss_mb": 150.0}
 NOTES_MARKER = "<!-- analysis: written by hand; drain_bench.py keeps everything below this line -->"
-_TAG_DIGITS = TAG_ALPHABET
 
 
 def _tag(n: int) -> str:
-    digits = ""
-    n += 14**5  # at least six digits after the leading one
-    while n:
-        n, d = divmod(n, 14)
-        digits = _TAG_DIGITS[d] + digits
-    return "#" + "Y" + digits
+    return numbered_tag(n + 14**5, lead="Y")  # at least six digits after the leading one
 
 
 # -- children ----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import coc.http
 import orjson
 
 from coclib.errors import RequestError, SystemicError, TransientError
+from coclib.errortext import first_line
 from coclib.ratelimit import RateLimiter
 from coclib.reasons import Reason
 from coclib.storable import excerpt
@@ -189,7 +190,7 @@ class CocApi:
             ) from None
         except RuntimeError as exc:  # coc.py: no key could be found or created
             await _close_quietly(client)
-            raise SystemicError(Reason.LOGIN, str(exc).splitlines()[0][:200]) from None
+            raise SystemicError(Reason.LOGIN, first_line(exc, 200)) from None
         return cls(client)
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from coclib.errors import DatabaseUnavailable
+from coclib.errortext import first_line
 from coclib.sqlfiles import SQL_DIR
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     try:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(str(exc).strip().splitlines()[0]) from exc
+        raise DatabaseUnavailable(first_line(exc)) from exc
     applied_now: list[str] = []
     with conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))

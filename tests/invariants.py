@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 from coclib.keys import QueueKeys
 from coclib.queue import parse_item, request_id_for
 from coclib.testing.simulator import Call, simulated_body
+from coclib.testing.tags import numbered_tag
 
 TERMINAL = ("fetched", "failed", "skipped-deadline", "deferred")
 SETTLING = ("fetched", "failed")
@@ -37,18 +38,12 @@ OFFLINE_REASONS = frozenset({"invalid_request", "invalid_tag"})
 # Timestamps: Postgres keeps microseconds; Python floats round to them on the way in.
 TIME_SLACK = 1e-5
 
-_TAG_DIGITS = "0289PYLQGRJCUV"
 _tags = itertools.count(1)
 
 
 def fresh_tag() -> str:
-    """A valid tag never used before in this process: '#Q' and a base-14 counter."""
-    n = next(_tags) * 7919 + os.getpid() % 1000  # spread them out a little
-    digits = ""
-    while n:
-        n, d = divmod(n, 14)
-        digits = _TAG_DIGITS[d] + digits
-    return "#Q" + digits.rjust(3, "0")
+    """A valid tag never used before in this process."""
+    return numbered_tag(next(_tags) * 7919 + os.getpid() % 1000)  # spread out a little
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from coclib.migrations import MIGRATIONS_DIR, discover, migrate
 from coclib.queue import RefreshRequest, request_id_for
 from coclib.testing.lambda_context import LambdaContext, scheduled_event
 from tests.helpers import drain, inflight_items, ledger, outcomes, push, query, queue_items
+from tests.invariants import fresh_tag
 from worker.drain import DrainPolicy
 
 CHECKED = DrainPolicy(checks=True)  # the tracker's books are checked after every step
@@ -311,11 +312,12 @@ def test_postgres_refuses_free_text_reasons_but_keeps_older_rows(empty_database_
 
 def test_a_lost_lease_writes_its_code(settings, redis_client, database_url, simulator):
     simulator.latency = (0.2, 0.2)
-    push(redis_client, settings, *[req(f"l{i}", f"#Q{c}P") for i, c in enumerate("0289PYLQGRJCUV")])
+    push(redis_client, settings, *[req(f"l{i}", fresh_tag()) for i in range(14)])
     keys = keys_of(settings)
 
     async def steal_after_first_attempt(run):
-        while not query(database_url, "SELECT 1 FROM refresh_ledger LIMIT 1"):
+        # The query runs in a thread: it must not block the loop the drain runs on.
+        while not await asyncio.to_thread(query, database_url, "SELECT 1 FROM refresh_ledger LIMIT 1"):
             await asyncio.sleep(0.02)
         redis_client.set(keys.lease, "another-drain yields", px=10_000)
         return await run

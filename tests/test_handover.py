@@ -41,9 +41,13 @@ def backlog(redis_client, settings, n: int) -> list[str]:
 
 
 async def until(predicate, *, within: float = 60.0, every: float = 0.02) -> None:
-    """Wait for an event (never a fixed sleep); fail loudly if it never comes."""
+    """Wait for an event (never a fixed sleep); fail loudly if it never comes.
+
+    The predicate runs in a thread: it may block (a query waiting for a lock a drain on this
+    loop holds), and the loop must go on meanwhile.
+    """
     deadline = time.monotonic() + within
-    while not predicate():
+    while not await asyncio.to_thread(predicate):
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {within} s for {predicate.__doc__ or predicate}")
         await asyncio.sleep(every)

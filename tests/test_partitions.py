@@ -28,6 +28,9 @@ ROW = (
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as c:
+        # The session's template was migrated when the session began, maybe before midnight
+        # (UTC): make today's and the next three days' partitions now, as migrate would.
+        c.execute("SELECT refresh_ledger_ensure_partitions(3)")
         yield c
 
 

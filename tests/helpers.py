@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest, encode
+from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
 from worker.drain import DrainPolicy, RunSummary
 from worker.runtime import Worker
@@ -61,3 +62,20 @@ def outcomes(url: str, request_id: str) -> list[tuple[str, str | None]]:
 def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return conn.execute(sql, params or None).fetchall()
+
+
+class RecordingLimiter(RateLimiter):
+    """The worker's limiter, noting each start on its own clock as the start happens.
+
+    The rate promise is judged on these times: they are what the limiter controls. The
+    simulator's arrival times add the network and a thread that shares the GIL with the drain,
+    and on a loaded machine they bunch up for reasons that are not the limiter's.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate)
+        self.starts: list[float] = []
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        self.starts.append(self._clock())

@@ -50,7 +50,9 @@ from coclib.keys import QueueKeys
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
 from coclib.testing.services import create_database, drop_database
+from coclib.testing.simulator import max_calls_in_window
 from tests.conftest import TEST_TOKEN
+from tests.helpers import RecordingLimiter
 from tests.invariants import (
     KINDS,
     MALFORMED,
@@ -146,7 +148,8 @@ class DrainMachine(RuleBasedStateMachine):
         sim.tokens.clear()
         sim.tokens.add(TEST_TOKEN)
         sim.clear_calls()
-        self.limiter = RateLimiter(RATE)
+        self.limiter = RecordingLimiter(RATE)
+        self.limiters = [self.limiter]  # and those of other containers: the rate holds for all
         self.runner = asyncio.Runner()
         self.aredis: aioredis.Redis | None = None
         self.queue: RefreshQueue | None = None
@@ -172,7 +175,8 @@ class DrainMachine(RuleBasedStateMachine):
 
     async def _other_container(self) -> Drain:
         """A second drain as another Lambda container has it: its own limiter and API client."""
-        limiter = RateLimiter(RATE)
+        limiter = RecordingLimiter(RATE)
+        self.limiters.append(limiter)
         api = await CocApi.connect(base_url=self.sim.base_url, limiter=limiter, tokens=(TEST_TOKEN,))
         self.other_apis.append(api)
 
@@ -513,8 +517,15 @@ class DrainMachine(RuleBasedStateMachine):
             broken_tags=self.ever_broken,
             interrupted_limit=self.policy.interrupted_limit,
         )
-        assert self.sim.max_calls_in_window(1.0) <= RATE
+        self.check_the_rate()
         self.clean = True
+
+    def check_the_rate(self):
+        """At most RATE starts in any second, every limiter together (a hand-over's seam
+        included), on their own clock; and every call the API saw went through one of them."""
+        starts = [at for limiter in self.limiters for at in limiter.starts]
+        assert max_calls_in_window(starts, 1.0) <= RATE
+        assert len(self.sim.calls) <= len(starts)
 
     # -- the end: faults off, drain until empty, everything settled once -------------------
 
@@ -546,7 +557,7 @@ class DrainMachine(RuleBasedStateMachine):
         for item in self.items.values():
             settles = world.settling(item.id)
             assert len(settles) == 1, f"{item.id} ended with {len(settles)} settling rows"
-        assert self.sim.max_calls_in_window(1.0) <= RATE
+        self.check_the_rate()
 
     def teardown(self):
         try:

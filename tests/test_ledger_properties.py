@@ -41,9 +41,9 @@ from coclib.coc_api import CocApi
 from coclib.db import Database
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshQueue
-from coclib.ratelimit import RateLimiter
 from coclib.testing.simulator import max_calls_in_window
 from tests.conftest import TEST_TOKEN
+from tests.helpers import RecordingLimiter
 from tests.invariants import (
     KINDS,
     MALFORMED,
@@ -64,23 +64,6 @@ from tests.invariants import (
 from worker.drain import Drain, DrainPolicy
 
 RATE = 30
-
-
-class RecordingLimiter(RateLimiter):
-    """The worker's limiter, noting each start on its own clock as the start happens.
-
-    The rate promise is judged on these times: they are what the limiter controls. The
-    simulator's arrival times add the network and a thread that shares the GIL with the drain,
-    and on a loaded machine they bunch up for reasons that are not the limiter's.
-    """
-
-    def __init__(self, rate: float) -> None:
-        super().__init__(rate)
-        self.starts: list[float] = []
-
-    async def acquire(self) -> None:
-        await super().acquire()
-        self.starts.append(self._clock())
 
 
 items_strategy = st.lists(

@@ -121,6 +121,21 @@ def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
     return WallClockThrottler
 
 
+class _PacedConnector(aiohttp.TCPConnector):
+    """Tells the rate limiter when each request really goes out: once it has a connection. A
+    pooled one is at hand; a new one costs a TCP (and TLS) handshake, tens of milliseconds in
+    which the limiter's next group must not catch up with this call."""
+
+    def __init__(self, limiter: RateLimiter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._limiter = limiter
+
+    async def connect(self, req, traces, timeout):  # type: ignore[no-untyped-def]
+        connection = await super().connect(req, traces, timeout)
+        self._limiter.note_sent()
+        return connection
+
+
 class _RawClient(coc.Client):
     """coc.Client without its static game data: 4.7 MB of JSON the raw calls never read."""
 
@@ -159,6 +174,7 @@ class CocApi:
             # coc.py sizes a semaphore as keys x throttle_limit; our limiter does the pacing.
             throttle_limit=max(1, -(-max_in_flight // key_count)),
             throttler=throttler_for(limiter),
+            connector=_PacedConnector(limiter),
             cache_max_size=0,
             lookup_cache=False,
             update_cache=False,

@@ -90,6 +90,12 @@ class RateLimiter:
     def resume(self) -> None:
         self._withheld = False
 
+    def note_sent(self) -> None:
+        """A request granted here has just gone out. It can leave well after its grant (a new
+        connection's TCP and TLS handshakes): the next group is spaced from this moment too,
+        so that the API, which counts arrivals, sees the spacing the limiter promises."""
+        self._last_start = max(self._last_start, self._clock())
+
     def last_start(self) -> float | None:
         """Unix time of the latest start this limiter granted and saw run, or None."""
         if self._last_start == -math.inf:

@@ -5,6 +5,9 @@ Two limiters stand for two Lambda containers: the first grants a backlog, stops 
 `start_after` that moment, its wall clock off by up to the margin NTP leaves. Whatever the
 backlogs, the pause between them and the clocks' disagreement, the starts of both together
 never exceed the rate in any one-second window, as a single limiter's never do.
+
+The same holds for arrivals when calls leave late (a new connection's handshake), as long as
+each tells the limiter when it went out (`note_sent`, which the API client's connector calls).
 """
 
 from __future__ import annotations
@@ -82,3 +85,41 @@ def test_a_withheld_limiter_refuses_new_waiters_until_resumed(rate):
         return refused, limiter.granted
 
     assert run_virtual(main) == (1, 2)
+
+
+def arrivals_after_late_sends(rate: float, delays: list[float], *, note: bool = True) -> list[float]:
+    """Arrival times of calls that go out `delay` x spacing after their grant (a new connection's
+    handshake), each telling the limiter when it did (`note_sent`), as the API client's
+    connector does."""
+
+    async def main(loop: asyncio.AbstractEventLoop) -> list[float]:
+        limiter = RateLimiter(rate, clock=loop.time)
+        arrivals: list[float] = []
+
+        async def call(delay: float) -> None:
+            await limiter.acquire()
+            await asyncio.sleep(delay * limiter.spacing)
+            if note:
+                limiter.note_sent()
+            arrivals.append(loop.time())
+
+        await asyncio.gather(*(call(d) for d in delays))
+        return arrivals
+
+    return run_virtual(main)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rate=st.sampled_from([2.5, 10.0, 20.0, 30.0]),
+    delays=st.lists(st.just(0.0) | st.floats(0.0, 0.9), min_size=10, max_size=90),
+)
+def test_calls_that_leave_late_push_the_next_group_back(rate, delays):
+    # Any delay shorter than a group's spacing: the API still sees the limit kept.
+    assert max_in_window(arrivals_after_late_sends(rate, delays)) <= allowed_per_second(rate)
+
+
+def test_without_the_note_late_calls_bunch_up_with_the_next_group():
+    delays = ([0.8] + [0.0] * 5) + [0.0] * 54  # the first call of the first group is late
+    assert max_in_window(arrivals_after_late_sends(30.0, delays, note=False)) > allowed_per_second(30.0)
+    assert max_in_window(arrivals_after_late_sends(30.0, delays)) <= allowed_per_second(30.0)

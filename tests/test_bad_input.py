@@ -408,3 +408,37 @@ def test_html_pages_for_many_requests_in_a_row_open_the_circuit_and_fail_nothing
     assert summary.stopped == "circuit_open" and summary.cause == "upstream"
     assert "failed" not in {r["outcome"] for r in ledger(database_url)}
     assert queue_items(redis_client, settings) == before
+
+
+_BROKEN_CLI = """
+import sys
+from coclib.coc_api import CocApi
+real = CocApi.fetch
+
+async def fetch(self, kind, tag, **kwargs):
+    await real(self, kind, tag, **kwargs)
+    raise RuntimeError("injected fault")
+
+CocApi.fetch = fetch
+from worker.cli import main
+sys.exit(main(["drain", "--seconds", "20"]))
+"""
+
+
+def test_the_cli_drain_exits_1_on_an_internal_error_and_prints_the_summary(
+    worker_env, settings, redis_client, database_url, simulator
+):
+    import os
+    import subprocess
+    import sys
+
+    push(redis_client, settings, req("cli", "#2PP"))
+    env = {**os.environ, **worker_env}
+    done = subprocess.run(
+        [sys.executable, "-c", _BROKEN_CLI], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 1, done.stderr
+    summary = orjson.loads(done.stdout[done.stdout.index("{\n") :])
+    assert summary["stopped"] == "internal_error" and summary["detail"] == "RuntimeError: injected fault"
+    assert outcomes(database_url, "cli")[-1] == ("deferred", "unexpected_error")

@@ -25,6 +25,7 @@ from coclib.queue import KINDS, enqueue
 from coclib.redis_client import ClusterUnavailable, sync_client
 from coclib.settings import VARIABLES, DatabaseSettings, QueueSettings, Settings, mask_url_password
 from coclib.tags import parse_tag
+from worker.drain import StopCode
 from worker.events import DEFAULT_RUN_SECONDS
 from worker.logs import Redactor, configure_logging
 from worker.runtime import Worker
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    done (for drain: the run summary is printed, whatever stopped the run)
+  {EXIT_OK}    done (for drain: the run summary is printed, whatever stopped the run but a bug)
   {EXIT_FAILED}    failed: Postgres or Redis could not be reached or refused, or an unexpected error
+       (for drain: the run stopped with internal_error; its summary is printed all the same)
   {EXIT_USAGE}    a bad argument, a missing or bad environment variable, or the demo refused a target
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
 
@@ -183,7 +185,8 @@ def _drain(args: argparse.Namespace, secrets: list[str]) -> int:
     configure_logging(settings.log_level, settings.secrets(), static={"environment": settings.environment})
     summary = asyncio.run(_drain_once(settings, args.seconds))
     sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return EXIT_OK
+    # A bug fails the command as it fails a Lambda invocation; what the run did is above.
+    return EXIT_FAILED if summary["stopped"] == StopCode.INTERNAL_ERROR else EXIT_OK
 
 
 async def _drain_once(settings: Settings, seconds: float) -> dict:

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -55,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode  # noqa: E402
@@ -249,30 +248,6 @@ def _contender(
     return result
 
 
-def _machine() -> dict[str, str]:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.rstrip()
-        except (OSError, subprocess.CalledProcessError):
-            return "?"
-
-    cpu = "?"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return {
-        "nproc": run("nproc"),
-        "free": run("free", "-h"),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "postgres": run("psql", "--version"),
-    }
-
-
 def _span(seen: dict[str, str], limit: float) -> str:
     value = seen.get(f"tightest_span_of_{math.floor(limit) + 1}_calls_s", "?")
     return value if value in ("?", "none") else f"{float(value):.3f} s"
@@ -449,7 +424,7 @@ def main() -> None:
         return
 
     command = "python bench/drain_bench.py " + " ".join(sys.argv[1:])
-    machine = _machine()
+    machine = describe()
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
     redis_url = os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS
     db_url = create_database(admin, DB_NAME)

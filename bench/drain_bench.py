@@ -43,7 +43,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
+from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode  # noqa: E402
@@ -338,7 +337,6 @@ def _report(args, results: dict[str, dict[str, Any]], machine: dict[str, str], c
     ]
     table = ["| | worker (`worker.drain`) | naive loop | target (worker) |", "| --- | ---: | ---: | --- |"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             "# Drain benchmark",
@@ -349,12 +347,7 @@ def _report(args, results: dict[str, dict[str, Any]], machine: dict[str, str], c
             f"per call and its 429 rate limit at {limit:g}/s. Written by `bench/drain_bench.py`;",
             "regenerate with:",
             "",
-            "```",
-            command,
-            "```",
-            "",
-            f"Run {now}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), load average at start",
-            f"{machine['load']}; Python {machine['python']}; {machine['postgres']}.",
+            *provenance(command, machine),
             "",
             "```",
             "$ free -h",
@@ -424,7 +417,7 @@ def main() -> None:
         return
 
     command = "python bench/drain_bench.py " + " ".join(sys.argv[1:])
-    machine = describe()
+    machine = describe_machine()
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
     redis_url = os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS
     db_url = create_database(admin, DB_NAME)
@@ -450,10 +443,7 @@ def main() -> None:
     print(report)
     print(json.dumps(results, indent=2), file=sys.stderr)
     if args.out != "-":
-        out = Path(args.out)
-        # Hand-written analysis below the marker survives a rerun.
-        kept = out.read_text(encoding="utf-8").partition(NOTES_MARKER)[2] if out.exists() else ""
-        out.write_text(report + "\n" + (NOTES_MARKER + kept if kept else ""), encoding="utf-8")
+        write_keeping_notes(Path(args.out), report, NOTES_MARKER)
         print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -45,7 +45,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
+from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode  # noqa: E402
@@ -291,7 +290,6 @@ def _report(outcomes: list[Outcome], machine: dict[str, str], command: str) -> s
         for name, key, target in rows:
             table.append(f"| {name} | " + " | ".join(fmt(o, key) for o in pair) + f" | {target(after)} |")
         sections += header + table + [""]
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             "# Schedule benchmark",
@@ -303,12 +301,7 @@ def _report(outcomes: list[Outcome], machine: dict[str, str], command: str) -> s
             "`hand-over` is the scheduled event. Written by `bench/schedule_bench.py` (its docstring",
             "says how each figure is measured); regenerate with:",
             "",
-            "```",
-            command,
-            "```",
-            "",
-            f"Run {now}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), load average at start",
-            f"{machine['load']}; Python {machine['python']}; {machine['postgres']}.",
+            *provenance(command, machine),
             "",
             *sections,
         ]
@@ -344,7 +337,7 @@ def main() -> None:
         parser.error(f"--modes takes {', '.join(MODES)}")
 
     command = "python bench/schedule_bench.py " + " ".join(sys.argv[1:])
-    machine = describe()
+    machine = describe_machine()
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
     redis_url = with_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS, REDIS_DB)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="schedule-bench-"))
@@ -368,9 +361,7 @@ def main() -> None:
     print(report)
     print(f"invocation logs: {logs}", file=sys.stderr)
     if args.out != "-":
-        out = Path(args.out)
-        kept = out.read_text(encoding="utf-8").partition(NOTES_MARKER)[2] if out.exists() else ""
-        out.write_text(report + "\n" + (NOTES_MARKER + kept if kept else ""), encoding="utf-8")
+        write_keeping_notes(Path(args.out), report, NOTES_MARKER)
         print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -34,6 +34,15 @@ MAX_ATTEMPTS = 3
 # log redaction can know the values, so they are kept at WARNING while it runs, whatever level
 # the runtime or a previous configuration left.
 SDK_LOGGERS = ("botocore", "boto3", "urllib3", "aws_lambda_powertools.utilities.parameters")
+# The URL settings whose secret AWS may have created as JSON (username, password, host, ...)
+# rather than the URL the variable holds: what to store instead.
+_JSON_SECRETS = {
+    "DATABASE_URL": "(an RDS-managed secret?); store the whole postgresql:// URI as the secret's text",
+    "REDIS_URL": (
+        "(an ElastiCache password-rotation secret?); store the whole rediss://user:password@host:6379 "
+        "URL as the secret's text"
+    ),
+}
 
 
 def resolve_references(
@@ -116,12 +125,8 @@ def _text(ref: SecretReference, raw: Any) -> str:
     value = raw.strip()  # a value saved from a file usually ends in a newline
     if not value:
         raise ConfigError(ref.variable, f"{ref.describe()} is empty")
-    if value.startswith("{") and ref.setting == "DATABASE_URL":
-        raise ConfigError(
-            ref.variable,
-            f"{ref.describe()} holds JSON (an RDS-managed secret?); store the whole "
-            "postgresql:// URI as the secret's text",
-        )
+    if value.startswith("{") and ref.setting in _JSON_SECRETS:
+        raise ConfigError(ref.variable, f"{ref.describe()} holds JSON {_JSON_SECRETS[ref.setting]}")
     return value
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -106,27 +106,7 @@ class Settings:
         a configuration error: plain values are the local way.
         """
         env = os.environ if environ is None else environ
-        references = secret_references(env)
-        if not references:
-            return cls._from_values(env)
-        if resolve is None:
-            ref = references[0]
-            raise ConfigError(
-                ref.variable,
-                f"names a secret, but only the Lambda handler reads secrets by reference; "
-                f"set {ref.setting} itself here",
-            )
-        resolved = resolve(references)
-        try:
-            return cls._from_values({**env, **resolved})
-        except ConfigError as exc:
-            # Blame the reference the operator set, not a variable they never wrote.
-            ref = next((r for r in references if r.setting == exc.variable), None)
-            if ref is None:
-                raise
-            raise ConfigError(
-                ref.variable, f"the value it names is not a valid {ref.setting}: {exc.problem}"
-            ) from None
+        return _from_values_or_references(env, SECRET_SETTINGS, resolve, cls._from_values)
 
     @classmethod
     def _from_values(cls, env: Mapping[str, str]) -> Settings:
@@ -137,7 +117,7 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         database_url = database_url_from_env(env)
-        queue = QueueSettings.from_env(env)
+        queue = QueueSettings._from_values(env)
 
         email, password = get("COC_EMAIL"), get("COC_PASSWORD")
         if (email is None) != (password is None):
@@ -234,9 +214,19 @@ class QueueSettings:
     )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> QueueSettings:
-        """Read and validate the Redis variables and `REFRESH_QUEUE_KEY` alone."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, resolve: SecretResolver | None = None
+    ) -> QueueSettings:
+        """Read and validate the Redis variables and `REFRESH_QUEUE_KEY` alone.
+
+        `REDIS_URL` may be given by reference, read by `resolve`, as in `Settings.from_env`.
+        """
         env = os.environ if environ is None else environ
+        return _from_values_or_references(env, ("REDIS_URL",), resolve, cls._from_values)
+
+    @classmethod
+    def _from_values(cls, env: Mapping[str, str]) -> QueueSettings:
+        """Validate plain values (from the environment, or resolved from references)."""
 
         def get(name: str) -> str | None:
             value = (env.get(name) or "").strip()
@@ -374,7 +364,7 @@ def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 # Settings that may be given by reference to AWS Secrets Manager or SSM Parameter Store: set
 # NAME_SECRET_ARN (a secret's ARN) or NAME_PARAMETER (a SecureString parameter's name or ARN)
 # instead of NAME. The secret's text is exactly what NAME would hold.
-SECRET_SETTINGS = ("DATABASE_URL", "COC_PASSWORD", "COC_API_TOKENS")
+SECRET_SETTINGS = ("DATABASE_URL", "REDIS_URL", "COC_PASSWORD", "COC_API_TOKENS")
 SECRETS_MANAGER = "secretsmanager"
 PARAMETER_STORE = "ssm"
 _SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:([a-z0-9-]+):\d{12}:secret:[\w/+=.@-]+$")
@@ -399,13 +389,16 @@ class SecretReference:
 
 # Reads the values of references: {setting: value}. Raises ConfigError naming the variable.
 SecretResolver = Callable[[Sequence[SecretReference]], Mapping[str, str]]
+_Parsed = TypeVar("_Parsed")
 
 
-def secret_references(environ: Mapping[str, str] | None = None) -> tuple[SecretReference, ...]:
-    """The secret settings given by reference, validated; empty when every value is plain."""
+def secret_references(
+    environ: Mapping[str, str] | None = None, settings: Sequence[str] = SECRET_SETTINGS
+) -> tuple[SecretReference, ...]:
+    """The `settings` given by reference, validated; empty when every value is plain."""
     env = os.environ if environ is None else environ
     found = []
-    for setting in SECRET_SETTINGS:
+    for setting in settings:
         arn_var, param_var = f"{setting}_SECRET_ARN", f"{setting}_PARAMETER"
         arn = (env.get(arn_var) or "").strip()
         param = (env.get(param_var) or "").strip()
@@ -432,6 +425,40 @@ def secret_references(environ: Mapping[str, str] | None = None) -> tuple[SecretR
                 SecretReference(setting, param_var, PARAMETER_STORE, param, match.group(1) if match else None)
             )
     return tuple(found)
+
+
+def _from_values_or_references(
+    env: Mapping[str, str],
+    settings: Sequence[str],
+    resolve: SecretResolver | None,
+    from_values: Callable[[Mapping[str, str]], _Parsed],
+) -> _Parsed:
+    """`from_values(env)`, with those of `settings` given by reference read by `resolve` first.
+
+    Without a resolver a reference is a configuration error: plain values are the local way
+    (the command line), and "REDIS_URL is required" would hide what is wrong.
+    """
+    references = secret_references(env, settings)
+    if not references:
+        return from_values(env)
+    if resolve is None:
+        ref = references[0]
+        raise ConfigError(
+            ref.variable,
+            f"names a secret, but only the Lambda handler reads secrets by reference; "
+            f"set {ref.setting} itself here",
+        )
+    resolved = resolve(references)
+    try:
+        return from_values({**env, **resolved})
+    except ConfigError as exc:
+        # Blame the reference the operator set, not a variable they never wrote.
+        ref = next((r for r in references if r.setting == exc.variable), None)
+        if ref is None:
+            raise
+        raise ConfigError(
+            ref.variable, f"the value it names is not a valid {ref.setting}: {exc.problem}"
+        ) from None
 
 
 def parse_rate(raw: str | None) -> float:

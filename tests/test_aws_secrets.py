@@ -14,6 +14,7 @@ import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
+from urllib.parse import quote, urlsplit
 
 import boto3
 import psycopg
@@ -22,10 +23,11 @@ from moto.server import ThreadedMotoServer
 
 from coclib.aws_secrets import resolve_references
 from coclib.errors import ConfigError
-from coclib.settings import Settings, secret_references
-from coclib.testing.lambda_context import scheduled_event
+from coclib.settings import QueueSettings, Settings, secret_references
+from coclib.testing.lambda_context import rest_event, scheduled_event
 from tests.helpers import push
 from tests.test_handler import cold_invoker
+from tests.test_health import refused_port
 from tests.test_secrets import LOUD_LOGGERS, Run, db_url_with_password, make_loud, req, token
 
 REGION = "eu-west-1"
@@ -149,6 +151,29 @@ def test_a_secret_that_cannot_be_read_fails_the_invocation_naming_the_variable(a
     assert '"variable":"DATABASE_URL_SECRET_ARN"' in run.emitted()
 
 
+def test_a_redis_password_read_by_reference_is_blanked_from_every_log_line(aws, invoke, worker_env, run):
+    # An ElastiCache RBAC user's URL. Nothing listens at its port, so the health check fails
+    # with the URL in hand (the test Redis has no such user to log in as).
+    password = token("redis-p@ss/w:rd")
+    url = f"redis://worker:{quote(password, safe='')}@127.0.0.1:{refused_port()}/0"
+    secret_arn = put_secret(aws, "coc/redis-url", url)
+    invoke.env(worker_env, LOG_LEVEL="DEBUG", REDIS_URL=None, REDIS_URL_SECRET_ARN=secret_arn)
+    make_loud(True)
+    try:
+        health = run.call(invoke, rest_event("GET", "/health"))
+    finally:
+        for name in LOUD_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+    assert health["statusCode"] == 503  # the resolved URL was used: Redis refused at that port
+    run.assert_clean(password)
+    # And a line that carries the URL itself, as a library's connection message might.
+    logging.getLogger("redis.connection").warning("connecting to %s", url)
+    emitted = run.emitted()
+    assert "connecting to redis://worker:***@127.0.0.1:" in emitted
+    assert password not in emitted and quote(password, safe="") not in emitted
+
+
 # -- the resolver ---------------------------------------------------------------------------
 
 
@@ -173,6 +198,24 @@ def test_secrets_manager_and_secure_string_values_become_the_settings(aws):
     assert password not in repr(settings)
 
 
+@pytest.mark.parametrize("store", ["secret", "parameter"])
+def test_a_redis_url_by_secret_or_secure_string_becomes_the_setting(aws, store):
+    url = f"rediss://worker:{token('redis-password')}@cache.example.com:6379/0"
+    if store == "secret":
+        reference = {"REDIS_URL_SECRET_ARN": put_secret(aws, "coc/redis-url", url)}
+    else:
+        reference = {"REDIS_URL_PARAMETER": put_parameter(aws, "/coc/redis-url", f"{url}\n")}
+    env = {**BASE, "REDIS_URL": "", **reference}
+
+    settings = Settings.from_env(env, resolve=resolve_references)
+
+    assert settings.redis_url == url
+    assert urlsplit(url).password in settings.secrets()  # redacted everywhere
+    assert urlsplit(url).password not in repr(settings)
+    # A producer's settings (Redis alone) read it the same way.
+    assert QueueSettings.from_env(env, resolve=resolve_references).redis_url == url
+
+
 def test_a_secret_in_another_region_is_read_there(aws):
     arn = put_secret(aws, "coc/database-url", "postgresql://app@db:5432/coc", region="us-east-2")
     assert ":us-east-2:" in arn
@@ -193,6 +236,21 @@ def test_a_value_that_is_no_valid_setting_blames_the_reference_without_showing_i
         Settings.from_env(env, resolve=resolve_references)
     assert caught.value.variable == "DATABASE_URL_SECRET_ARN"
     assert "not a valid DATABASE_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_a_redis_url_secret_that_is_no_redis_url_blames_the_reference_without_showing_it(aws):
+    rotation_style = json.dumps({"username": "worker", "password": "hunter2-secret", "user_arn": "arn:x"})
+    env = {**BASE, "REDIS_URL": "", "REDIS_URL_SECRET_ARN": put_secret(aws, "coc/rotated", rotation_style)}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env, resolve=resolve_references)
+    assert caught.value.variable == "REDIS_URL_SECRET_ARN"
+    assert "rediss://user:password@host:6379" in str(caught.value) and "hunter2" not in str(caught.value)
+
+    env["REDIS_URL_SECRET_ARN"] = put_secret(aws, "coc/http", "https://worker:hunter2-secret@cache:6379")
+    with pytest.raises(ConfigError) as caught:
+        QueueSettings.from_env(env, resolve=resolve_references)
+    assert caught.value.variable == "REDIS_URL_SECRET_ARN"
+    assert "not a valid REDIS_URL" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 def test_an_empty_parameter_is_refused(aws):
@@ -219,6 +277,8 @@ ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/db-AbCdEf"
         ({"DATABASE_URL_SECRET_ARN": ARN}, "DATABASE_URL_SECRET_ARN", "DATABASE_URL is set too"),
         ({"DATABASE_URL": "", "DATABASE_URL_SECRET_ARN": "coc/db"}, "DATABASE_URL_SECRET_ARN", "ARN"),
         ({"COC_PASSWORD_PARAMETER": "has space"}, "COC_PASSWORD_PARAMETER", "parameter name"),
+        ({"REDIS_URL_SECRET_ARN": ARN}, "REDIS_URL_SECRET_ARN", "REDIS_URL is set too"),
+        ({"REDIS_URL_PARAMETER": "/coc/redis"}, "REDIS_URL_PARAMETER", "REDIS_URL is set too"),
     ],
 )
 def test_bad_references_are_named(changes, variable, message):
@@ -227,10 +287,25 @@ def test_bad_references_are_named(changes, variable, message):
     assert caught.value.variable == variable and message in str(caught.value)
 
 
+@pytest.mark.parametrize("read", [Settings.from_env, QueueSettings.from_env], ids=["settings", "queue"])
+def test_redis_url_and_a_reference_to_it_together_are_one_line_naming_the_reference(read):
+    env = {**BASE, "REDIS_URL": "redis://:plain-pass-7@cache:6379/0", "REDIS_URL_SECRET_ARN": ARN}
+    with pytest.raises(ConfigError) as caught:
+        read(env, resolve=resolve_references)  # refused before anything is read
+    assert caught.value.variable == "REDIS_URL_SECRET_ARN"
+    assert str(caught.value) == (
+        "REDIS_URL_SECRET_ARN: REDIS_URL is set too: give the value or a reference, not both"
+    )
+
+
 def test_without_a_resolver_a_reference_is_a_configuration_error():
     env = {**BASE, "DATABASE_URL": "", "DATABASE_URL_SECRET_ARN": ARN}
     with pytest.raises(ConfigError, match=r"^DATABASE_URL_SECRET_ARN: names a secret.*set DATABASE_URL"):
         Settings.from_env(env)
+    # A producer's settings (`python -m worker enqueue`) say the same, not "REDIS_URL is required".
+    env = {**BASE, "REDIS_URL": "", "REDIS_URL_PARAMETER": "/coc/redis"}
+    with pytest.raises(ConfigError, match=r"^REDIS_URL_PARAMETER: names a secret.*set REDIS_URL itself"):
+        QueueSettings.from_env(env)
 
 
 def test_references_carry_the_region_of_their_arn():

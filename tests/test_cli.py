@@ -53,6 +53,7 @@ UNCLEAN_EXIT = (
     "Traceback",
 )
 SECRET = "pa55-w0rd-secret"
+REDIS_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/redis-url-AbCdEf"
 
 
 def run_cli(
@@ -157,6 +158,17 @@ def test_enqueue_reads_only_redis_url_and_the_queue_key(redis_url):
         (
             {"REDIS_URL": "http://x"},
             "configuration error: REDIS_URL: expected a redis://, rediss:// or unix:// URL",
+        ),
+        (
+            # The command line reads no secret by reference: it says so, not "REDIS_URL is required".
+            {"REDIS_URL_SECRET_ARN": REDIS_SECRET_ARN},
+            "configuration error: REDIS_URL_SECRET_ARN: names a secret, but only the Lambda handler "
+            "reads secrets by reference; set REDIS_URL itself here",
+        ),
+        (
+            {"REDIS_URL": f"redis://:{SECRET}@127.0.0.1:6379/0", "REDIS_URL_SECRET_ARN": REDIS_SECRET_ARN},
+            "configuration error: REDIS_URL_SECRET_ARN: REDIS_URL is set too: give the value or a "
+            "reference, not both",
         ),
         (
             {"REDIS_URL": "redis://127.0.0.1:6379/3", "REDIS_CLUSTER": "true"},

@@ -121,6 +121,10 @@ resource "aws_lambda_function" "this" {
       error_message = "Give the database URL exactly one way: database_url_secret_arn, database_url_parameter or database_url."
     }
     precondition {
+      condition     = local.redis_url_sources == 1
+      error_message = "Give the Redis URL exactly one way: redis_url_secret_arn, redis_url_parameter or redis_url."
+    }
+    precondition {
       condition     = local.coc_password_sources <= 1 && local.coc_api_tokens_sources <= 1
       error_message = "Give the CoC password and the API tokens one way each: a plain value, a *_secret_arn or a *_parameter."
     }

@@ -38,6 +38,8 @@ locals {
     for name, ref in {
       DATABASE_URL_SECRET_ARN   = var.database_url_secret_arn
       DATABASE_URL_PARAMETER    = var.database_url_parameter
+      REDIS_URL_SECRET_ARN      = var.redis_url_secret_arn
+      REDIS_URL_PARAMETER       = var.redis_url_parameter
       COC_PASSWORD_SECRET_ARN   = var.coc_password_secret_arn
       COC_PASSWORD_PARAMETER    = var.coc_password_parameter
       COC_API_TOKENS_SECRET_ARN = var.coc_api_tokens_secret_arn
@@ -51,8 +53,9 @@ locals {
     if endswith(name, "_PARAMETER")
   ])
 
-  # Exactly one source for DATABASE_URL; at most one for the password and for the tokens.
+  # Exactly one source for DATABASE_URL and REDIS_URL; at most one for the password and for the tokens.
   database_url_sources   = length(compact([var.database_url != null ? "v" : "", var.database_url_secret_arn != null ? "v" : "", var.database_url_parameter != null ? "v" : ""]))
+  redis_url_sources      = length(compact([var.redis_url != null ? "v" : "", var.redis_url_secret_arn != null ? "v" : "", var.redis_url_parameter != null ? "v" : ""]))
   coc_password_sources   = length(compact([var.coc_password != null ? "v" : "", var.coc_password_secret_arn != null ? "v" : "", var.coc_password_parameter != null ? "v" : ""]))
   coc_api_tokens_sources = length(compact([length(var.coc_api_tokens) > 0 ? "v" : "", var.coc_api_tokens_secret_arn != null ? "v" : "", var.coc_api_tokens_parameter != null ? "v" : ""]))
 
@@ -60,7 +63,6 @@ locals {
   # worker's own check ("one of the two credential forms") sees exactly what was configured.
   environment_variables = merge(
     {
-      REDIS_URL         = var.redis_url
       ENVIRONMENT       = var.environment
       LOG_LEVEL         = var.log_level
       COC_API_BASE_URL  = var.coc_api_base_url
@@ -69,6 +71,7 @@ locals {
       PYTHONPATH        = "/var/task:/opt/python"
     },
     var.database_url != null ? { DATABASE_URL = var.database_url } : {},
+    var.redis_url != null ? { REDIS_URL = var.redis_url } : {},
     var.coc_email != null ? { COC_EMAIL = var.coc_email } : {},
     var.coc_password != null ? { COC_PASSWORD = var.coc_password } : {},
     length(var.coc_api_tokens) > 0 ? { COC_API_TOKENS = join(",", var.coc_api_tokens) } : {},

@@ -191,14 +191,36 @@ variable "database_url_parameter" {
 }
 
 variable "redis_url" {
-  description = "REDIS_URL: redis://, rediss:// or unix:// URL of the queue's Redis (may hold a password)."
+  description = "REDIS_URL as a plain value: redis://, rediss:// or unix:// URL of the queue's Redis. A password in it (an ElastiCache RBAC user's) then sits in the function's configuration, every published version and the state: prefer redis_url_secret_arn or redis_url_parameter. Give exactly one of the three."
   type        = string
-  nullable    = false
+  default     = null
   sensitive   = true
 
   validation {
-    condition     = can(regex("^(redis|rediss|unix)://", var.redis_url))
+    condition     = var.redis_url == null || can(regex("^(redis|rediss|unix)://", var.redis_url))
     error_message = "redis_url must start with redis://, rediss:// or unix://."
+  }
+}
+
+variable "redis_url_secret_arn" {
+  description = "REDIS_URL_SECRET_ARN: full ARN of a Secrets Manager secret whose text is the whole Redis URL (rediss://user:password@host:6379). The function reads it once per container at cold start; the role may read exactly this secret."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.redis_url_secret_arn == null || can(regex("^arn:aws[a-zA-Z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$", var.redis_url_secret_arn))
+    error_message = "redis_url_secret_arn must be a full Secrets Manager secret ARN (…:secret:NAME-AbCdEf)."
+  }
+}
+
+variable "redis_url_parameter" {
+  description = "REDIS_URL_PARAMETER: name (/path/name) of an SSM Parameter Store SecureString holding the Redis URL, in the function's region. The role may read exactly this parameter."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.redis_url_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.redis_url_parameter))
+    error_message = "redis_url_parameter must be a parameter name such as /coc/prod/redis-url."
   }
 }
 

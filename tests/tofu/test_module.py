@@ -538,9 +538,11 @@ def test_environment_variables_and_sensitive_inputs(mod):
     assert mod.variables["coc_reqs_per_sec"]["default"] == 10
     sensitive = {name for name, body in mod.variables.items() if body.get("sensitive") is True}
     assert {"database_url", "redis_url", "coc_password", "coc_api_tokens"} <= sensitive
-    # DATABASE_URL: a plain value or a reference, exactly one (checked at plan).
-    assert mod.variables["database_url"]["default"] is None
-    assert "database_url_sources == 1" in json.dumps(fn["lifecycle"])
+    # DATABASE_URL and REDIS_URL: a plain value or a reference, exactly one (checked at plan);
+    # the plain value is in the environment only when given.
+    for setting in EXACTLY_ONE_WAY:
+        assert mod.variables[setting]["default"] is None
+        assert f"var.{setting} != null ? {{{setting.upper()} = var.{setting}}} : {{}}" in env
     envs = set(re.findall(r'"(\w+)"', mod.variables["environment"]["validation"][0]["condition"]))
     assert envs == {"production", "staging", "development"}
     assert fn["kms_key_arn"] == "${var.kms_key_arn}"
@@ -676,7 +678,9 @@ def test_role_may_only_write_to_its_own_log_group(mod):
 # Secrets by reference
 # ---------------------------------------------------------------------------
 
-SECRET_SETTINGS = ("database_url", "coc_password", "coc_api_tokens")
+SECRET_SETTINGS = ("database_url", "redis_url", "coc_password", "coc_api_tokens")
+# Required settings: given exactly one of three ways (a plain value, a secret, a parameter).
+EXACTLY_ONE_WAY = ("database_url", "redis_url")
 
 
 def test_each_secret_setting_has_a_secret_arn_and_a_parameter_input_that_become_env_references(mod):
@@ -696,6 +700,27 @@ def test_each_secret_setting_has_a_secret_arn_and_a_parameter_input_that_become_
     from coclib.settings import SECRET_SETTINGS as WORKER_SECRET_SETTINGS
 
     assert {s.upper() for s in SECRET_SETTINGS} == set(WORKER_SECRET_SETTINGS)
+
+
+@pytest.mark.parametrize("setting", EXACTLY_ONE_WAY)
+def test_a_required_secret_setting_is_given_exactly_one_way_or_the_plan_stops(mod, setting):
+    inputs = (setting, f"{setting}_secret_arn", f"{setting}_parameter")
+    for name in inputs:
+        assert mod.variables[name]["default"] is None, f"{name} must be optional: one of three"
+    # The plain value's check lets null through (a reference gives the value instead).
+    assert f"var.{setting} == null ||" in mod.variables[setting]["validation"][0]["condition"]
+    # The local counts the three inputs, the same way for every secret setting ...
+    counted = ", ".join(f'var.{name} != null ? "v" : ""' for name in inputs)
+    assert mod.locals[f"{setting}_sources"] == f"${{length(compact([{counted}]))}}"
+    # ... and a precondition of the function stops the plan unless exactly one is given,
+    # with a message that names all three.
+    [check] = [
+        c
+        for c in mod.resource("aws_lambda_function", "this")["lifecycle"][0]["precondition"]
+        if c["condition"] == f"${{local.{setting}_sources == 1}}"
+    ]
+    assert check["error_message"].startswith("Give the ")
+    assert all(name in check["error_message"] for name in inputs)
 
 
 def test_iam_grants_exactly_the_referenced_secrets_and_decrypt_for_a_customer_key(mod):
@@ -724,6 +749,13 @@ def test_iam_grants_exactly_the_referenced_secrets_and_decrypt_for_a_customer_ke
         params_arn
     )
     assert 'endswith(name, "_PARAMETER")' in params_arn
+    # Every reference the function may be given is one of the two kinds, so one statement
+    # grants exactly it: the Redis URL's secret or parameter as much as the database URL's.
+    given = re.findall(r"\b([A-Z][A-Z0-9_]+) = var\.(\w+)", mod.locals["secret_references"])
+    assert {name for name, _ in given} == {
+        f"{setting.upper()}{kind}" for setting in SECRET_SETTINGS for kind in ("_SECRET_ARN", "_PARAMETER")
+    }
+    assert all(var == name.lower() for name, var in given)
     everything = json.dumps(doc)
     assert '"*"' not in everything and "secretsmanager:*" not in everything
     policy = mod.resource("aws_iam_role_policy", "secrets")

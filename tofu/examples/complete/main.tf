@@ -18,11 +18,11 @@ module "refresh_worker" {
   # Secrets by reference: the function reads them at cold start; only the ARNs are in its
   # configuration and in this state.
   database_url_secret_arn   = var.database_url_secret_arn
+  redis_url_secret_arn      = var.redis_url_secret_arn
   coc_api_tokens_secret_arn = var.coc_api_tokens_secret_arn
   coc_email                 = var.coc_email
   coc_password_secret_arn   = var.coc_password_secret_arn
   secrets_kms_key_arn       = var.secrets_kms_key_arn
-  redis_url                 = var.redis_url
 
   # Rollback handles: the schedule switch and the alias pin.
   schedule_enabled = var.schedule_enabled

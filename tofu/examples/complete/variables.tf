@@ -37,10 +37,9 @@ variable "database_url_secret_arn" {
   type        = string
 }
 
-variable "redis_url" {
-  description = "Redis URL of the refresh queue."
+variable "redis_url_secret_arn" {
+  description = "Full ARN of the Secrets Manager secret holding the Redis URL of the refresh queue (with the ElastiCache user's password)."
   type        = string
-  sensitive   = true
 }
 
 variable "coc_api_tokens_secret_arn" {

@@ -321,8 +321,11 @@ class DatabaseSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read and validate `DATABASE_URL` alone."""
-        return cls(database_url=database_url_from_env(environ))
+        """Read and validate `DATABASE_URL` alone (a reference to it is refused, saying so)."""
+        env = os.environ if environ is None else environ
+        return _from_values_or_references(
+            env, ("DATABASE_URL",), None, lambda values: cls(database_url=database_url_from_env(values))
+        )
 
     def secrets(self) -> tuple[str, ...]:
         """The password in `DATABASE_URL`, as a URI or a key=value string, for redaction."""

@@ -236,6 +236,18 @@ def test_migrate_with_postgres_unreachable_is_one_line_with_the_password_masked(
     assert SECRET not in done.stdout + done.stderr
 
 
+def test_migrate_with_the_database_url_by_reference_says_the_command_line_reads_none():
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/database-url-AbCdEf"
+
+    done = run_cli("migrate", env={"DATABASE_URL_SECRET_ARN": arn})
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "configuration error: DATABASE_URL_SECRET_ARN: names a secret, but only the Lambda handler "
+        "reads secrets by reference; set DATABASE_URL itself here"
+    ]
+
+
 # --- clean exit ----------------------------------------------------------------------------------
 
 

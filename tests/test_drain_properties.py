@@ -325,11 +325,15 @@ class DrainMachine(RuleBasedStateMachine):
             # A cancelled run, or one whose Postgres or Redis died, may leave items for recovery.
             self.inflight_allowed = True
             if summary is not None and (postgres_died or summary.stopped == CIRCUIT_OPEN):
-                # An internal error keeps its stop (the invocation must fail); a fault replaces any other.
+                # An internal error keeps its stop and cause, even when Postgres dies as the run
+                # winds down after it (the invocation must fail); a fault replaces any other stop.
                 assert summary.stopped in (CIRCUIT_OPEN, StopCode.INTERNAL_ERROR), summary
-                assert summary.cause in ("database_unavailable", "redis_unavailable") or not (
-                    postgres_died or summary.items.get("left")
-                ), summary
+                if summary.stopped is StopCode.INTERNAL_ERROR:
+                    assert summary.cause == "internal_error", summary
+                else:
+                    assert summary.cause in ("database_unavailable", "redis_unavailable") or not (
+                        postgres_died or summary.items.get("left")
+                    ), summary
             if summary is not None and summary.run_id in after.summaries:
                 self.finished_runs.add(summary.run_id)
         else:

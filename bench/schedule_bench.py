@@ -156,8 +156,10 @@ def _backlog(client: redis.Redis, queue: str, n: int) -> None:
     pipe.execute()
 
 
-def _spawn(fired: float, timeout: float, mode: str, env: dict[str, str], logs: Path, n: int) -> Invocation:
-    log = logs / f"{mode}-{n:04d}.log"
+def _spawn(
+    fired: float, period: float, timeout: float, mode: str, env: dict[str, str], logs: Path, n: int
+) -> Invocation:
+    log = logs / f"{mode}-every-{period:g}s-{n:04d}.log"
     event_kind = "scheduled" if mode == "hand-over" else "drain"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -209,7 +211,7 @@ def _run(
         fires = 0
         while (now := time.time()) < end:
             if now >= start + fires * period:
-                invocations.append(_spawn(now, timeout, mode, env, logs, fires))
+                invocations.append(_spawn(now, period, timeout, mode, env, logs, fires))
                 fires += 1
             for inv in invocations:
                 if inv.ended is None and inv.proc.poll() is None and now >= inv.fired + timeout:

@@ -142,6 +142,7 @@ class Lease:
         self.successor: str | None = None  # the waiting successor's lease value
         self.took_over = False  # the lease was handed to us by a running drain
         self._renewer: asyncio.Task[None] | None = None
+        self._renewing = False
 
     @property
     def owner(self) -> str:
@@ -223,18 +224,23 @@ class Lease:
         )
 
     def _start_renewing(self) -> None:
+        self._renewing = True
         self._renewer = asyncio.create_task(self._renew_forever(), name="lease-renewer")
 
     async def _renew_forever(self) -> None:
         # Renewed every second, with a TTL of several: one slow round trip cannot let it lapse,
         # and a successor is noticed within a second.
         keys = (self.keys.lease, self.keys.successor)
-        while True:
+        # The flag, not only the cancellation, ends the loop: a Redis client may turn a
+        # cancellation that lands mid-command into an error of its own (seen with redis-py
+        # under load), and a loop that took it for a blip would renew, and be awaited, forever.
+        while self._renewing:
             await asyncio.sleep(self.renew_every)
             try:
                 found = await self.redis.eval(_RENEW, 2, *keys, self.value, self.ttl_ms)
             except Exception:  # a blip: the next attempt may work, and the TTL still holds
-                log.warning("could not renew the drain lease", exc_info=True)
+                if self._renewing:
+                    log.warning("could not renew the drain lease", exc_info=True)
                 continue
             if found is None:
                 log.error("the drain lease was lost (it expired, or another drain took it)")
@@ -245,11 +251,17 @@ class Lease:
                 self.successor_waiting.set()
 
     async def _stop_renewing(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        self._renewing = False
+        renewer, self._renewer = self._renewer, None
+        if renewer is None:
+            return
+        renewer.cancel()
+        try:
+            await renewer
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task was cancelled too, not only the renewer: pass it on
 
     async def give_up(self, *, last_start: float | None, to_successor: bool = False) -> bool:
         """Hand the lease to the waiting successor (`to_successor`), else release it; leave the

@@ -21,8 +21,11 @@ import time
 from collections import Counter
 
 import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coclib.keys import QueueKeys
+from coclib.lease import Lease
 from coclib.queue import RefreshRequest
 from tests.helpers import ledger, push, query, queue_items
 from tests.invariants import check_run_order, fresh_tag, raw_id, read_world, run_rows
@@ -240,3 +243,43 @@ def test_a_successor_killed_after_announcing_itself_stalls_nothing(
     world = read_world(database_url, redis_client, keys, simulator.calls)
     check_nothing_lost_or_repeated(world, ids, before)
     assert world.lease is None and redis_client.get(keys.successor) is None
+
+
+class _CancelTurnedIntoError(aioredis.Redis):
+    """A real client that, cancelled in the middle of EVAL, raises an error of its own instead:
+    what redis-py did under load when the lease's renewer was stopped mid-command."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_eval = asyncio.Event()
+
+    async def eval(self, script, numkeys, *args):
+        if not self.in_eval.is_set():
+            self.in_eval.set()
+            try:
+                await asyncio.sleep(30)  # a command the cancellation lands in
+            except asyncio.CancelledError:
+                raise RedisTimeoutError("Timeout reading from socket") from None
+        return await super().eval(script, numkeys, *args)
+
+
+def test_the_lease_is_given_up_even_when_the_client_swallows_the_renewers_cancellation(redis_url, settings):
+    keys = QueueKeys(settings.refresh_queue_key)
+
+    async def go() -> bool:
+        client = _CancelTurnedIntoError.from_url(redis_url)
+        lease = Lease(client, keys, owner="run-1", yields=True, renew_every=0.01)
+        try:
+            assert await lease.acquire()
+            await client.in_eval.wait()  # the renewer is inside a command
+            giving_up = asyncio.ensure_future(lease.give_up(last_start=None))
+            # A bound on a hang (the renewer awaited forever), not a timing.
+            await asyncio.wait({giving_up}, timeout=20)
+            if not giving_up.done():
+                giving_up.cancel()
+                raise AssertionError("give_up never returned: the renewer outlived its cancellation")
+            return bool(await client.exists(keys.lease))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) is False  # given up, not renewed on

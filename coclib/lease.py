@@ -256,12 +256,9 @@ class Lease:
         if renewer is None:
             return
         renewer.cancel()
-        try:
-            await renewer
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this task was cancelled too, not only the renewer: pass it on
+        # Waited for, not awaited: its cancellation is its own end, while a cancellation of
+        # this task (and only that) still comes through.
+        await asyncio.wait({renewer})
 
     async def give_up(self, *, last_start: float | None, to_successor: bool = False) -> bool:
         """Hand the lease to the waiting successor (`to_successor`), else release it; leave the

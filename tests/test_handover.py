@@ -283,3 +283,24 @@ def test_the_lease_is_given_up_even_when_the_client_swallows_the_renewers_cancel
             await client.aclose()
 
     assert asyncio.run(go()) is False  # given up, not renewed on
+
+
+def test_a_cancelled_drain_gives_its_lease_up(settings, redis_client, database_url, simulator):
+    simulator.latency = (0.05, 0.1)
+    backlog(redis_client, settings, BACKLOG)
+    keys = QueueKeys(settings.refresh_queue_key)
+
+    async def go() -> None:
+        worker = Worker(settings, policy=POLICY)
+        try:
+            running = asyncio.ensure_future(worker.drain(60, scheduled=True))
+            await until(lambda: attempts(database_url) >= 5)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        finally:
+            await worker.close()
+
+    asyncio.run(go())
+
+    assert redis_client.get(keys.lease) is None  # released at once, not left to expire

@@ -357,8 +357,11 @@ class DrainMachine(RuleBasedStateMachine):
                 if any(r["outcome"] == "attempted" for r in rows) and seconds >= 10 and not self.broken:
                     assert summary.stopped == CIRCUIT_OPEN
             elif not self.any_fault and seconds >= 10 and meanwhile is None:
-                assert summary.stopped == QUEUE_EMPTY, summary
-                assert after.queue == [] and after.inflight == []
+                # No fault: the queue empties, unless a slow machine (a loaded CI, one call in
+                # flight) runs out of time first; what is left then waits in the queue, in order.
+                assert summary.stopped in (QUEUE_EMPTY, DEADLINE), summary
+                assert after.inflight == []
+                assert after.queue == [] or summary.stopped == DEADLINE, summary
         self.clean = True
 
     # -- rules: requests -------------------------------------------------------------------

@@ -223,34 +223,40 @@ def test_a_secret_in_another_region_is_read_there(aws):
     assert Settings.from_env(env, resolve=resolve_references).database_url == "postgresql://app@db:5432/coc"
 
 
-def test_a_value_that_is_no_valid_setting_blames_the_reference_without_showing_it(aws):
-    rds_style = json.dumps({"username": "app", "password": "hunter2-secret", "host": "db"})
-    env = {**BASE, "DATABASE_URL": "", "DATABASE_URL_SECRET_ARN": put_secret(aws, "coc/rds", rds_style)}
+@pytest.mark.parametrize(
+    ("setting", "json_secret", "json_hint", "wrong_url", "read"),
+    [
+        (
+            "DATABASE_URL",
+            {"username": "app", "password": "hunter2-secret", "host": "db"},  # an RDS-managed secret
+            "RDS-managed",
+            "mysql://app:hunter2-secret@db/coc",
+            Settings.from_env,
+        ),
+        (
+            "REDIS_URL",
+            {"username": "worker", "password": "hunter2-secret", "user_arn": "arn:x"},  # ElastiCache rotation
+            "rediss://user:password@host:6379",
+            "https://worker:hunter2-secret@cache:6379",
+            QueueSettings.from_env,
+        ),
+    ],
+)
+def test_a_value_that_is_no_valid_setting_blames_the_reference_without_showing_it(
+    aws, setting, json_secret, json_hint, wrong_url, read
+):
+    variable = f"{setting}_SECRET_ARN"
+    env = {**BASE, setting: "", variable: put_secret(aws, f"coc/{setting}/json", json.dumps(json_secret))}
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env, resolve=resolve_references)
-    assert caught.value.variable == "DATABASE_URL_SECRET_ARN"
-    assert "RDS-managed" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert caught.value.variable == variable
+    assert json_hint in str(caught.value) and "hunter2" not in str(caught.value)
 
-    env["DATABASE_URL_SECRET_ARN"] = put_secret(aws, "coc/mysql", "mysql://app:hunter2-secret@db/coc")
+    env[variable] = put_secret(aws, f"coc/{setting}/wrong", wrong_url)
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env(env, resolve=resolve_references)
-    assert caught.value.variable == "DATABASE_URL_SECRET_ARN"
-    assert "not a valid DATABASE_URL" in str(caught.value) and "hunter2" not in str(caught.value)
-
-
-def test_a_redis_url_secret_that_is_no_redis_url_blames_the_reference_without_showing_it(aws):
-    rotation_style = json.dumps({"username": "worker", "password": "hunter2-secret", "user_arn": "arn:x"})
-    env = {**BASE, "REDIS_URL": "", "REDIS_URL_SECRET_ARN": put_secret(aws, "coc/rotated", rotation_style)}
-    with pytest.raises(ConfigError) as caught:
-        Settings.from_env(env, resolve=resolve_references)
-    assert caught.value.variable == "REDIS_URL_SECRET_ARN"
-    assert "rediss://user:password@host:6379" in str(caught.value) and "hunter2" not in str(caught.value)
-
-    env["REDIS_URL_SECRET_ARN"] = put_secret(aws, "coc/http", "https://worker:hunter2-secret@cache:6379")
-    with pytest.raises(ConfigError) as caught:
-        QueueSettings.from_env(env, resolve=resolve_references)
-    assert caught.value.variable == "REDIS_URL_SECRET_ARN"
-    assert "not a valid REDIS_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+        read(env, resolve=resolve_references)
+    assert caught.value.variable == variable
+    assert f"not a valid {setting}" in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 def test_an_empty_parameter_is_refused(aws):

@@ -92,7 +92,7 @@ class Books:
                 # A settling row may have committed (the connection can die after COMMIT
                 # reached the server): leave the item for recovery, which reads the ledger.
                 # A closing row changes nothing if lost: the item goes back as it is.
-                settles = entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)
+                settles = entry.rows[-1].outcome.settles
                 self.items.move(entry.owner, Stage.LEFT if settles else Stage.UNRECORDED)
             self.lose_database(written.unavailable)
         await self.release(done, dead)
@@ -128,8 +128,8 @@ class Books:
     async def release(self, recorded: list[Item], dead: list[Item]) -> None:
         """Take recorded items off the in-flight list: settled ones for good, the rest back to the
         head of the queue; dead letters aside. Whatever Redis fails to do is left for recovery."""
-        settled = [i for i in recorded if i.entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)]
-        closed = [i for i in recorded if i.entry.rows[-1].outcome not in (Outcome.FETCHED, Outcome.FAILED)]
+        settled = [i for i in recorded if i.entry.rows[-1].outcome.settles]
+        closed = [i for i in recorded if not i.entry.rows[-1].outcome.settles]
         for items, act, stage in (
             (settled, self.queue.ack, Stage.ACKED),
             (closed, self.queue.put_back, Stage.RETURNED),

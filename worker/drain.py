@@ -53,7 +53,7 @@ from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
 from coclib.storable import storable_text
 from ledger import recovery
-from ledger.outcomes import Outcome
+from ledger.outcomes import SETTLING, Outcome
 from ledger.partitions import ensure_partitions
 from ledger.writer import Entry, LedgerWriter, Written
 from worker.books import Books
@@ -150,8 +150,8 @@ class RunSummary:
 
     @property
     def processed_requests(self) -> int:
-        """Requests settled in this run: fetched plus failed."""
-        return self.counts.get(Outcome.FETCHED, 0) + self.counts.get(Outcome.FAILED, 0)
+        """Requests settled in this run (rows with a settling outcome: fetched, failed)."""
+        return sum(self.counts.get(outcome, 0) for outcome in SETTLING)
 
     def as_dict(self) -> dict[str, Any]:
         duration = self.duration_s

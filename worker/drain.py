@@ -320,10 +320,10 @@ class _Run:
             self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
 
     async def _recover(self) -> None:
-        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
+        await recover(
+            self.books, self.db, interrupted_limit=self.policy.interrupted_limit, stats=self.summary.recovered
+        )
         self.last_flush = _now()
-        if recovered is not None:
-            self.summary.recovered = recovered
 
     async def _loop(self) -> None:
         while not self.stopped:

@@ -33,7 +33,7 @@ def req(request_id: str, tag: str, kind: str = "player") -> RefreshRequest:
 
 
 def keys_of(settings) -> QueueKeys:
-    return QueueKeys(settings.refresh_queue_key)
+    return QueueKeys(settings.queue.refresh_queue_key)
 
 
 def fetched_ids(database_url: str) -> set[str]:

@@ -189,7 +189,7 @@ def test_a_drain_never_exceeds_the_rate_limit(settings, redis_client, simulator)
 
     async def go() -> RecordingLimiter:
         worker = Worker(settings)
-        worker.limiter = RecordingLimiter(settings.coc_reqs_per_sec)  # before the API client binds to it
+        worker.limiter = RecordingLimiter(settings.api.coc_reqs_per_sec)  # before the API client binds to it
         try:
             await worker.drain(30)
         finally:
@@ -207,7 +207,7 @@ def test_a_drain_never_exceeds_the_rate_limit(settings, redis_client, simulator)
 def test_lease_held_touches_nothing(settings, redis_client, simulator):
     from coclib.keys import QueueKeys
 
-    redis_client.set(QueueKeys(settings.refresh_queue_key).lease, "someone-else", px=10_000)
+    redis_client.set(QueueKeys(settings.queue.refresh_queue_key).lease, "someone-else", px=10_000)
     push(redis_client, settings, req(1))
 
     summary = drain(settings)

@@ -89,7 +89,7 @@ class Stop:
         """The outcome and reason of the rows that put unfinished requests back."""
         match self.code:
             case StopCode.CIRCUIT_OPEN:
-                return Outcome.DEFERRED, self.cause or Reason.UPSTREAM
+                return Outcome.DEFERRED, self.cause or Reason.API_DOWN
             case StopCode.LEASE_LOST:
                 return Outcome.DEFERRED, Reason.LEASE_LOST
             case StopCode.INTERNAL_ERROR:
@@ -576,7 +576,7 @@ class _Run:
         if len(self.streak) >= self.policy.transient_streak:
             self.items.move(item, Stage.UNFINISHED)
             detail = f"{len(self.streak)} requests in a row met {exc.reason}: {exc.detail}"
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self._halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
         elif item.tries < self.policy.max_tries:
             item.ready_at = self.clock() + self.policy.retry_backoff * 2 ** (item.tries - 1)
             self.items.move(item, Stage.RETRYING)
@@ -598,7 +598,7 @@ class _Run:
                 self.books.record(item, row)
         if parked and api_down and self.stop is None:
             detail = f"{len(self.streak)} requests in a row failed transiently"
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self._halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
 
     def _database_lost(self, exc: DatabaseUnavailable) -> None:
         self._fault(exc.reason, exc.detail)

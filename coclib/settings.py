@@ -49,7 +49,7 @@ _UNVERIFIED_TLS = re.compile(
 
 # How a variable's text becomes its value: (variable name, stripped text or None when unset or
 # blank) -> value, or ConfigError naming the variable.
-Parse = Callable[[str, "str | None"], Any]
+Parse = Callable[[str, str | None], Any]
 
 
 @dataclass(frozen=True)
@@ -250,12 +250,12 @@ class _Group:
     @classmethod
     def _from_values(cls, env: Mapping[str, str]) -> Self:
         """Validate plain values (from the environment, or resolved from references)."""
-        values = {
-            field: group._from_values(env)
-            if group
-            else VARIABLES[variable].parse(variable, _get(env, variable))
-            for field, variable, group in _members(cls)
-        }
+        values = {}
+        for field, variable, group in _members(cls):
+            if group:
+                values[field] = group._from_values(env)
+            else:
+                values[field] = VARIABLES[variable].parse(variable, _get(env, variable))
         return cls(**cls._check(values))
 
     @classmethod
@@ -286,18 +286,24 @@ class _Group:
                 value = tuple(map(shown, value))
             return value
 
-        parts = (f"{f.name}={shown(getattr(self, f.name))!r}" for f in fields(self))  # type: ignore[arg-type]
+        parts = (f"{f.name}={shown(getattr(self, f.name))!r}" for f in fields(self))
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
 @functools.cache
 def _members(cls: type[_Group]) -> tuple[tuple[str, str, type[_Group] | None], ...]:
     """(field, variable, subgroup) for each field of a group: a variable's, or a subgroup's."""
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        (f.name, f.name.upper(), None) if f.name.upper() in VARIABLES else (f.name, "", hints[f.name])
-        for f in fields(cls)  # type: ignore[arg-type]
-    )
+    members = []
+    for f in fields(cls):
+        variable = f.name.upper()
+        if variable in VARIABLES:
+            members.append((f.name, variable, None))
+            continue
+        group = typing.get_type_hints(cls)[f.name]
+        if not (isinstance(group, type) and issubclass(group, _Group)):
+            raise TypeError(f"{cls.__name__}.{f.name}: add {variable} to VARIABLES, or make it a group")
+        members.append((f.name, "", group))
+    return tuple(members)
 
 
 @dataclass(frozen=True, repr=False)

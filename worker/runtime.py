@@ -97,17 +97,9 @@ class Worker:
                 )
             return self._api
 
-    async def drain(
-        self,
-        seconds: float,
-        *,
-        policy: DrainPolicy | None = None,
-        scheduled: bool = False,
-        on_progress=None,
-    ) -> RunSummary:
-        """A drain that returns within `seconds` (retention applied after it, as in `run`)."""
-        report = await self.run(seconds, policy=policy, scheduled=scheduled, on_progress=on_progress)
-        return report.summary
+    async def drain(self, seconds: float, **options: Any) -> RunSummary:
+        """`run(seconds, **options)`, and only its run summary (retention still follows the drain)."""
+        return (await self.run(seconds, **options)).summary
 
     async def run(
         self,

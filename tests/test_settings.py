@@ -139,3 +139,24 @@ def test_ssl_cert_file_is_read_for_rediss_only(tmp_path):
     assert tls.queue.ssl_cert_file == str(bundle)
     plain = Settings.from_env({**BASE, "SSL_CERT_FILE": "/nonexistent/ca.pem"})
     assert plain.queue.ssl_cert_file is None  # not ours to judge when Redis is not on TLS
+
+
+def test_repr_masks_the_password_of_a_key_value_database_url():
+    s = Settings.from_env({**BASE, "DATABASE_URL": "host=db.internal dbname=coc password=kv-s3cr3t"})
+    assert "kv-s3cr3t" in s.secrets()
+    assert "kv-s3cr3t" not in repr(s) and "db.internal" in repr(s)
+
+
+def test_a_group_field_without_a_variable_is_refused_naming_both():
+    """A new setting is an entry in VARIABLES plus a field named after it; a field alone is a
+    mistake, said at import rather than as an AttributeError on first use."""
+    from dataclasses import dataclass
+
+    from coclib.settings import _Group
+
+    @dataclass(frozen=True, repr=False)
+    class Half(_Group):
+        drain_lingr_seconds: float
+
+    with pytest.raises(TypeError, match=r"Half\.drain_lingr_seconds: add DRAIN_LINGR_SECONDS to VARIABLES"):
+        Half.variables()

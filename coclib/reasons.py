@@ -38,7 +38,11 @@ class Reason(StrEnum):
     LOGIN = "login"  # the developer portal could not be reached or created no key
     UPSTREAM = "upstream"  # several different requests in a row met transient errors
     DATABASE_UNAVAILABLE = "database_unavailable"
-    REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"  # unreachable, timed out, a cluster node failing over
+    # Redis answers but refuses: configuration, not an outage (`coclib.redis_client.redis_fault`).
+    REDIS_WRONG_TYPE = "redis_wrong_type"  # a queue key holds something other than a list
+    REDIS_OUT_OF_MEMORY = "redis_out_of_memory"  # maxmemory reached under `noeviction`
+    REDIS_READ_ONLY = "redis_read_only"  # the URL names a replica (READONLY)
     LEASE_LOST = "lease_lost"  # the drain lease expired under a running drain
     INTERNAL_ERROR = "internal_error"  # a bug stopped the run; see the run summary
 

@@ -50,3 +50,10 @@ class Reason(StrEnum):
     DEADLINE = "deadline"
     HANDED_OVER = "handed_over"  # a newer scheduled invocation took over the queue
     CANCELLED = "cancelled"
+
+
+# Every reason a Redis error can be (`coclib.redis_client.redis_fault`): the first is an outage,
+# the others are Redis set up wrong.
+REDIS_FAULTS = frozenset(
+    {Reason.REDIS_UNAVAILABLE, Reason.REDIS_WRONG_TYPE, Reason.REDIS_OUT_OF_MEMORY, Reason.REDIS_READ_ONLY}
+)

@@ -15,11 +15,14 @@ import redis
 import redis.asyncio as aioredis
 
 from coclib.keys import QueueKeys
-from coclib.queue import RefreshQueue, enqueue
+from coclib.queue import RefreshQueue, RefreshRequest, enqueue, parse_item
 from coclib.reasons import Reason
-from coclib.redis_client import redis_fault
+from coclib.redis_client import async_client, redis_fault
 from coclib.testing.tags import numbered_tag
+from tests.helpers import drain, inflight_items, ledger, outcomes, push
 from tests.redis_servers import Node, free_port, redis_binary
+from worker.drain import DrainPolicy
+from worker.runtime import Worker
 
 KEYS = QueueKeys("{coc:refresh}:queue")
 
@@ -138,3 +141,54 @@ def test_redis_errors_are_named_by_kind(own_redis):
     # A dead server is an outage.
     own_redis.stop()
     assert redis_fault(_take_error(url))[0] is Reason.REDIS_UNAVAILABLE
+
+
+class _OperatorAtTheQueue(RefreshQueue):
+    """The queue as the worker sees it, with an operator who, right after the run's first take,
+    moves what is left of the queue aside and puts a hash at its key (issue 24's probe)."""
+
+    aside = "{coc:refresh}:queue:aside"
+    swapped = False
+
+    async def take(self, n: int) -> list:
+        taken = await super().take(n)
+        if taken and not self.swapped:
+            self.swapped = True
+            await self.redis.rename(self.keys.queue, self.aside)
+            await self.redis.hset(self.keys.queue, "operator", "was here")
+        return taken
+
+
+def test_a_hash_at_the_queue_mid_run_loses_nothing_and_names_the_fault(
+    settings, redis_client, database_url, simulator
+):
+    requests = [RefreshRequest(f"r{n}", "player", numbered_tag(n), 1_700_000_000.0) for n in range(20)]
+    push(redis_client, settings, *requests)
+    policy = DrainPolicy(prefetch=8, max_in_flight=4, checks=True)
+    simulator.latency = (0.2, 0.3)  # the first calls are still out when the next take fails
+
+    async def first_run():
+        worker = Worker(settings, policy=policy)
+        worker._queue = _OperatorAtTheQueue(await async_client(settings), worker.keys)
+        try:
+            return await worker.drain(30)
+        finally:
+            await worker.close()
+
+    summary = asyncio.run(first_run())
+
+    # Every request is settled, or waiting in a list (the aside copy, the in-flight list).
+    settled = {r["request_id"] for r in ledger(database_url) if r["outcome"] in ("fetched", "failed")}
+    listed = redis_client.lrange(_OperatorAtTheQueue.aside, 0, -1) + inflight_items(redis_client, settings)
+    waiting = {parse_item(raw).request_id for raw in listed}
+    assert {r.id for r in requests} - settled - waiting == set(), "requests lost"
+    assert (summary.stopped, summary.cause) == ("circuit_open", "redis_wrong_type"), summary
+    assert KEYS.queue in summary.detail
+
+    # The operator puts the queue back; the next run recovers the rest and settles each once.
+    redis_client.delete(KEYS.queue)
+    redis_client.rename(_OperatorAtTheQueue.aside, KEYS.queue)
+    assert drain(settings, policy=policy).stopped == "queue_empty"
+    for request in requests:
+        settling = [o for o, _ in outcomes(database_url, request.id) if o in ("fetched", "failed")]
+        assert settling == ["fetched"], (request.id, outcomes(database_url, request.id))

@@ -48,7 +48,8 @@ from coclib.errortext import describe
 from coclib.lease import Lease
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter, Withheld
-from coclib.reasons import Reason
+from coclib.reasons import REDIS_FAULTS, Reason
+from coclib.redis_client import redis_fault
 from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
 from coclib.storable import storable_text
@@ -273,7 +274,7 @@ class _Run:
             await asyncio.shield(self.lease.give_up(last_start=None))
             raise
         except RedisError as exc:
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, describe(exc))
+            self._halt(StopCode.CIRCUIT_OPEN, *redis_fault(exc))
             return await self._summarise()
         except Exception as exc:  # before the lease: nothing was taken, nothing is to record
             self._internal_error(exc)
@@ -300,7 +301,7 @@ class _Run:
             except RedisError as exc:
                 # Finishing may work (the outage may be brief); if not, what we took stays in
                 # the in-flight list for the next run to recover.
-                self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, describe(exc))
+                self._halt(StopCode.CIRCUIT_OPEN, *redis_fault(exc))
             except AccountingError:
                 raise
             except Exception as exc:
@@ -677,14 +678,14 @@ class _Run:
         except DatabaseUnavailable as exc:
             self.books.lose_database(exc)
         except RedisError as exc:
-            self._fault(Reason.REDIS_UNAVAILABLE, describe(exc))
+            self._fault(*redis_fault(exc))
         except Exception as exc:  # a bug in the finish itself: leave the rest to recovery
             self._internal_error(exc)
         await self._put_back_unrecorded()
 
     async def _put_back_unrecorded(self) -> None:
         stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
-        explained = stop.cause is Reason.REDIS_UNAVAILABLE or stop.code in (
+        explained = stop.cause in REDIS_FAULTS or stop.code in (
             StopCode.INTERNAL_ERROR,
             StopCode.CANCELLED,
         )

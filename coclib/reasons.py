@@ -52,8 +52,12 @@ class Reason(StrEnum):
     CANCELLED = "cancelled"
 
 
-# Every reason a Redis error can be (`coclib.redis_client.redis_fault`): the first is an outage,
-# the others are Redis set up wrong.
-REDIS_FAULTS = frozenset(
-    {Reason.REDIS_UNAVAILABLE, Reason.REDIS_WRONG_TYPE, Reason.REDIS_OUT_OF_MEMORY, Reason.REDIS_READ_ONLY}
-)
+# The Redis errors that mean "Redis answers, and refuses what we asked because of how it is set
+# up", each with what an operator should look at: configuration, which no retry will fix.
+REDIS_CONFIGURATION: dict[Reason, str] = {
+    Reason.REDIS_WRONG_TYPE: "a queue key holds another type than a list: something else wrote it",
+    Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory with the noeviction policy: raise maxmemory",
+    Reason.REDIS_READ_ONLY: "REDIS_URL names a read-only replica, not the primary",
+}
+# Every reason a Redis error can be (`coclib.redis_client.redis_fault`): an outage or configuration.
+REDIS_FAULTS = frozenset({Reason.REDIS_UNAVAILABLE, *REDIS_CONFIGURATION})

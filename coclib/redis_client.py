@@ -45,7 +45,7 @@ from redis.retry import Retry
 
 from coclib.errors import ConfigError
 from coclib.errortext import describe
-from coclib.reasons import Reason
+from coclib.reasons import REDIS_CONFIGURATION, Reason
 from coclib.settings import cluster_db_problem, mask_url_password, redis_db
 
 SyncRedis: TypeAlias = redis.Redis | redis.RedisCluster
@@ -133,30 +133,21 @@ async def async_client(settings: RedisSettings) -> AsyncRedis:
     return aioredis.Redis.from_url(settings.redis_url, **_options(settings, AsyncRetry))
 
 
-# The Redis errors that mean "Redis answers, and refuses what we asked because of how it is set
-# up", each with what an operator should look at. Anything else (a dropped connection, a
-# timeout, a cluster node failing over, LOADING) is an outage: `redis_unavailable`.
-CONFIGURATION_FAULTS: dict[Reason, str] = {
-    Reason.REDIS_WRONG_TYPE: "a queue key holds another type than a list: something else wrote it",
-    Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory with the noeviction policy: raise maxmemory",
-    Reason.REDIS_READ_ONLY: "REDIS_URL names a read-only replica, not the primary",
-}
-
-
 def redis_fault(exc: RedisError) -> tuple[Reason, str]:
     """The reason code of a Redis error and its detail (`describe(exc)`, with the hint for a
     configuration fault): `redis_wrong_type`, `redis_out_of_memory`, `redis_read_only`, or for
-    anything else `redis_unavailable`."""
+    anything else (a dropped connection, a timeout, a cluster node failing over, LOADING) the
+    outage, `redis_unavailable`."""
     if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM "):
         reason = Reason.REDIS_OUT_OF_MEMORY
     elif isinstance(exc, ReadOnlyError) or str(exc).startswith("READONLY "):
         reason = Reason.REDIS_READ_ONLY
-    elif isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE "):
+    elif isinstance(exc, ResponseError) and "WRONGTYPE " in str(exc):  # a pipeline wraps it
         # Redis's own error, or the queue scripts' check (`coclib.queue`), which names the key.
         reason = Reason.REDIS_WRONG_TYPE
     else:
         return Reason.REDIS_UNAVAILABLE, describe(exc)
-    return reason, f"{describe(exc)} ({CONFIGURATION_FAULTS[reason]})"
+    return reason, f"{describe(exc)} ({REDIS_CONFIGURATION[reason]})"
 
 
 def is_cluster(client: SyncRedis | AsyncRedis) -> bool:

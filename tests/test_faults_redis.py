@@ -19,6 +19,7 @@ from coclib.queue import RefreshQueue, RefreshRequest, enqueue, parse_item
 from coclib.reasons import Reason
 from coclib.redis_client import async_client, redis_fault
 from coclib.testing.tags import numbered_tag
+from ledger.health import QueueState, assess
 from tests.helpers import drain, inflight_items, ledger, outcomes, push
 from tests.redis_servers import Node, free_port, redis_binary
 from worker.drain import DrainPolicy
@@ -192,3 +193,28 @@ def test_a_hash_at_the_queue_mid_run_loses_nothing_and_names_the_fault(
     for request in requests:
         settling = [o for o, _ in outcomes(database_url, request.id) if o in ("fetched", "failed")]
         assert settling == ["fetched"], (request.id, outcomes(database_url, request.id))
+
+
+@pytest.mark.parametrize("cause", ["redis_wrong_type", "redis_out_of_memory", "redis_read_only"])
+def test_health_says_a_redis_fault_is_configuration(cause):
+    ledger_stats = {"last_run_stopped": "circuit_open", "last_run_cause": cause}
+    queue = QueueState(queue_size=0, inflight_size=0, oldest_queued_age_seconds=None, draining=False)
+    status, reasons = assess(ledger_stats, queue, now=0.0)
+    assert status == "degraded"
+    assert any(cause in r and "Redis configuration" in r for r in reasons), reasons
+
+
+def test_health_reads_a_queue_key_of_another_type_as_configuration(settings, redis_client, database_url):
+    redis_client.hset(KEYS.queue, "operator", "was here")
+
+    async def health():
+        worker = Worker(settings)
+        try:
+            return await worker.health()
+        finally:
+            await worker.close()
+
+    report = asyncio.run(health())
+    assert report.http_status == 503
+    assert "WRONGTYPE" in report.body["checks"]["redis"]["error"]
+    assert "another type than a list" in report.body["checks"]["redis"]["error"]

@@ -230,10 +230,13 @@ class _Run:
         self.drain = drain
         self.scheduled = scheduled
         self.queue = drain.queue
-        self.db = drain.db
         self.policy = policy
         self.clock = drain.clock
+        self.deadline = deadline
         self.soft_deadline = deadline - policy.finish_reserve
+        # Postgres waits no longer than the run may: until the soft deadline while the run takes
+        # work, then (`_finish`) into the reserve kept for the last writes, never past it.
+        self.db = drain.db.bounded(self.soft_deadline, self.clock)
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
@@ -247,7 +250,7 @@ class _Run:
 
         self.books = Books(
             drain.queue,
-            LedgerWriter(drain.db, self.run_id),
+            LedgerWriter(self.db, self.run_id),
             run_id=self.summary.run_id,
             counts=self.summary.counts,
             on_database_lost=self._database_lost,
@@ -644,6 +647,10 @@ class _Run:
 
         Never raises but for cancellation: whatever cannot be done is left for the next run.
         """
+        # The last writes may use half the reserve; the other half is for Redis (acknowledging,
+        # putting back) and the lease, so that the run returns before its deadline even when
+        # Postgres makes it wait.
+        self.db.deadline = self.deadline - self.policy.finish_reserve / 2
         try:
             if self.stop is not None and self.stop.code is StopCode.HANDED_OVER:
                 # Start nothing more; let what the API already has finish (within the deadline),

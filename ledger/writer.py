@@ -120,13 +120,16 @@ class LedgerWriter:
             written.summary_written = run_summary is not None
         return written
 
-    async def write_summary(self, run_summary: dict[str, Any]) -> None:
-        """Record a run's summary alone. Raises `DatabaseUnavailable`; a refusal is logged."""
+    async def write_summary(self, run_summary: dict[str, Any]) -> bool:
+        """Record a run's summary alone; False if Postgres refused it (logged). Raises
+        `DatabaseUnavailable`."""
         try:
             await self.append((), run_summary=run_summary)
         except StorageRefused as exc:
             # The summary is ours and its text made storable: a bug, but the run's rows are in.
             log.error("Postgres refused the run summary: %s", exc.detail, extra={"summary": run_summary})
+            return False
+        return True
 
     async def _append_entries(
         self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None

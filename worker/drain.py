@@ -144,6 +144,7 @@ class RunSummary:
     took_over_from: str | None = None  # the run that handed the lease to this one
     error: BaseException | None = field(default=None, repr=False)  # for `internal_error`
     handover_failed: bool = False  # stopped to hand over, but the successor was gone
+    stored: bool = False  # its row is in refresh_run_summaries (not when Postgres failed the run)
 
     @property
     def duration_s(self) -> float:
@@ -680,8 +681,9 @@ class _Run:
                 self.items.move_all(self.items.in_stage(Stage.RECORDING), Stage.UNRECORDED)
             else:
                 written = await self._flush(run_summary=self._summary_dict(pending=True))
+                self.summary.stored = written.summary_written
                 if not written.summary_written and not self.books.database_lost:
-                    await self.books.writer.write_summary(self._summary_dict())
+                    self.summary.stored = await self.books.writer.write_summary(self._summary_dict())
         except DatabaseUnavailable as exc:
             self.books.lose_database(exc)
         except RedisError as exc:

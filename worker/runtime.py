@@ -44,6 +44,8 @@ class RunReport:
             else {"days": self.retention_days, "dropped_partitions": self.dropped_partitions}
         )
         out["ledger_bytes"] = self.ledger["total_bytes"] if self.ledger else None
+        # False when Postgres failed the run: then the log line of this answer is its only record.
+        out["summary_stored"] = self.summary.stored
         return out
 
 

@@ -13,7 +13,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -164,8 +163,7 @@ class LedgerWriter:
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": summary["run_id"],
-        "started_at": datetime.fromtimestamp(summary["started_at"], UTC),
-        "finished_at": datetime.fromtimestamp(summary["finished_at"], UTC),
+        "duration_s": max(0.0, float(summary["finished_at"]) - float(summary["started_at"])),
         "stopped": summary["stopped"],
         "cause": summary.get("cause"),
         "summary": Jsonb(summary),

@@ -50,9 +50,12 @@ SELECT * FROM unnest(
 );
 
 -- name: insert_run_summary
--- Record how a run ended.
+-- Record how a run ended, dated by Postgres's clock (now, and its duration before that), the
+-- one clock every worker shares: a worker whose clock is off cannot make its run "the last
+-- run" for health, nor misplace it among the ledger's rows. The summary keeps the worker's times.
 INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)
-VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
+VALUES (%(run_id)s, clock_timestamp() - make_interval(secs => %(duration_s)s), clock_timestamp(),
+        %(stopped)s, %(cause)s, %(summary)s);
 
 -- name: settled_requests
 -- Which of these requests already have a settling row (`settling`: ledger.outcomes.SETTLING).

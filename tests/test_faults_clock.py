@@ -93,3 +93,19 @@ def test_a_snapshot_dated_in_the_future_is_overwritten(settings, redis_client, d
     run(settings)
     [row] = query(database_url, "SELECT fetched_at <= now() AS past FROM players WHERE tag = '#2PP'")
     assert row["past"]
+
+
+def test_a_run_is_dated_by_postgres_whatever_the_worker_s_clock(
+    settings, redis_client, database_url, simulator, monkeypatch
+):
+    """Else a run an hour ahead would be "the last run" for health for an hour."""
+    push(redis_client, settings, req(0))
+    ahead = skewed_run(settings, monkeypatch)
+    correct = run(settings)
+    rows = query(
+        database_url,
+        "SELECT run_id::text AS run_id, finished_at <= now() AS past FROM refresh_run_summaries"
+        " ORDER BY finished_at DESC",
+    )
+    assert [r["run_id"] for r in rows] == [correct.run_id, ahead.run_id]  # the last run is the last
+    assert all(r["past"] for r in rows)

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -119,16 +120,13 @@ class LedgerWriter:
             written.summary_written = run_summary is not None
         return written
 
-    async def write_summary(self, run_summary: dict[str, Any]) -> bool:
-        """Record a run's summary alone; False if Postgres refused it (logged). Raises
-        `DatabaseUnavailable`."""
+    async def write_summary(self, run_summary: dict[str, Any]) -> None:
+        """Record a run's summary alone. Raises `DatabaseUnavailable`; a refusal is logged."""
         try:
             await self.append((), run_summary=run_summary)
         except StorageRefused as exc:
             # The summary is ours and its text made storable: a bug, but the run's rows are in.
             log.error("Postgres refused the run summary: %s", exc.detail, extra={"summary": run_summary})
-            return False
-        return True
 
     async def _append_entries(
         self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None
@@ -161,9 +159,15 @@ class LedgerWriter:
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:
+    started, finished = float(summary["started_at"]), float(summary["finished_at"])
+    # Recorded as the run ends: Postgres dates it. Recorded late (stashed by a run that lost
+    # Postgres, `recorded_by` another run): only the worker's own times can say when it ran.
+    late = "recorded_by" in summary
     return {
         "run_id": summary["run_id"],
-        "duration_s": max(0.0, float(summary["finished_at"]) - float(summary["started_at"])),
+        "started_at": datetime.fromtimestamp(started, UTC) if late else None,
+        "finished_at": datetime.fromtimestamp(finished, UTC) if late else None,
+        "duration_s": max(0.0, finished - started),
         "stopped": summary["stopped"],
         "cause": summary.get("cause"),
         "summary": Jsonb(summary),

@@ -63,15 +63,7 @@ class Actions:
             policy = dataclasses.replace(self.worker.policy, max_requests=max_requests)
         report = await self.worker.run(seconds, policy=policy, scheduled=trigger == SCHEDULED)
         summary = report.as_dict()  # the run summary, its retention and the ledger's size
-        if summary["summary_stored"] or report.summary.stopped is StopCode.LEASE_HELD:
-            log.info("run finished", extra={"summary": summary, "trigger": trigger})
-        else:
-            # Postgres failed the run (down, or a table locked past its time): no row in
-            # refresh_run_summaries tells of it, so this line, with the whole summary, does.
-            log.warning(
-                "run finished; Postgres did not store its summary, this line is its record",
-                extra={"summary": summary, "trigger": trigger},
-            )
+        log.info("run finished", extra={"summary": summary, "trigger": trigger})
         self.metrics.publish(summary, trigger=trigger)
         if report.summary.stopped is StopCode.INTERNAL_ERROR:
             raise RunFailed(summary) from report.summary.error

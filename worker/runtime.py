@@ -44,8 +44,6 @@ class RunReport:
             else {"days": self.retention_days, "dropped_partitions": self.dropped_partitions}
         )
         out["ledger_bytes"] = self.ledger["total_bytes"] if self.ledger else None
-        # False when Postgres failed the run: then the log line of this answer is its only record.
-        out["summary_stored"] = self.summary.stored
         return out
 
 
@@ -137,7 +135,7 @@ class Worker:
         if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.
             return RunReport(summary, days)
-        if summary.cause is Reason.DATABASE_UNAVAILABLE:
+        if summary.cause == Reason.DATABASE_UNAVAILABLE:
             # Postgres failed the run (down, or a table locked past the run's time): asking it
             # again now would only wait again. The next run does the housekeeping.
             log.warning("Postgres failed this run: no retention or ledger size after it")

@@ -14,6 +14,7 @@ from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
+from coclib.reasons import Reason
 from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
@@ -120,17 +121,24 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
+        deadline = time.monotonic() + seconds
+        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.
             return RunReport(summary, days)
+        if summary.cause == Reason.DATABASE_UNAVAILABLE:
+            # Postgres failed the run (down, or a table locked past the run's time): asking it
+            # again now would only wait again. The next run does the housekeeping.
+            log.warning("Postgres failed this run: no retention or ledger size after it")
+            return RunReport(summary, days)
+        db = drain.db.bounded(deadline)  # within the run's time, like everything before it
         dropped = None
         if days is not None:
-            gone = await apply_retention(drain.db, days)  # never raises: the next run tries again
+            gone = await apply_retention(db, days)  # never raises: the next run tries again
             dropped = None if gone is None else [str(part["partition"]) for part in gone]
         # After retention, so the figure is what stays: the CloudWatch dashboard's ledger size.
-        return RunReport(summary, days, dropped, await ledger_size(drain.db))
+        return RunReport(summary, days, dropped, await ledger_size(db))
 
     async def health(
         self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS

@@ -92,6 +92,25 @@ def _count_transactions() -> dict[str, int]:
     return counter
 
 
+def _gc_meter() -> dict[str, list[float]]:
+    """CPU seconds spent in each garbage collection, by generation (`gc.callbacks`)."""
+    import gc
+
+    spent: dict[str, list[float]] = {"0": [], "1": [], "2": []}
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.process_time()
+        else:
+            spent[str(info["generation"])].append(time.process_time() - started[0])
+
+    gc.callbacks.append(callback)
+    if os.environ.get("BENCH_GC_THRESHOLD"):  # an experiment
+        gc.set_threshold(*map(int, os.environ["BENCH_GC_THRESHOLD"].split(",")))
+    return spent
+
+
 def _rusage() -> resource.struct_rusage:
     return resource.getrusage(resource.RUSAGE_SELF)
 
@@ -103,11 +122,16 @@ def _child(kind: str, args: argparse.Namespace) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     counter = _count_transactions()
+    gc_spent = _gc_meter()
     if kind == "worker":
         from worker.runtime import Worker
 
         async def go() -> dict[str, Any]:
             worker = Worker(settings)
+            if os.environ.get("BENCH_GC_FREEZE"):  # an experiment: freeze what start-up made
+                import gc
+
+                gc.freeze()
             try:
                 t0, c0, r0 = time.perf_counter(), time.process_time(), _rusage()
                 summary = await worker.drain(args.budget)
@@ -158,6 +182,7 @@ def _child(kind: str, args: argparse.Namespace) -> None:
     else:
         result = asyncio.run(go())
     result["transactions"] = counter["transactions"]
+    result["gc"] = {gen: [len(times), sum(times)] for gen, times in gc_spent.items()}
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -72,10 +72,12 @@ class Item:
 
     def _finish(self, stage: Stage) -> None:
         # Done with for this run: keep the stage (a later move is a bug the tracker must
-        # see), drop what was written for it and why it failed.
+        # see), drop what was written for it, its call (and the body it returned) and why it
+        # failed.
         self.stage = stage
         self.entry = None
         self.last_error = None
+        self.call = None
 
 
 class Tracker:

@@ -25,7 +25,7 @@ from coclib.keys import QueueKeys
 from coclib.queue import parse_item
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
-from coclib.snapshots import Snapshot
+from coclib.snapshots import Snapshot, snapshot_of
 from ledger.outcomes import LedgerRow, Outcome
 from ledger.writer import LedgerWriter
 
@@ -126,7 +126,9 @@ async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: flo
                     http_status=result.http_status,
                     latency_ms=result.latency_ms,
                 )
-                snapshots.append(Snapshot(request.kind, request.tag, result.data, result.fetched_at))
+                snapshots.append(
+                    snapshot_of(request.kind, request.tag, result.data, result.fetched_at, result.raw)
+                )
                 fetched += 1
             await writer.append([row], snapshots)
             await redis.lrem(keys.inflight, 1, raw)

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from coclib.testing.services import bundled_postgres_tool, create_database, drop
 from coclib.testing.simulator import CocApiSimulator
 from ledger.__main__ import main as ledger_main
 from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, render_table, run_audit
+from ledger.health import DEGRADED, ORPHANS_COUNTED, QueueState, assess
 from ledger.values import plain
 from tests.conftest import ROOT, TEST_TOKEN
 from tests.helpers import drain, push
@@ -525,3 +527,26 @@ def test_orphan_search_by_run_agrees_with_the_exact_view(database_url: str):
     assert [r["request_id"] for r in exact] == ["b", "b", "d"]
     assert fast == exact
     assert health["orphaned_attempts"] == 3
+
+
+def test_health_counts_orphaned_attempts_up_to_a_cap_after_a_crash_storm(database_url: str):
+    """Thousands of orphans cost refresh_health what the first hundred do; more than none degrades."""
+    storm = [uuid.uuid4() for _ in range(30)]  # 30 runs died, 100 attempts in flight each
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute(
+            "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, occurred_at) "
+            "SELECT 'storm-' || r || '-' || i, (%s::uuid[])[r], 'player', '#2PP', 'attempted', "
+            "       now() - make_interval(mins => 50 - r) "
+            "FROM generate_series(1, 30) r, generate_series(1, 100) i",
+            ([str(run) for run in storm],),
+        )
+        every = conn.execute("SELECT count(*) AS n FROM refresh_orphaned_attempts").fetchone()["n"]
+        health = conn.execute("SELECT orphaned_attempts FROM refresh_health").fetchone()
+    assert every == 3000
+    assert health["orphaned_attempts"] == ORPHANS_COUNTED
+    status, reasons = assess(plain_stats(health), QueueState(0, 0, None, False), now=time.time())
+    assert status == DEGRADED and f"{ORPHANS_COUNTED} or more orphaned attempts" in reasons[0]
+
+
+def plain_stats(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in row.items()}

@@ -535,7 +535,7 @@ class _Run:
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         request = item.taken.request
         try:
-            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at)
+            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at, fetched.raw)
         except RequestError as exc:
             row = self.books.row(
                 item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status

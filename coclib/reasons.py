@@ -36,7 +36,10 @@ class Reason(StrEnum):
     THROTTLED = "throttled"  # 429
     CREDENTIALS = "credentials"  # the developer portal refused the email and password
     LOGIN = "login"  # the developer portal could not be reached or created no key
-    UPSTREAM = "upstream"  # several different requests in a row met transient errors
+    # Several different requests in a row met transient errors (timeouts, 5xx, cut connections):
+    # the API is down, not this request. Written `upstream` before migration 0006 (too close to
+    # `upstream_error`, one request's 5xx); the ledger keeps such rows as they were written.
+    API_DOWN = "api_down"
     DATABASE_UNAVAILABLE = "database_unavailable"
     REDIS_UNAVAILABLE = "redis_unavailable"  # unreachable, timed out, a cluster node failing over
     # Redis answers but refuses: configuration, not an outage (`coclib.redis_client.redis_fault`).

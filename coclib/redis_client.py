@@ -64,7 +64,7 @@ _NOT_A_CLUSTER = "cluster support disabled"  # CLUSTER INFO's error on a plain s
 
 
 class RedisSettings(Protocol):
-    """What building a client reads: `coclib.settings.Settings` or `QueueSettings`."""
+    """What building a client reads: `coclib.settings.QueueSettings` (`Settings.queue`)."""
 
     redis_url: str
     redis_cluster: bool | None

@@ -50,12 +50,21 @@ class Snapshot:
     fetched_at: float
 
 
-def snapshot_of(kind: str, tag: str, body: dict[str, Any], fetched_at: float) -> Snapshot:
-    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it."""
-    try:
-        document = orjson.dumps(body)
-    except orjson.JSONEncodeError as exc:
-        raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
+def snapshot_of(
+    kind: str, tag: str, body: dict[str, Any], fetched_at: float, raw: bytes | None = None
+) -> Snapshot:
+    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it.
+
+    `raw` is the JSON text `body` was parsed from, if known: it is stored as it is (orjson
+    parsed it, so it is valid JSON without lone surrogates), instead of serialising `body` again.
+    """
+    if raw is not None:
+        document = raw
+    else:
+        try:
+            document = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
     problem = json_problem(document)
     if problem is not None:
         raise RequestError(Reason.UNSTORABLE, problem)

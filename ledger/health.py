@@ -17,7 +17,8 @@
   - *orphaned attempts*: the view's `orphaned_attempts` (attempts in the last hour that
     nothing settled or ended after the 10-minute grace period, found through
     `refresh_orphaned_attempts_between`) is above `max_orphaned_attempts` (0): a run died
-    between an API call and its commit;
+    between an API call and its commit; the view counts them up to `ORPHANS_COUNTED` (100),
+    so a crash storm that leaves thousands costs health no more than a hundred do;
   - *circuit open*: the last recorded run stopped with `circuit_open` (maintenance, bad
     credentials, throttling, an API outage; a run that finds Postgres down records nothing,
     and that case is already unhealthy). When the cause is Redis configured wrong
@@ -41,6 +42,9 @@ from coclib.db import Database
 from coclib.reasons import REDIS_CONFIGURATION
 from coclib.sqlfiles import load_queries
 from ledger.values import plain
+
+# refresh_health counts orphaned attempts up to this many (migration 0008's default).
+ORPHANS_COUNTED = 100
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -121,7 +125,8 @@ def assess(
 
     orphans = _int(ledger.get("orphaned_attempts"))
     if orphans is not None and orphans > rules.max_orphaned_attempts:
-        reasons.append(f"{orphans} orphaned attempts: a run died between an API call and its commit")
+        many = f"{orphans} or more" if orphans >= ORPHANS_COUNTED else str(orphans)
+        reasons.append(f"{many} orphaned attempts: a run died between an API call and its commit")
 
     if rules.degrade_on_circuit_open and ledger.get("last_run_stopped") == "circuit_open":
         cause = ledger.get("last_run_cause")

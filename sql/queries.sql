@@ -41,12 +41,13 @@ ON CONFLICT (clan_tag) DO UPDATE
     WHERE w.fetched_at <= EXCLUDED.fetched_at OR w.fetched_at > clock_timestamp();
 
 -- name: insert_ledger_rows
--- Append ledger rows given as parallel arrays (one round trip for a whole batch).
+-- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in
+-- the array's order), all of one run.
 INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
-SELECT * FROM unnest(
-    %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
-    %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
-    %(http_status)s::smallint[], %(latency_ms)s::integer[]
+SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status, r.latency_ms
+FROM json_to_recordset(%(rows)s::json) AS r (
+    request_id text, outcome text, kind text, tag text, reason text, detail text,
+    http_status smallint, latency_ms integer
 );
 
 -- name: insert_run_summary

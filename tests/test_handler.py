@@ -325,7 +325,7 @@ def test_post_refresh_rejects_a_bad_body_with_400_and_drains_nothing(
 def test_post_refresh_while_another_drain_holds_the_lease_is_200_lease_held(
     invoke, settings, redis_client, simulator
 ):
-    redis_client.set(QueueKeys(settings.refresh_queue_key).lease, "another-drain", px=30_000)
+    redis_client.set(QueueKeys(settings.queue.refresh_queue_key).lease, "another-drain", px=30_000)
     push(redis_client, settings, req(1))
     before = queue_items(redis_client, settings)
 
@@ -334,7 +334,7 @@ def test_post_refresh_while_another_drain_holds_the_lease_is_200_lease_held(
     assert response["statusCode"] == 200
     assert body(response)["stopped"] == "lease_held"
     assert queue_items(redis_client, settings) == before and simulator.calls == []
-    assert redis_client.get(QueueKeys(settings.refresh_queue_key).lease) == b"another-drain"
+    assert redis_client.get(QueueKeys(settings.queue.refresh_queue_key).lease) == b"another-drain"
 
 
 @pytest.mark.parametrize(

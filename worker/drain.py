@@ -323,10 +323,10 @@ class _Run:
             self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
 
     async def _recover(self) -> None:
-        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
+        await recover(
+            self.books, self.db, interrupted_limit=self.policy.interrupted_limit, stats=self.summary.recovered
+        )
         self.last_flush = _now()
-        if recovered is not None:
-            self.summary.recovered = recovered
 
     async def _loop(self) -> None:
         while not self.stopped:
@@ -535,7 +535,7 @@ class _Run:
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         request = item.taken.request
         try:
-            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at)
+            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at, fetched.raw)
         except RequestError as exc:
             row = self.books.row(
                 item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status
@@ -564,7 +564,7 @@ class _Run:
         if self._api_down():
             self.items.move(item, Stage.UNFINISHED)
             detail = f"{len(self.streak)} requests in a row met {exc.reason}: {exc.detail}"
-            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
         elif item.tries < self.policy.max_tries:
             item.ready_at = _now() + self.policy.retry_backoff * 2 ** (item.tries - 1)
             self.items.move(item, Stage.RETRYING)
@@ -590,7 +590,7 @@ class _Run:
                 self.books.record(item, row)
         if api_down and not self.stopped:
             detail = f"{len(self.streak)} requests in a row failed transiently"
-            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
 
     # -- winding down -------------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ class Stop:
         """The outcome and reason of the rows that put unfinished requests back."""
         match self.code:
             case StopCode.CIRCUIT_OPEN:
-                return Outcome.DEFERRED, self.cause or Reason.UPSTREAM
+                return Outcome.DEFERRED, self.cause or Reason.API_DOWN
             case StopCode.LEASE_LOST:
                 return Outcome.DEFERRED, Reason.LEASE_LOST
             case StopCode.INTERNAL_ERROR:

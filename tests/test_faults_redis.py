@@ -170,7 +170,7 @@ def test_a_hash_at_the_queue_mid_run_loses_nothing_and_names_the_fault(
 
     async def first_run():
         worker = Worker(settings, policy=policy)
-        worker._queue = _OperatorAtTheQueue(await async_client(settings), worker.keys)
+        worker._queue = _OperatorAtTheQueue(await async_client(settings.queue), worker.keys)
         try:
             return await worker.drain(30)
         finally:

@@ -436,8 +436,12 @@ def _report(args, runs: list[tuple[int, dict[str, dict[str, Any]]]], machine, co
         "How each figure is measured:",
         "",
         "* rate: requests settled / wall time of the drain call (start-up, login and the last",
-        "  response's latency included). The naive loop is bounded to "
-        f"{args.naive_requests} requests or {args.naive_seconds:g} s.",
+        "  response's latency included)."
+        + (
+            f" The naive loop is bounded to {args.naive_requests} requests or {args.naive_seconds:g} s."
+            if args.naive_requests
+            else ""
+        ),
         "* CPU per request, whole process: user + system time of the child process from `wait4`",
         "  (the interpreter's start, imports, login and shutdown included), divided by the",
         "  requests settled. The drain call alone: `time.process_time()` around it.",

@@ -7,10 +7,9 @@
 -- partitions and the default, and more with each day retention keeps.
 --
 -- Now the view reads a PL/pgSQL function that computes the bounds first and passes them to
--- its queries as parameters, and keeps one generic plan per query for the session
--- (plan_cache_mode): a session that asks again (the worker's pool, every GET /health) plans
--- nothing, and the executor prunes the partitions with the values as it starts. With custom
--- plans, each call would plan its queries again: about 2 ms for the orphaned attempts alone. The last fetch comes from the roll-up (exact: the
+-- its queries as parameters. The planner prunes with the values (custom plans), so each
+-- query is planned over the one or two partitions the hour lies in, and a session that asks
+-- again reuses the plans PL/pgSQL keeps. The last fetch comes from the roll-up (exact: the
 -- trigger keeps it in step with the ledger). The orphaned attempts are looked for only when
 -- the roll-up shows a run with old attempts and no summary, and are counted up to
 -- `orphans_counted` (100): a crash storm that leaves thousands costs what 100 cost, and more
@@ -29,7 +28,7 @@ RETURNS TABLE (window_seconds integer, attempted bigint, fetched bigint, failed 
                p95_latency_ms integer, last_fetched_at timestamptz, orphaned_attempts bigint,
                last_run_id uuid, last_run_finished_at timestamptz, last_run_stopped text,
                last_run_cause text)
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
     since constant timestamptz := now() - interval '1 hour';

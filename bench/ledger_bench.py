@@ -35,11 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench.report import write_keeping_notes  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, create_database, with_database  # noqa: E402
 from ledger.audit import load_audits  # noqa: E402
 
 DB_NAME = "coc_bench_ledger"
+NOTES_MARKER = "<!-- analysis: written by hand; ledger_bench.py keeps everything below this line -->"
 RUN_SECONDS = 120  # the EventBridge schedule
 
 # Requests i in [lo, hi] of n over `span` seconds ending at t_end; two rows each (an attempt,
@@ -536,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     table = text.split("## Plans")[0]
     print(table)
     if args.out != "-":
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        write_keeping_notes(Path(args.out), text, NOTES_MARKER)
         log(f"wrote {args.out}")
     return 0
 

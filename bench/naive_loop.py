@@ -42,16 +42,16 @@ class NaiveResult:
 
 async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: float) -> NaiveResult:
     """Drain one request at a time until the queue is empty, `max_requests` or `max_seconds`."""
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    keys = QueueKeys(settings.refresh_queue_key)
-    db = await Database.open(settings.database_url)
-    limiter = RateLimiter(settings.coc_reqs_per_sec)
+    redis = aioredis.Redis.from_url(settings.queue.redis_url)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
+    db = await Database.open(settings.database.database_url)
+    limiter = RateLimiter(settings.api.coc_reqs_per_sec)
     api = await CocApi.connect(
-        base_url=settings.coc_api_base_url,
+        base_url=settings.api.coc_api_base_url,
         limiter=limiter,
-        tokens=settings.coc_api_tokens,
-        email=settings.coc_email,
-        password=settings.coc_password,
+        tokens=settings.api.coc_api_tokens,
+        email=settings.api.coc_email,
+        password=settings.api.coc_password,
         max_in_flight=1,
     )
     writer = LedgerWriter(db, uuid.uuid4())

@@ -21,7 +21,9 @@
     so a crash storm that leaves thousands costs health no more than a hundred do;
   - *circuit open*: the last recorded run stopped with `circuit_open` (maintenance, bad
     credentials, throttling, an API outage; a run that finds Postgres down records nothing,
-    and that case is already unhealthy).
+    and that case is already unhealthy). When the cause is Redis configured wrong
+    (`redis_wrong_type`, `redis_out_of_memory`, `redis_read_only`), the reason says so and what
+    to fix: unlike an outage, it will not pass on its own.
 * **healthy** (HTTP 200): none of the above.
 
 `reasons` lists every rule that fired, in words, for the person reading the answer.
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coclib.db import Database
+from coclib.reasons import REDIS_CONFIGURATION
 from coclib.sqlfiles import load_queries
 from ledger.values import plain
 
@@ -127,9 +130,12 @@ def assess(
 
     if rules.degrade_on_circuit_open and ledger.get("last_run_stopped") == "circuit_open":
         cause = ledger.get("last_run_cause")
-        reasons.append(
-            f"the last run opened the circuit ({cause})" if cause else "the last run opened the circuit"
-        )
+        said = f"the last run opened the circuit ({cause})" if cause else "the last run opened the circuit"
+        hint = REDIS_CONFIGURATION.get(cause) if isinstance(cause, str) else None
+        if hint is not None:
+            # Not an outage that passes: every run will stop the same way until someone fixes it.
+            said += f": Redis configuration, {hint}"
+        reasons.append(said)
 
     return (DEGRADED if reasons else HEALTHY), reasons
 

@@ -153,10 +153,15 @@ class LedgerWriter:
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:
+    started, finished = float(summary["started_at"]), float(summary["finished_at"])
+    # Recorded as the run ends: Postgres dates it. Recorded late (stashed by a run that lost
+    # Postgres, `recorded_by` another run): only the worker's own times can say when it ran.
+    late = "recorded_by" in summary
     return {
         "run_id": summary["run_id"],
-        "started_at": datetime.fromtimestamp(summary["started_at"], UTC),
-        "finished_at": datetime.fromtimestamp(summary["finished_at"], UTC),
+        "started_at": datetime.fromtimestamp(started, UTC) if late else None,
+        "finished_at": datetime.fromtimestamp(finished, UTC) if late else None,
+        "duration_s": max(0.0, finished - started),
         "stopped": summary["stopped"],
         "cause": summary.get("cause"),
         "summary": Jsonb(summary),

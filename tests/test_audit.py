@@ -371,7 +371,7 @@ def test_health_counts_the_last_hour_exactly(drained: Drained):
 
 
 def test_cli_json_and_table(drained: Drained, capsys):
-    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     assert ledger_main(["audit", "failures_by_reason", "--since", "1d", "--json"], env) == 0
     import orjson
 
@@ -393,7 +393,7 @@ def test_cli_json_and_table(drained: Drained, capsys):
 
 
 def test_cli_bad_input_is_one_line_without_traceback(drained: Drained, capsys):
-    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     assert ledger_main(["audit", "runs", "--since", "not a time"], env) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -407,8 +407,32 @@ def test_cli_bad_input_is_one_line_without_traceback(drained: Drained, capsys):
     assert capsys.readouterr().err.startswith("error: cannot reach Postgres")
 
 
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/db-AbCdEf"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DATABASE_URL_SECRET_ARN": SECRET_ARN},
+            "DATABASE_URL_SECRET_ARN: names a secret, but only the Lambda handler reads secrets by "
+            "reference; set DATABASE_URL itself here",
+        ),
+        (
+            # Not silently the plain value: the operator meant one of the two.
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", "DATABASE_URL_PARAMETER": "/coc/db"},
+            "DATABASE_URL_PARAMETER: DATABASE_URL is set too: give the value or a reference, not both",
+        ),
+    ],
+    ids=["reference-alone", "reference-and-value"],
+)
+def test_cli_refuses_a_reference_to_database_url_in_one_line_naming_it(env, message, capsys):
+    assert ledger_main(["partitions"], env) == 2
+    assert capsys.readouterr().err == f"configuration error: {message}\n"
+
+
 def test_cli_runs_as_a_module(drained: Drained):
-    env = {**os.environ, "DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {**os.environ, "DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     done = subprocess.run(
         [sys.executable, "-m", "ledger", "audit", "runs", "--json"],
         cwd=ROOT,

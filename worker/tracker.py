@@ -37,7 +37,7 @@ class Stage(StrEnum):
     PARKED = "parked"  # out of tries: `failed`, unless the API turns out to be down
     UNFINISHED = "unfinished"  # to be closed with the run's stop (deferred / skipped-deadline)
     RECORDING = "recording"  # its rows (and snapshot) wait in the next batch
-    UNRECORDED = "unrecorded"  # Postgres went away before its row could be written: goes back as is
+    UNRECORDED = "unrecorded"  # goes back as it is, no row: Postgres went away first, or recovery requeues it
     SETTLED = "settled"  # found in flight with its settling row committed: only the ack is left
     # Done with, for this run.
     ACKED = "acked"  # settled, committed, and gone from the in-flight list

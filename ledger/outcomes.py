@@ -22,6 +22,17 @@ class Outcome(StrEnum):
     SKIPPED_DEADLINE = "skipped-deadline"
     DEFERRED = "deferred"
 
+    @property
+    def settles(self) -> bool:
+        """Whether a row with this outcome settles its request for good (see `SETTLING`)."""
+        return self in SETTLING
+
+
+# The one home of "settled": crash recovery, the completion signal (NOTIFY refresh_done) and
+# redrive all ask this set. `skipped-deadline` and `deferred` end a request's story for one
+# run only, so they are not in it.
+SETTLING: frozenset[Outcome] = frozenset({Outcome.FETCHED, Outcome.FAILED})
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerRow:

@@ -1,5 +1,8 @@
 """Appending to the outcome ledger, with the snapshots a batch fetched, in one transaction.
 
+The same transaction sends `NOTIFY refresh_done` for the requests it settles
+(`coclib.completions`), so a listener hears of a request exactly when its rows can be read.
+
 A batch is made of entries, one per request: its ledger rows and, for `fetched`, its
 snapshot. When Postgres refuses a batch's data (`StorageRefused`: a value it cannot hold, a
 CHECK, an index row too big), `write()` splits the batch in halves until each refused entry
@@ -18,6 +21,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from coclib.completions import CHANNEL, Settled, payloads
 from coclib.db import Database
 from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.snapshots import Snapshot, upsert_snapshots
@@ -65,6 +69,7 @@ class LedgerWriter:
         self.db = db
         self.run_id = run_id
         self._insert = load_queries()["insert_ledger_rows"]
+        self._notify_query = load_queries()["notify_settled"]
 
     def _params(self, rows: Sequence[LedgerRow]) -> dict[str, list[Any]]:
         # Parallel arrays for unnest(): one statement whatever the batch size.
@@ -96,9 +101,26 @@ class LedgerWriter:
             if snapshots:
                 await upsert_snapshots(self.db, conn, snapshots)
             if rows:
-                await self.db.run(conn, self._insert, self._params(rows))
+                params = self._params(rows)
+                await self.db.run(conn, self._insert, params)
+                await self._notify(conn, rows, params["request_id"])
             if run_summary is not None:
                 await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
+
+    async def _notify(self, conn: Any, rows: Sequence[LedgerRow], stored_ids: Sequence[str]) -> None:
+        """Tell listeners which requests this transaction settles (NOTIFY refresh_done).
+
+        Sent inside the transaction: Postgres delivers it on commit and drops it on rollback, so
+        a refused batch, or the half of one that `_bisect` finds refused, is never heard of.
+        The ids are the ones stored, made storable as the rows were.
+        """
+        settled = [
+            Settled(request_id, row.kind, row.tag, str(row.outcome))
+            for row, request_id in zip(rows, stored_ids, strict=True)
+            if row.outcome.settles
+        ]
+        if settled:
+            await self.db.run(conn, self._notify_query, {"channel": CHANNEL, "payloads": payloads(settled)})
 
     async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.

@@ -44,6 +44,19 @@ SELECT * FROM unnest(
     %(http_status)s::smallint[], %(latency_ms)s::integer[]
 );
 
+-- name: notify_settled
+-- The completion signal (coclib.completions): one NOTIFY refresh_done per payload, in order,
+-- sent from the transaction that stores the rows, so delivered only if it commits.
+SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p (payload);
+
+-- name: settled_by_id
+-- The settling row of each of these requests that has one (the newest, were there two), for a
+-- waiter that starts after its request may already have settled.
+SELECT DISTINCT ON (request_id) request_id, kind, tag, outcome
+FROM refresh_ledger
+WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s)
+ORDER BY request_id, id DESC;
+
 -- name: insert_run_summary
 -- Record how a run ended.
 INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)

@@ -11,9 +11,9 @@ from coclib.reasons import Reason
 class Outcome(StrEnum):
     """What happened to a request, as written in `refresh_ledger.outcome`.
 
-    `fetched` and `failed` settle a request for good; `skipped-deadline` and `deferred` end
-    its story for one run and put it back at the head of the queue; `attempted` only says an
-    API call is about to be made.
+    The outcomes in `SETTLING` settle a request for good; `skipped-deadline` and `deferred`
+    end its story for one run and put it back at the head of the queue; `attempted` only says
+    an API call is about to be made.
     """
 
     ATTEMPTED = "attempted"
@@ -24,14 +24,15 @@ class Outcome(StrEnum):
 
     @property
     def settles(self) -> bool:
-        """Whether a row with this outcome settles its request for good (see `SETTLING`)."""
+        """Whether a row with this outcome settles its request for good."""
         return self in SETTLING
 
 
-# The one home of "settled": crash recovery, the completion signal (NOTIFY refresh_done) and
-# redrive all ask this set. `skipped-deadline` and `deferred` end a request's story for one
-# run only, so they are not in it.
-SETTLING: frozenset[Outcome] = frozenset({Outcome.FETCHED, Outcome.FAILED})
+# The one definition of what settles a request: the drain, crash recovery (through the
+# queries it parameterises), the completion signal (NOTIFY refresh_done), redrive and the
+# tests all read it from here (coclib.completions.SETTLED_OUTCOMES names it for producers,
+# who use coclib alone; a test keeps the two equal).
+SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED})
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,3 +123,37 @@ SELECT coalesce(sum(total_bytes), 0)::bigint    AS total_bytes,
        coalesce(sum(estimated_rows), 0)::bigint AS estimated_rows,
        count(*)::int                            AS partitions
 FROM refresh_ledger_partitions;
+
+-- name: redrivable_failures
+-- Failed requests a redrive may re-queue: the newest failure of each kind and tag in
+-- [since, until) with a reason in `reasons` and a kind in `kinds` (null: any), unless that
+-- failure was redriven already or the tag settled otherwise since (`settling` minus failed:
+-- its data is fresher than the failure). Malformed requests (no kind or tag) cannot be queued.
+SELECT f.request_id, f.kind, f.tag, f.reason, f.occurred_at AS failed_at
+FROM (
+    SELECT DISTINCT ON (l.kind, l.tag) l.id, l.request_id, l.kind, l.tag, l.reason, l.occurred_at
+    FROM refresh_ledger l
+    WHERE l.outcome = 'failed' AND l.kind IS NOT NULL AND l.tag IS NOT NULL
+      AND l.occurred_at >= %(since)s::timestamptz AND l.occurred_at < %(until)s::timestamptz
+      AND (%(reasons)s::text[] IS NULL OR l.reason = ANY(%(reasons)s::text[]))
+      AND (%(kinds)s::text[] IS NULL OR l.kind = ANY(%(kinds)s::text[]))
+    ORDER BY l.kind, l.tag, l.occurred_at DESC, l.id DESC
+) f
+WHERE NOT EXISTS (SELECT 1 FROM refresh_redrives r WHERE r.request_id = f.request_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM refresh_ledger s
+      WHERE s.tag = f.tag AND s.kind = f.kind AND s.occurred_at >= f.occurred_at AND s.id <> f.id
+        AND s.outcome = ANY(%(settling)s::text[]) AND s.outcome <> 'failed'
+  )
+ORDER BY f.occurred_at, f.request_id;
+
+-- name: insert_redrives
+-- Record what a redrive did, one row per request, given as parallel arrays.
+INSERT INTO refresh_redrives (redrive_id, source, request_id, kind, tag, reason, failed_at, result,
+                              new_request_id, payload, selection)
+SELECT %(redrive_id)s, s.source, s.request_id, s.kind, s.tag, s.reason, s.failed_at, s.result,
+       s.new_request_id, s.payload, %(selection)s
+FROM unnest(%(source)s::text[], %(request_id)s::text[], %(kind)s::text[], %(tag)s::text[],
+            %(reason)s::text[], %(failed_at)s::timestamptz[], %(result)s::text[],
+            %(new_request_id)s::text[], %(payload)s::text[])
+     AS s (source, request_id, kind, tag, reason, failed_at, result, new_request_id, payload);

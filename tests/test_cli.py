@@ -381,6 +381,7 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         assert f"on {scratch};" in done.stdout
         assert "Outcomes of this run (refresh_ledger):" in done.stdout
         assert "stopped=queue_empty" in done.stdout
+        assert re.search(r"^NOTIFY refresh_done heard by the site: player #\w+ fetched", done.stdout, re.M)
         # The worker's queue is untouched; the scratch queue and its in-flight list are drained.
         assert client.lrange(DEFAULT_QUEUE_KEY, 0, -1) == [b"the site's own request"]
         scratch_keys = QueueKeys(scratch)

@@ -22,6 +22,13 @@ Measured, per rate:
 * notifications: how many the listener heard (one per settling batch, more for a batch whose
   payload passes 8,000 bytes), and settled requests per notification.
 
+Then what the signal costs the writer, and the alternative it was chosen over: `--batches`
+times, `LedgerWriter.append` of one flush's worth of settled requests (15 `fetched` rows with
+their player snapshots: 0.5 s at 30/s), alternating three variants on one database: no
+notification; the writer's own (one `pg_notify` statement in the transaction, payloads split in
+Python); and a statement-level AFTER INSERT trigger on the ledger with a transition table that
+sends one `json_agg` payload (no splitting: cheaper than a real one would be).
+
 Not a test: pytest does not collect it. Postgres: TEST_DATABASE_URL, else the local server
 (a database `coc_bench_notify` is dropped and created for each rate); Redis: TEST_REDIS_URL,
 else the local server, in db 15 or 14, claimed as the test sessions claim theirs (a key
@@ -31,12 +38,14 @@ else the local server, in db 15 or 14, claimed as the test sessions claim theirs
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +57,17 @@ import redis  # noqa: E402
 
 from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
 from coclib.completions import CHANNEL, SETTLED_OUTCOMES, parse_payload  # noqa: E402
+from coclib.db import Database  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import enqueue  # noqa: E402
 from coclib.settings import DEFAULT_QUEUE_KEY  # noqa: E402
+from coclib.snapshots import snapshot_of  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database, with_redis_db  # noqa: E402
-from coclib.testing.simulator import CocApiSimulator, SimulatorThread  # noqa: E402
+from coclib.testing.simulator import CocApiSimulator, SimulatorThread, simulated_body  # noqa: E402
 from coclib.testing.tags import numbered_tag  # noqa: E402
+from ledger.outcomes import LedgerRow, Outcome  # noqa: E402
+from ledger.writer import LedgerWriter  # noqa: E402
 
 DB_NAME = "coc_bench_notify"
 REDIS_DBS = (15, 14)  # outside the test sessions' 13 down to 1
@@ -211,6 +224,58 @@ def _run(rate: float, seconds: float, admin: str, redis_url: str) -> Result:
     return result
 
 
+# The alternative: a trigger, sending what a statement inserted that settles (no splitting).
+TRIGGER = """
+CREATE FUNCTION bench_notify_settled() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('refresh_done', json_agg(json_build_object(
+                'id', request_id, 'kind', kind, 'tag', tag, 'outcome', outcome))::text)
+    FROM new_rows WHERE outcome IN ('fetched', 'failed') HAVING count(*) > 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_notify_settled AFTER INSERT ON refresh_ledger
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_settled();
+"""
+VARIANTS = ("none", "writer", "trigger")
+BATCH = 15
+
+
+async def _writer_cost(admin: str, batches: int) -> dict[str, list[float]]:
+    db_url = create_database(admin, DB_NAME)
+    migrate(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(TRIGGER)
+        conn.execute("ALTER TABLE refresh_ledger DISABLE TRIGGER bench_notify_settled")
+    db = await Database.open(db_url)
+    writer = LedgerWriter(db, uuid.uuid4())
+    real_notify = writer._notify
+
+    async def no_notify(*args: object) -> None:
+        return None
+
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    try:
+        n = 0
+        for i in range(batches * len(VARIANTS)):
+            variant = VARIANTS[i % len(VARIANTS)]
+            rows, snapshots = [], []
+            for _ in range(BATCH):
+                tag = numbered_tag(n + 14**5, lead="Q")
+                n += 1
+                rows.append(LedgerRow(uuid.uuid4().hex, Outcome.FETCHED, "player", tag, http_status=200))
+                snapshots.append(snapshot_of("player", tag, simulated_body("player", tag), time.time()))
+            writer._notify = real_notify if variant == "writer" else no_notify  # type: ignore[method-assign]
+            async with db.transaction() as conn:
+                action = "ENABLE" if variant == "trigger" else "DISABLE"
+                await conn.execute(f"ALTER TABLE refresh_ledger {action} TRIGGER bench_notify_settled")
+            began = time.perf_counter()
+            await writer.append(rows, snapshots)
+            times[variant].append(time.perf_counter() - began)
+    finally:
+        await db.close()
+    return times
+
+
 def _report(results: list[Result], machine: dict[str, str], command: str) -> str:
     lines = [
         "# Completion signal: LISTEN refresh_done",
@@ -244,6 +309,25 @@ def _report(results: list[Result], machine: dict[str, str], command: str) -> str
     return "\n".join(lines)
 
 
+def _cost_report(times: dict[str, list[float]]) -> str:
+    base = statistics.median(times["none"])
+    lines = [
+        "",
+        f"## What it costs the writer ({len(times['none'])} batches of {BATCH} settled requests per variant)",
+        "",
+        "| variant | median ms per batch | p95 ms | median over none |",
+        "| --- | --- | --- | --- |",
+    ]
+    for variant in VARIANTS:
+        t = times[variant]
+        median = statistics.median(t)
+        p95 = _quantile(t, 0.95)
+        lines.append(
+            f"| {variant} | {median * 1000:.2f} | {p95 * 1000:.2f} | {(median - base) * 1000:+.2f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def _claim_redis_db(base: str) -> str:
     for db in REDIS_DBS:
         url = with_redis_db(base, db)
@@ -259,6 +343,7 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, action="append", help="requests pushed per second (repeatable)")
+    parser.add_argument("--batches", type=int, default=300, help="writer batches per variant (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "notify.md"), help="'-' prints the report")
     args = parser.parse_args()
     rates = args.rate or [4.0]
@@ -273,6 +358,8 @@ def main() -> int:
                 client.flushdb()
     command = "python bench/notify_bench.py " + " ".join(sys.argv[1:])
     report = _report(results, machine, command)
+    if args.batches:
+        report += "\n" + _cost_report(asyncio.run(_writer_cost(admin, args.batches)))
     if args.out == "-":
         print(report)
     else:

@@ -25,8 +25,8 @@ Measured, per rate:
 Then what the signal costs the writer, and the alternative it was chosen over: `--batches`
 times, `LedgerWriter.append` of one flush's worth of settled requests (15 `fetched` rows with
 their player snapshots: 0.5 s at 30/s), alternating three variants on one database: no
-notification; the writer's own (one `pg_notify` statement in the transaction, payloads split in
-Python); and a statement-level AFTER INSERT trigger on the ledger with a transition table that
+notification; the writer's own (`pg_notify` in the statement that inserts the rows, payloads
+split in Python); and a statement-level AFTER INSERT trigger on the ledger with a transition table that
 sends one `json_agg` payload (no splitting: cheaper than a real one would be).
 
 Not a test: pytest does not collect it. Postgres: TEST_DATABASE_URL, else the local server
@@ -248,10 +248,10 @@ async def _writer_cost(admin: str, batches: int) -> dict[str, list[float]]:
         conn.execute("ALTER TABLE refresh_ledger DISABLE TRIGGER bench_notify_settled")
     db = await Database.open(db_url)
     writer = LedgerWriter(db, uuid.uuid4())
-    real_notify = writer._notify
+    real_payloads = writer._payloads
 
-    async def no_notify(*args: object) -> None:
-        return None
+    def no_payloads(*args: object) -> list[str]:
+        return []
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
@@ -264,7 +264,7 @@ async def _writer_cost(admin: str, batches: int) -> dict[str, list[float]]:
                 n += 1
                 rows.append(LedgerRow(uuid.uuid4().hex, Outcome.FETCHED, "player", tag, http_status=200))
                 snapshots.append(snapshot_of("player", tag, simulated_body("player", tag), time.time()))
-            writer._notify = real_notify if variant == "writer" else no_notify  # type: ignore[method-assign]
+            writer._payloads = real_payloads if variant == "writer" else no_payloads  # type: ignore[method-assign]
             async with db.transaction() as conn:
                 action = "ENABLE" if variant == "trigger" else "DISABLE"
                 await conn.execute(f"ALTER TABLE refresh_ledger {action} TRIGGER bench_notify_settled")

@@ -69,7 +69,6 @@ class LedgerWriter:
         self.db = db
         self.run_id = run_id
         self._insert = load_queries()["insert_ledger_rows"]
-        self._notify_query = load_queries()["notify_settled"]
 
     def _params(self, rows: Sequence[LedgerRow]) -> dict[str, list[Any]]:
         # Parallel arrays for unnest(): one statement whatever the batch size.
@@ -82,6 +81,8 @@ class LedgerWriter:
         params["reason"] = [None if r is None else str(r) for r in params["reason"]]
         params["detail"] = [storable_detail(d) for d in params["detail"]]
         params["run_id"] = [self.run_id] * len(rows)
+        params["channel"] = CHANNEL
+        params["payloads"] = self._payloads(rows, params["request_id"])
         return params
 
     async def append(
@@ -101,26 +102,23 @@ class LedgerWriter:
             if snapshots:
                 await upsert_snapshots(self.db, conn, snapshots)
             if rows:
-                params = self._params(rows)
-                await self.db.run(conn, self._insert, params)
-                await self._notify(conn, rows, params["request_id"])
+                await self.db.run(conn, self._insert, self._params(rows))
             if run_summary is not None:
                 await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
 
-    async def _notify(self, conn: Any, rows: Sequence[LedgerRow], stored_ids: Sequence[str]) -> None:
-        """Tell listeners which requests this transaction settles (NOTIFY refresh_done).
+    @staticmethod
+    def _payloads(rows: Sequence[LedgerRow], stored_ids: Sequence[str]) -> list[str]:
+        """The NOTIFY refresh_done payloads telling which requests `rows` settle.
 
-        Sent inside the transaction: Postgres delivers it on commit and drops it on rollback, so
-        a refused batch, or the half of one that `_bisect` finds refused, is never heard of.
-        The ids are the ones stored, made storable as the rows were.
+        The insert sends them inside its transaction: Postgres delivers them on commit and
+        drops them on rollback, so a refused batch, or the half of one that `_bisect` finds
+        refused, is never heard of. The ids are the ones stored, made storable as the rows were.
         """
-        settled = [
+        return payloads(
             Settled(request_id, row.kind, row.tag, str(row.outcome))
             for row, request_id in zip(rows, stored_ids, strict=True)
             if row.outcome.settles
-        ]
-        if settled:
-            await self.db.run(conn, self._notify_query, {"channel": CHANNEL, "payloads": payloads(settled)})
+        )
 
     async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.

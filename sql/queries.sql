@@ -36,17 +36,19 @@ ON CONFLICT (clan_tag) DO UPDATE
     WHERE w.fetched_at <= EXCLUDED.fetched_at;
 
 -- name: insert_ledger_rows
--- Append ledger rows given as parallel arrays (one round trip for a whole batch).
-INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
-SELECT * FROM unnest(
-    %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
-    %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
-    %(http_status)s::smallint[], %(latency_ms)s::integer[]
-);
-
--- name: notify_settled
--- The completion signal (coclib.completions): one NOTIFY refresh_done per payload, in order,
--- sent from the transaction that stores the rows, so delivered only if it commits.
+-- Append ledger rows given as parallel arrays (one round trip for a whole batch), and send the
+-- completion signal for the requests they settle (coclib.completions): one NOTIFY
+-- refresh_done per payload, in order, from this transaction, so delivered only if it commits.
+-- The same statement: a data-modifying WITH always runs to completion, and the signal costs
+-- no round trip of its own.
+WITH inserted AS (
+    INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
+    SELECT * FROM unnest(
+        %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
+        %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
+        %(http_status)s::smallint[], %(latency_ms)s::integer[]
+    )
+)
 SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p (payload);
 
 -- name: settled_by_id

@@ -90,16 +90,19 @@ from worker.runtime import Worker
 
 async def main(until, pause):
     worker = Worker(Settings.from_env())
-    drains = empty = 0
+    stopped = {}
     try:
-        while time.time() < until:
-            summary = await worker.drain(max(1.0, until - time.time()))
-            drains += 1
+        # Each drain gets 60 s, as a scheduled one gets its timeout; none starts too close to
+        # the end to take work (the deadline buffer is 6 s).
+        while until - time.time() > 10:
+            summary = await worker.drain(min(60.0, until - time.time()))
+            key = str(summary.stopped) + (f"/{summary.cause}" if summary.cause else "")
+            stopped[key] = stopped.get(key, 0) + 1
             if summary.stopped == StopCode.QUEUE_EMPTY:
-                empty += 1
                 await asyncio.sleep(pause)
         db = await worker.db()
-        print(f"RESULT drains={drains} empty={empty} round_trips={db.round_trips}", flush=True)
+        runs = " ".join(f"{k}={v}" for k, v in sorted(stopped.items()))
+        print(f"RESULT {runs} round_trips={db.round_trips}", flush=True)
     finally:
         await worker.close()
 
@@ -119,6 +122,7 @@ class Result:
     push_to_heard: list[float] | None = None
     row_to_heard: list[float] | None = None
     drains: str = ""
+    unsettled: str = ""
     notes: int = 0
 
 
@@ -173,7 +177,7 @@ def _run(rate: float, seconds: float, admin: str, redis_url: str) -> Result:
         listener = Listener(db_url)
         listener.start()
         start = time.time() + 3.0  # the drainer's imports and first (empty) drain
-        until = start + seconds + 20.0
+        until = start + seconds + 40.0
         drainer = subprocess.Popen(
             [sys.executable, "-I", "-c", DRAINER, repr(until), repr(PICKUP_PAUSE)],
             env=env,
@@ -196,7 +200,7 @@ def _run(rate: float, seconds: float, admin: str, redis_url: str) -> Result:
             pushed[request_id] = time.time()
             n += 1
         # Wait for the last pushes to be heard (bounded: a lost one must not hang the bench).
-        wait_until = time.time() + 15.0
+        wait_until = time.time() + 25.0
         while time.time() < wait_until and not set(pushed) <= set(listener.heard):
             time.sleep(0.1)
         out, _ = drainer.communicate(timeout=until - time.time() + 60)
@@ -213,6 +217,20 @@ def _run(rate: float, seconds: float, admin: str, redis_url: str) -> Result:
         ).fetchall()
     settled = {request_id: at for request_id, at in rows}
     result.pushed = len(pushed)
+    unsettled = [r for r in pushed if r not in settled]
+    if unsettled:
+        with psycopg.connect(db_url) as conn:
+            last = conn.execute(
+                "SELECT DISTINCT ON (request_id) outcome || coalesce('/' || reason, '') FROM refresh_ledger "
+                "WHERE request_id = ANY(%s) ORDER BY request_id, id DESC",
+                (unsettled,),
+            ).fetchall()
+        found = [row[0] for row in last]
+        result.unsettled = (
+            f"{len(unsettled)} unsettled, last rows: "
+            + ", ".join(f"{o}={found.count(o)}" for o in sorted(set(found)))
+            + f", none={len(unsettled) - len(found)}"
+        )
     result.notes = listener.notes
     result.settled = sum(1 for r in pushed if r in settled)
     result.missing = sum(1 for r in settled if r not in listener.heard)
@@ -305,6 +323,7 @@ def _report(results: list[Result], machine: dict[str, str], command: str) -> str
         and _quantile(r.push_to_heard or [99], 0.95) <= TARGET_P95
         for r in results
     )
+    lines += [f"\n{r.rate:g}/s: {r.unsettled}" for r in results if r.unsettled]
     lines += ["", f"Target met: {'yes' if ok else 'NO'}."]
     return "\n".join(lines)
 

@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             parser.parse_args(["audit", "--help"])
         return _list(audits)
     try:
+        # A reference (DATABASE_URL_SECRET_ARN, ...) is refused, naming it: only Lambda reads those.
         database_url = DatabaseSettings.from_env(environ).database_url
         queue = QueueSettings.from_env(environ) if args.command == "redrive" else None
     except ConfigError as exc:

@@ -174,11 +174,11 @@ def test_every_request_a_drain_settles_is_heard_once(settings, redis_client, sim
         RefreshRequest("gone", "player", "#YYYY")
     ]  # unknown: failed not_found
     push(redis_client, settings, *requests, b"not json", b'{"id": "bad-kind", "kind": "x", "tag": "#2PP"}')
-    with listener(settings.database_url) as conn:
+    with listener(settings.database.database_url) as conn:
         summary = drain(settings)
-        heard = heard_until_sentinel(conn, settings.database_url)
+        heard = heard_until_sentinel(conn, settings.database.database_url)
     assert summary.counts.get(Outcome.FETCHED) == 80
-    rows = [r for r in ledger(settings.database_url) if r["outcome"] in SETTLED_OUTCOMES]
+    rows = [r for r in ledger(settings.database.database_url) if r["outcome"] in SETTLED_OUTCOMES]
     assert len(rows) == 83
     assert sorted(heard, key=lambda s: s.id) == sorted(
         (Settled(r["request_id"], r["kind"], r["tag"], r["outcome"]) for r in rows), key=lambda s: s.id
@@ -194,7 +194,7 @@ def test_the_waiter_hears_ids_and_tags_and_finds_ids_settled_before_it_waited(
     simulator.not_found.add("#YYYY")
     push(redis_client, settings, RefreshRequest("early", "player", "#2PP"))
     drain(settings)  # settled before anyone listened: the ledger says so
-    with RefreshWaiter.connect(settings.database_url) as waiter:
+    with RefreshWaiter.connect(settings.database.database_url) as waiter:
         push(
             redis_client,
             settings,

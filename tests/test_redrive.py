@@ -101,7 +101,7 @@ def test_selection_by_reason_kind_and_window(history, env, capsys, argv, expecte
 
 
 def test_apply_queues_new_requests_records_them_and_never_twice(history, env, settings, redis_client, capsys):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     waiting = enqueue(redis_client, "clan", "#8QU", keys=keys)  # a producer got there first
     code, rows, err = run(capsys, env, "--reason", "upstream_error", "--reason", "timeout", "--apply")
     assert code == 0, err
@@ -137,7 +137,7 @@ def test_apply_queues_new_requests_records_them_and_never_twice(history, env, se
 
 
 def test_dead_letters_go_back_to_the_tail_as_they_were(env, settings, redis_client, database_url, capsys):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     waiting = enqueue(redis_client, "player", "#2PP", keys=keys)
     dead = [
         b'{"id": "d1", "kind": "clan", "tag": "#8QU"}',

@@ -210,15 +210,15 @@ def run_demo(
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
         # The site listens before it pushes: a notification sent before LISTEN is never heard.
-        with RefreshWaiter.connect(settings.database_url) as waiter:
-            with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
+        with RefreshWaiter.connect(settings.database.database_url) as waiter:
+            with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
                 queued = _enqueue_mix(client, worker.keys, sim, requests)
                 site = _SiteRequest("player", _tag(random.Random(time.time_ns())))
                 site.request_id = enqueue(client, site.kind, site.tag, keys=worker.keys)
                 site.pushed_at = time.time()
             print(
-                f"Enqueued {queued + 1} refresh requests on {settings.refresh_queue_key}; "
-                f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"
+                f"Enqueued {queued + 1} refresh requests on {settings.queue.refresh_queue_key}; "
+                f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
                 f"The last is a site's refresh of {site.kind} {site.tag}: the site LISTENs on refresh_done.\n"
             )
             site.listen(waiter)

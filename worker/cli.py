@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         "also looked up in the ledger, so one settled already is found at once. It needs a\n"
         "session-level connection: not through a transaction-pooling proxy (PgBouncer in\n"
         "transaction mode), where LISTEN hears nothing.",
-        environment_help(DatabaseSettings.VARIABLES),
+        environment_help(DatabaseSettings.variables()),
     )  # fmt: skip
     wait.add_argument("tags", nargs="*", metavar="TAG", help="e.g. '#2PP' (normalised as the queue does)")
     wait.add_argument("--kind", choices=KINDS, help="only this kind's settlements of the tags (default: any)")

@@ -199,6 +199,9 @@ def _redrive(args: argparse.Namespace, conn: psycopg.Connection, queue: QueueSet
         where = mask_url_password(queue.redis_url)
         print(f"error: cannot reach Redis at {where}: {describe(exc)}", file=sys.stderr)
         return 1
+    except redis.RedisError as exc:  # e.g. WRONGTYPE: a key of the queue holds something else
+        print(f"error: Redis: {describe(exc)}", file=sys.stderr)
+        return 1
     finally:
         if client is not None:
             client.close()

@@ -167,3 +167,10 @@ def test_redrive_reads_redis_settings_and_refuses_a_reference(database_url, caps
     ref = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/redis-url-AbCdEf"
     assert main(["redrive"], {"DATABASE_URL": database_url, "REDIS_URL_SECRET_ARN": ref}) == 2
     assert "only the Lambda handler reads secrets by reference" in capsys.readouterr().err
+
+
+def test_a_dead_letter_key_that_is_no_list_is_one_line(env, settings, redis_client, capsys):
+    redis_client.set(QueueKeys(settings.queue.refresh_queue_key).dead_letter, "not a list")
+    assert main(["redrive", "--from", "dead-letter", "--apply"], env) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Redis: ") and "WRONGTYPE" in line

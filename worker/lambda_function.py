@@ -45,7 +45,7 @@ class _Container:
 _container: _Container | None = None
 
 
-def _warm() -> _Container:
+def _warm(context: Any = None) -> _Container:
     global _container
     if _container is None:
         try:
@@ -68,7 +68,10 @@ def _warm() -> _Container:
         asyncio.set_event_loop(loop)
         worker = Worker(settings)
         redactor = formatter.redactor
-        metrics = RunMetrics(settings.environment, redact=redactor.text)
+        # FunctionName, a dimension of every metric: the context's (Lambda sets it), so two
+        # deployments in one account never share a metric or an alarm.
+        function_name = getattr(context, "function_name", None)
+        metrics = RunMetrics(settings.environment, function_name=function_name, redact=redactor.text)
         _container = _Container(loop, worker, Actions(worker, metrics), formatter, redactor)
         # A process that ran the handler and then exits (a script, the local server, tests)
         # closes the pool and the API session first: otherwise asyncio and aiohttp log
@@ -80,7 +83,7 @@ def _warm() -> _Container:
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled drains, API Gateway `GET /health` and `POST /refresh`, operator actions."""
-    container = _warm()
+    container = _warm(context)
     container.formatter.append_keys(cold_start=container.invocations == 0, **lambda_context_keys(context))
     container.invocations += 1
     try:

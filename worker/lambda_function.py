@@ -6,8 +6,8 @@ on the first invocation and kept while the container is warm: a warm invocation 
 its own work on the same loop. Routing lives in `worker.events` and `worker.http`.
 
 Secret settings given by reference (`DATABASE_URL_SECRET_ARN`, `COC_PASSWORD_PARAMETER`, ...)
-are read from Secrets Manager or SSM at that first invocation, once per container
-(`coclib.aws_secrets`); a rotated secret reaches the function with its next cold start.
+are read from Secrets Manager or SSM at that first invocation (`coclib.aws_secrets`), and read
+again when a run halts on a fault a rotated secret causes (`worker.runtime`).
 """
 
 from __future__ import annotations
@@ -66,8 +66,15 @@ def _warm(context: Any = None) -> _Container:
             log.info("secrets read by reference", extra={"references": sources})
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        worker = Worker(settings)
         redactor = formatter.redactor
+        # A secret read by reference can rotate under a warm container: the worker reads them
+        # again when a run halts on a fault a changed secret causes (worker.runtime), and the
+        # log redaction learns the new values before anything can print them.
+        worker = Worker(
+            settings,
+            reread=(lambda: Settings.from_env(resolve=resolve_references)) if references else None,
+            on_reread=lambda fresh: redactor.learn(fresh.secrets()),
+        )
         # FunctionName, a dimension of every metric: the context's (Lambda sets it), so two
         # deployments in one account never share a metric or an alarm.
         function_name = getattr(context, "function_name", None)

@@ -34,6 +34,7 @@ from packaging.version import Version
 REPO = Path(__file__).resolve().parents[2]
 TOFU = REPO / "tofu"
 EXAMPLE = "examples/complete"
+BOOTSTRAP = "examples/bootstrap"
 DUMP_SCRIPT = Path(__file__).with_name("hcl2_dump.py")
 VENVS = REPO / ".cache" / "venvs"
 
@@ -318,6 +319,10 @@ def test_every_tf_file_parses_and_the_layout_is_there(parsed):
         f"{EXAMPLE}/variables.tf",
         f"{EXAMPLE}/outputs.tf",
         f"{EXAMPLE}/versions.tf",
+        f"{BOOTSTRAP}/main.tf",
+        f"{BOOTSTRAP}/variables.tf",
+        f"{BOOTSTRAP}/outputs.tf",
+        f"{BOOTSTRAP}/versions.tf",
     }
     on_disk = {p.relative_to(TOFU).as_posix() for p in TOFU.rglob("*.tf") if ".terraform" not in p.parts}
     assert set(parsed) == on_disk, "every .tf file must be parsed"
@@ -348,7 +353,7 @@ def _allows(constraint: str, version: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_aws_provider_constraint_covers_5x_and_6x_and_knows_every_allowed_runtime(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.terraform, f"{directory or 'tofu'} has no terraform block"
@@ -364,7 +369,7 @@ def test_aws_provider_constraint_covers_5x_and_6x_and_knows_every_allowed_runtim
     assert not _allows(aws["version"], "5.75.1")
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_variable_has_a_description_and_a_type(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.variables
@@ -380,7 +385,7 @@ def test_every_variable_has_a_description_and_a_type(parsed, directory):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_reference_is_declared(parsed, directory):
     mod = Module.from_files(directory, parsed)
     refs = set().union(*(references(body) for body in mod.files.values()))
@@ -388,7 +393,7 @@ def test_every_reference_is_declared(parsed, directory):
     assert reference_problems(mod) == []
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_output_refers_to_something_that_exists(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.outputs
@@ -1101,3 +1106,153 @@ def test_checkov_gate_fails_when_a_skip_is_removed(checkov_bin, tofu_copy):
     proc = run_checkov(checkov_bin, tofu_copy, *GATE_FLAGS)
     assert proc.returncode == 1, proc.stdout
     assert "Failed checks: 1," in proc.stdout and "CKV_AWS_50" in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Deploying: migrations first, plans that survive expired artifacts, global names
+# ---------------------------------------------------------------------------
+
+
+def test_each_published_version_migrates_before_live_moves_to_it(mod):
+    call = mod.resource("aws_lambda_invocation", "migrate")
+    assert call["count"] == "${var.migrate_on_deploy ? 1 : 0}"
+    assert mod.variables["migrate_on_deploy"]["default"] is True
+    assert call["function_name"] == "${aws_lambda_function.this.function_name}"
+    assert call["qualifier"] == "${aws_lambda_function.this.version}"
+    assert call["input"].startswith("${jsonencode(") and "migrate" in call["input"], call["input"]
+    assert call["triggers"] == {"version": "${aws_lambda_function.this.version}"}
+    alias = mod.resource("aws_lambda_alias", "live")
+    assert "${aws_lambda_invocation.migrate}" in alias["depends_on"]
+    # The handler's operator action it invokes.
+    assert '"migrate"' in (REPO / "worker" / "events.py").read_text()
+
+
+def test_a_plan_can_skip_every_s3_read(mod):
+    """Rollback and disabling the schedule must not depend on the deployed commit's objects."""
+    assert mod.variables["plan_without_artifacts"]["default"] is False
+    assert mod.locals["read_artifacts"] == (
+        "${local.use_s3_artifacts && var.commit_sha != null && !var.plan_without_artifacts}"
+    )
+    for name in ("artifacts", "manifest"):
+        [data] = [body for (t, n), body in mod.data.items() if n == name and t.startswith("aws_s3_object")]
+        assert data["count"] == "${local.read_artifacts ? 1 : 0}"
+    s3_reads = [(t, n) for (t, n) in mod.data if t.startswith("aws_s3")]
+    assert sorted(s3_reads) == [("aws_s3_object", "manifest"), ("aws_s3_objects", "artifacts")]
+    # Without a manifest the code's hash is left to what is deployed (null keeps it).
+    fn = mod.resource("aws_lambda_function", "this")
+    assert "try(local.manifest.function.base64sha256, null)" in fn["source_code_hash"]
+    [readable] = [
+        p for p in fn["lifecycle"][0]["precondition"] if "has no readable body" in p["error_message"]
+    ]
+    assert readable["condition"] == "${local.manifest != null || !local.read_artifacts}"
+    [missing] = mod.data[("aws_s3_object", "manifest")]["lifecycle"][0]["precondition"]
+    assert "plan_without_artifacts = true" in missing["error_message"]
+
+
+def role_name(function_name: str, region: str) -> str:
+    """local.role_name, evaluated."""
+    keep = min(len(function_name), 64 - len("--exec") - len(region))
+    return f"{function_name[:keep]}-{region}-exec"
+
+
+def test_the_role_name_holds_the_region_and_fits_iam(mod):
+    assert mod.resource("aws_iam_role", "this")["name"] == "${local.role_name}"
+    expression = mod.locals["role_name"]
+    assert "data.aws_region.current.id" in expression and "64" in expression and '"--exec"' in expression
+    longest = "f" * 48  # function_name's validation allows 48
+    assert len(role_name(longest, "ap-southeast-5")) <= 64
+    assert role_name("coc", "eu-west-1") != role_name("coc", "us-east-1")
+    assert role_name("coc-refresh-worker", "eu-west-1") == "coc-refresh-worker-eu-west-1-exec"
+    assert "48" in json.dumps(mod.variables["function_name"]["validation"])
+
+
+def test_kms_via_service_names_the_region_of_each_referenced_secret(mod):
+    doc = mod.data[("aws_iam_policy_document", "secrets")]
+    statements = {s["content"][0]["sid"]: s for s in (d["statement"] for d in doc["dynamic"])}
+    [condition] = statements["DecryptThroughSecretsManagerAndSsm"]["content"][0]["condition"]
+    values = condition["values"]
+    assert "local.secret_regions" in values and '"secretsmanager.${region}.amazonaws.com"' in values
+    assert "ssm.${data.aws_region.current.id}.amazonaws.com" in values
+    assert 'split(":", arn)[3]' in mod.locals["secret_regions"]
+
+
+# ---------------------------------------------------------------------------
+# The bootstrap example: artifacts bucket, GitHub OIDC role, remote state
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bootstrap(parsed) -> Module:
+    return Module.from_files(BOOTSTRAP, parsed)
+
+
+def test_bootstrap_artifacts_bucket_is_versioned_encrypted_private_and_tls_only(bootstrap):
+    buckets = bootstrap.locals["buckets"]
+    assert buckets == {"artifacts": "${aws_s3_bucket.artifacts}", "state": "${aws_s3_bucket.state}"}
+    for rtype in (
+        "aws_s3_bucket_versioning",
+        "aws_s3_bucket_server_side_encryption_configuration",
+        "aws_s3_bucket_public_access_block",
+        "aws_s3_bucket_ownership_controls",
+        "aws_s3_bucket_policy",
+    ):
+        [body] = bootstrap.of_type(rtype).values()
+        assert body["for_each"] == "${local.buckets}", f"{rtype} covers both buckets"
+    versioning = bootstrap.resource("aws_s3_bucket_versioning", "this")
+    assert versioning["versioning_configuration"][0]["status"] == "Enabled"
+    sse = bootstrap.resource("aws_s3_bucket_server_side_encryption_configuration", "this")["rule"][0]
+    assert bootstrap.resolve(sse["apply_server_side_encryption_by_default"][0]["sse_algorithm"]) == "aws:kms"
+    pab = bootstrap.resource("aws_s3_bucket_public_access_block", "this")
+    assert all(pab[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls"))
+    [tls] = bootstrap.data[("aws_iam_policy_document", "tls_only")]["statement"]
+    assert tls["effect"] == "Deny" and tls["condition"][0]["variable"] == "aws:SecureTransport"
+
+
+def test_bootstrap_lifecycle_keeps_every_current_build_unless_told(bootstrap):
+    lifecycle = bootstrap.resource("aws_s3_bucket_lifecycle_configuration", "artifacts")
+    [rule] = lifecycle["rule"]
+    assert "expiration" not in rule, "current builds (what is deployed) never expire by default"
+    assert rule["noncurrent_version_expiration"][0]["noncurrent_days"] == "${var.noncurrent_artifact_days}"
+    assert rule["abort_incomplete_multipart_upload"][0]["days_after_initiation"] == 7
+    [expire] = lifecycle["dynamic"]
+    assert expire["rule"]["for_each"] == (
+        "${var.artifact_expiration_days != null ? [var.artifact_expiration_days] : []}"
+    )
+    assert bootstrap.variables["artifact_expiration_days"]["default"] is None
+
+
+def test_bootstrap_github_role_is_for_the_main_branch_only_and_may_only_put_artifacts(bootstrap):
+    assert bootstrap.locals["github_subject"] == "repo:${var.github_repository}:ref:refs/heads/main"
+    [trust] = bootstrap.data[("aws_iam_policy_document", "github_trust")]["statement"]
+    assert trust["actions"] == ["sts:AssumeRoleWithWebIdentity"]
+    conditions = {c["variable"]: c for c in trust["condition"]}
+    sub = conditions["${local.github_oidc}:sub"]
+    assert sub["test"] == "StringEquals" and sub["values"] == ["${local.github_subject}"]
+    aud = conditions["${local.github_oidc}:aud"]
+    assert aud["test"] == "StringEquals" and aud["values"] == ["sts.amazonaws.com"]
+    assert bootstrap.locals["github_oidc"] == "token.actions.githubusercontent.com"
+    statements = bootstrap.data[("aws_iam_policy_document", "github_publish")]["statement"]
+    [put] = statements
+    assert set(put["actions"]) == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert put["resources"] == ["${aws_s3_bucket.artifacts.arn}/*"]
+    # The workflow's secrets are these outputs.
+    workflow = (REPO / ".github" / "workflows" / "refresh-worker.yml").read_text()
+    assert "AWS_LAMBDA_ARTIFACTS_ROLE_ARN" in bootstrap.outputs["github_role_arn"]["description"]
+    assert "secrets.AWS_LAMBDA_ARTIFACTS_ROLE_ARN" in workflow
+    assert "AWS_LAMBDA_ARTIFACTS_BUCKET" in bootstrap.outputs["artifacts_bucket"]["description"]
+
+
+def test_bootstrap_remote_state_is_versioned_and_locked(bootstrap):
+    table = bootstrap.resource("aws_dynamodb_table", "locks")
+    assert table["hash_key"] == "LockID" and table["attribute"] == [{"name": "LockID", "type": "S"}]
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["point_in_time_recovery"][0]["enabled"] is True
+    backend = bootstrap.outputs["backend_config"]["value"]
+    for needle in (
+        'backend "s3"',
+        "${aws_s3_bucket.state.id}",
+        "${aws_dynamodb_table.locks.name}",
+        "encrypt",
+    ):
+        assert needle in backend
+    assert bootstrap.terraform and "backend" not in bootstrap.terraform[0], "its own state starts local"

@@ -203,6 +203,8 @@ def test_every_step_can_be_re_run(workflow):
     assert script.index('for file in "${zips[@]}"') < script.index('for file in "${manifests[@]}"')
     assert "--content-type application/json" in script.split('for file in "${manifests[@]}"')[1]
     assert '"s3://${AWS_LAMBDA_ARTIFACTS_BUCKET}/${file#dist/}"' in script
+    # S3 checks each upload against its SHA-256 and keeps the checksum with the object.
+    assert script.count("aws s3 cp --no-progress --checksum-algorithm SHA256 ") == 2
     # The keys are the file names package-lambda.sh writes, which are the module's keys.
     assert 'zips=(dist/*-"${GITHUB_SHA}"-*.zip)' in script
     assert 'manifests=(dist/refresh-worker-"${GITHUB_SHA}"-*.json)' in script

@@ -1,14 +1,16 @@
 """Static checks of the OpenTofu module in tofu/ (no tofu binary or provider is available).
 
 Two tools, each in its own virtual environment under .cache/venvs/ (checkov vendors a fork of
-python-hcl2 under the same `hcl2` import name, so they cannot share one):
+python-hcl2 under the same `hcl2` import name, so they cannot share one), each installed from
+its own hashed lock beside this file (hcl2.lock, checkov.lock; ./lock-dependencies.sh writes
+them with requirements.lock):
 
 * python-hcl2 parses every .tf file to JSON (hcl2_dump.py); the tests below assert the seed
   deployment guide's requirements on that JSON and check that every reference resolves.
 * checkov (--framework terraform --skip-download) must report no failed check; each check the
   module skips is skipped inline with a reason, and every such skip must still be in use.
 
-The environments are created on first use and reused while they hold the pinned versions.
+The environments are created on first use and reused while they were made from the same lock.
 If pip cannot install them the tests fail with pip's output: they never skip.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,8 +41,8 @@ DUMP_SCRIPT = Path(__file__).with_name("hcl2_dump.py")
 VENVS = REPO / ".cache" / "venvs"
 
 # python-hcl2 8.x: SerializationOptions(strip_string_quotes=...) gives the classic JSON shape.
-HCL2_REQUIREMENT = ("python-hcl2", ">=8.1,<9")
-CHECKOV_REQUIREMENT = ("checkov", ">=3.2.400,<4")
+HCL2_REQUIREMENT = ("python-hcl2", Path(__file__).with_name("hcl2.lock"))
+CHECKOV_REQUIREMENT = ("checkov", Path(__file__).with_name("checkov.lock"))
 
 # A cold pip cache can take minutes for checkov: more than pytest-timeout's per-test default.
 # (The marker is only known where pytest-timeout is installed, and markers are strict.)
@@ -76,14 +78,22 @@ def _installed_version(python: Path, dist: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
-    """Return the python of .cache/venvs/NAME holding `requirement`, creating it if needed."""
-    dist, spec = requirement
+def locked_version(lock: Path, dist: str) -> str:
+    """The version `lock` pins for `dist`."""
+    found = re.search(rf"^{re.escape(dist)}==(\S+)", lock.read_text(encoding="utf-8"), re.M)
+    assert found, f"{lock.name} does not pin {dist}: run ./lock-dependencies.sh"
+    return found[1]
+
+
+def ensure_venv(name: str, requirement: tuple[str, Path]) -> Path:
+    """Return the python of .cache/venvs/NAME, installed from the lock (hashes checked)."""
+    dist, lock = requirement
     venv = VENVS / name
     python = venv / "bin" / "python"
+    stamp = venv / "installed-from.sha256"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     with _locked(VENVS / f".{name}.lock"):
-        have = _installed_version(python, dist) if python.exists() else None
-        if have is not None and Version(have) in SpecifierSet(spec):
+        if python.exists() and stamp.exists() and stamp.read_text() == digest:
             return python
         shutil.rmtree(venv, ignore_errors=True)
         steps = [
@@ -96,7 +106,10 @@ def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
                 "--disable-pip-version-check",
                 "--no-input",
                 "--quiet",
-                f"{dist}{spec}",
+                "--require-hashes",
+                "--only-binary=:all:",
+                "-r",
+                str(lock),
             ],
         ]
         for cmd in steps:
@@ -108,13 +121,15 @@ def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
             if proc.returncode != 0:
                 shutil.rmtree(venv, ignore_errors=True)
                 pytest.fail(
-                    f"could not install {dist}{spec} into {venv} (exit {proc.returncode}):\n"
+                    f"could not install {dist} from {lock.name} into {venv} (exit {proc.returncode}):\n"
                     f"$ {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
                     pytrace=False,
                 )
         have = _installed_version(python, dist)
-        if have is None or Version(have) not in SpecifierSet(spec):
-            pytest.fail(f"{venv} holds {dist} {have}, not {spec}", pytrace=False)
+        if have != locked_version(lock, dist):
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.fail(f"{venv} holds {dist} {have}, not the {lock.name} pin", pytrace=False)
+        stamp.write_text(digest)
         return python
 
 
@@ -1256,3 +1271,20 @@ def test_bootstrap_remote_state_is_versioned_and_locked(bootstrap):
     ):
         assert needle in backend
     assert bootstrap.terraform and "backend" not in bootstrap.terraform[0], "its own state starts local"
+
+
+def test_the_tools_come_from_hashed_locks_that_lock_dependencies_writes():
+    script = (REPO / "lock-dependencies.sh").read_text()
+    for dist, lock in (HCL2_REQUIREMENT, CHECKOV_REQUIREMENT):
+        text = lock.read_text(encoding="utf-8")
+        assert text.startswith("# This file was autogenerated by uv") and "./lock-dependencies.sh" in text
+        pins = re.findall(
+            r"^([A-Za-z0-9][\w.-]*)==\S+(?: ;[^\\\n]*)? \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
+            text,
+            re.M,
+        )
+        assert len(pins) == len(re.findall(r"^[A-Za-z0-9][\w.-]*==", text, re.M)), (
+            f"{lock.name}: a pin without hashes"
+        )
+        assert dist in {name for name, _ in pins}
+        assert f'"{lock.stem}:{dist}' in script, f"lock-dependencies.sh does not write {lock.name}"

@@ -39,7 +39,7 @@ locals {
 
   # Why a run halts (`cause`, coclib.reasons' systemic codes). `maintenance` is the API's own
   # downtime: the requests wait and nothing can be done, so it does not page.
-  halt_causes = ["maintenance", "forbidden", "throttled", "credentials", "login", "upstream", "database_unavailable", "redis_unavailable", "lease_lost", "internal_error"]
+  halt_causes = ["maintenance", "forbidden", "throttled", "credentials", "login", "api_down", "database_unavailable", "redis_unavailable", "redis_wrong_type", "redis_out_of_memory", "redis_read_only", "lease_lost", "internal_error"]
   emf_alarm_dimensions = {
     environment  = var.environment
     FunctionName = var.function_name

@@ -235,12 +235,14 @@ def test_tests_run_in_the_locked_environment_against_postgres_and_redis_services
     job = workflow["jobs"]["test"]
     assert job["services"]["postgres"]["image"] == "postgres:16"
     assert job["services"]["redis"]["image"] == "redis:7"
+    # The same Postgres as .ci/run's: trust authentication (see the workflow's comment).
+    assert job["services"]["postgres"]["env"] == {"POSTGRES_HOST_AUTH_METHOD": "trust"}
     runs = [s.get("run", "") for s in steps(job)]
     assert LOCKED_INSTALL in runs
     [run] = [s for s in steps(job) if "pytest" in s.get("run", "")]
     assert run["run"].strip() == "python -m pytest"
     assert run["env"] == {
-        "TEST_DATABASE_URL": "postgresql://postgres:postgres@localhost:5432/postgres",
+        "TEST_DATABASE_URL": "postgresql://postgres@localhost:5432/postgres",
         "TEST_REDIS_URL": "redis://localhost:6379/0",
     }
     for name in ("test", "build"):

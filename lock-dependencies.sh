@@ -8,7 +8,8 @@ Usage: ./lock-dependencies.sh [--upgrade | --upgrade-package NAME ...]
 
 Resolves pyproject.toml's dependencies and its local, test and lint extras once, for CPython
 3.11 and newer on every platform (a universal resolution), and writes every version with the
-sha256 of each of its files to requirements.lock. Without options, versions already in the
+sha256 of each of its files to requirements.lock; the same for the two tools the tofu tests
+run in venvs of their own, python-hcl2 and checkov (tests/tofu/hcl2.lock, checkov.lock). Without options, versions already in the
 lock are kept where they still fit (so merging a dependency change moves only what it must);
 --upgrade moves everything to the newest versions that fit, --upgrade-package NAME one package.
 
@@ -44,3 +45,16 @@ fi
   --quiet --output-file requirements.lock "$@"
 echo "requirements.lock: $(grep -c '^[a-z0-9]' requirements.lock) packages," \
   "sha256 $(sha256sum requirements.lock | cut -c1-16)…"
+
+# The static checks of tofu/ (tests/tofu) run python-hcl2 and checkov, each in a venv of its
+# own (checkov ships a fork of python-hcl2 under the same import name, so they cannot share
+# one, nor the test environment): each gets its own hashed lock beside those tests, resolved
+# the same way and installed with --require-hashes.
+for tool in "hcl2:python-hcl2>=8.1,<9" "checkov:checkov>=3.2.400,<4"; do
+  lock="tests/tofu/${tool%%:*}.lock"
+  "$venv/bin/uv" pip compile - \
+    --universal --python-version 3.11 --generate-hashes \
+    --custom-compile-command ./lock-dependencies.sh \
+    --quiet --output-file "$lock" "$@" <<<"${tool#*:}"
+  echo "$lock: $(grep -c '^[a-z0-9]' "$lock") packages"
+done

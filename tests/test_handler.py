@@ -38,6 +38,7 @@ SETTING_NAMES = tuple(VARIABLES)
 METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
     "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
+    "halted",
 }  # fmt: skip
 
 
@@ -146,20 +147,22 @@ def test_scheduled_event_drains_and_returns_the_run_summary(invoke, settings, re
     assert queue_items(redis_client, settings) == []
 
 
-def test_a_run_publishes_emf_metrics_with_the_environment_dimension(
+def test_a_run_publishes_emf_metrics_with_the_environment_and_function_dimensions(
     invoke, worker_env, settings, redis_client, simulator, capfd
 ):
     invoke.env(worker_env, ENVIRONMENT="staging")
     simulator.not_found.add("#2PQ")
     push(redis_client, settings, req(1), req(2, tag="#2PQ"), req(3, tag="#2PR"))
 
-    summary = invoke(scheduled_event())
+    summary = invoke(scheduled_event(), LambdaContext(function_name="coc-refresh-staging"))
 
     [emf] = emf_lines(capfd.readouterr().out)
     [directive] = emf["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "CocRefreshWorker"
-    assert directive["Dimensions"] == [["environment"]]
-    assert emf["environment"] == "staging"
+    # FunctionName: two deployments in one account and environment never mix their metrics.
+    assert directive["Dimensions"] == [["environment", "FunctionName"]]
+    assert emf["environment"] == "staging" and emf["FunctionName"] == "coc-refresh-staging"
+    assert emf["halted"] == [0] or emf["halted"] == 0
     assert {m["Name"] for m in directive["Metrics"]} == METRIC_NAMES
     units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
     assert units["run_duration_ms"] == "Milliseconds" and units["api_requests_per_second"] == "Count/Second"
@@ -172,6 +175,28 @@ def test_a_run_publishes_emf_metrics_with_the_environment_dimension(
     assert values["run_duration_ms"] == pytest.approx(summary["duration_s"] * 1000, abs=1)
     assert emf["run_id"] == summary["run_id"] and emf["stopped"] == "queue_empty"
     assert emf["trigger"] == "scheduled"
+
+
+@pytest.mark.parametrize("fault, cause", [("maintenance", "maintenance"), ("invalid_ip", "forbidden")])
+def test_a_run_that_halts_says_so_in_a_metric_by_cause(
+    invoke, settings, redis_client, simulator, capfd, fault, cause
+):
+    """The invocation succeeds, so no Lambda metric sees the halt: `halted` does, per run, and
+    again with its cause (the alarm leaves `maintenance` out by that dimension)."""
+    setattr(simulator, fault, True)
+    push(redis_client, settings, req(1), req(2, tag="#2PQ"))
+
+    summary = invoke(scheduled_event(), LambdaContext(function_name="coc-refresh-prod"))
+
+    assert (summary["stopped"], summary["cause"]) == ("circuit_open", cause)
+    run_line, by_cause = emf_lines(capfd.readouterr().out)
+    assert run_line["halted"] in (1, [1])
+    [directive] = by_cause["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "CocRefreshWorker"
+    assert directive["Dimensions"] == [["environment", "FunctionName", "cause"]]
+    assert [m["Name"] for m in directive["Metrics"]] == ["halted"]
+    assert by_cause["halted"] in (1, [1]) and by_cause["cause"] == cause
+    assert by_cause["FunctionName"] == "coc-refresh-prod" and by_cause["environment"] == "development"
 
 
 def test_logs_are_json_with_a_debug_line_per_outcome_and_an_info_run_summary(

@@ -6,9 +6,15 @@
 # when they changed (base64sha256 is source_code_hash's format, so a rebuilt zip under the
 # same key is redeployed).
 
+# plan_without_artifacts skips both reads: a plan then depends on no S3 object, so rollback
+# and disabling the schedule keep working after the deployed commit's artifacts expired.
+locals {
+  read_artifacts = local.use_s3_artifacts && var.commit_sha != null && !var.plan_without_artifacts
+}
+
 # Which targets CI built for this commit, to name them when the wanted one is missing.
 data "aws_s3_objects" "artifacts" {
-  count = local.use_s3_artifacts && var.commit_sha != null ? 1 : 0
+  count = local.read_artifacts ? 1 : 0
 
   bucket = var.artifacts_bucket
   prefix = local.artifact_prefix
@@ -25,7 +31,7 @@ locals {
 }
 
 data "aws_s3_object" "manifest" {
-  count = local.use_s3_artifacts && var.commit_sha != null ? 1 : 0
+  count = local.read_artifacts ? 1 : 0
 
   bucket = var.artifacts_bucket
   key    = local.manifest_s3_key
@@ -34,7 +40,7 @@ data "aws_s3_object" "manifest" {
     # Checked before the read, so a missing target is this message rather than "not found".
     precondition {
       condition     = contains(local.built_targets, local.target)
-      error_message = "No build of commit ${var.commit_sha} for ${local.target} in s3://${var.artifacts_bucket}/ (built: ${length(local.built_targets) > 0 ? join(", ", local.built_targets) : "none"}). Add ${local.target} to the workflow's build matrix (or run ./package-lambda.sh --python ${trimprefix(var.runtime, "python")} --arch ${var.architecture} and upload the three files), or set runtime and architecture to a target that was built."
+      error_message = "No build of commit ${var.commit_sha} for ${local.target} in s3://${var.artifacts_bucket}/ (built: ${length(local.built_targets) > 0 ? join(", ", local.built_targets) : "none"}). Add ${local.target} to the workflow's build matrix (or run ./package-lambda.sh --python ${trimprefix(var.runtime, "python")} --arch ${var.architecture} and upload the three files), or set runtime and architecture to a target that was built. If this commit is the one deployed and its artifacts have expired, set plan_without_artifacts = true to plan from what is deployed (rollback, disabling the schedule)."
     }
   }
 }

@@ -1,15 +1,17 @@
 # One CloudWatch dashboard for operators (var.create_dashboard, on by default). The worker's
 # own metrics come from the Embedded Metric Format line each run logs (namespace
-# CocRefreshWorker, dimension environment; see worker/metrics.py); the rest are AWS/Lambda and
+# CocRefreshWorker, dimensions environment and FunctionName; see worker/metrics.py); the rest are AWS/Lambda and
 # AWS/Events metrics of this function and its schedule.
 
 locals {
-  emf          = ["CocRefreshWorker"]
-  emf_dims     = ["environment", var.environment]
-  lambda_dims  = ["FunctionName", aws_lambda_function.this.function_name]
-  region       = data.aws_region.current.id
-  timeout_ms   = 300000
-  widget_width = 12
+  emf         = ["CocRefreshWorker"]
+  emf_dims    = ["environment", var.environment, "FunctionName", var.function_name]
+  lambda_dims = ["FunctionName", aws_lambda_function.this.function_name]
+  region      = data.aws_region.current.id
+  timeout_ms  = 300000
+  # Above the drain's own end (it stops taking work 5 s before the timeout): see alarms.tf.
+  duration_alarm_ms = local.timeout_ms - 2000
+  widget_width      = 12
 
   dashboard_widgets = [
     {
@@ -45,6 +47,14 @@ locals {
       ]
     },
     {
+      title = "Runs that halted on a fault, by cause"
+      stat  = "Sum"
+      metrics = [
+        for cause in local.halt_causes :
+        concat(local.emf, ["halted"], local.emf_dims, ["cause", cause])
+      ]
+    },
+    {
       title = "Errors and schedule deliveries"
       stat  = "Sum"
       metrics = [
@@ -60,7 +70,7 @@ locals {
         concat(["AWS/Lambda", "Duration"], local.lambda_dims, [{ label = "longest invocation (ms)" }]),
       ]
       annotations = { horizontal = [
-        { label = "duration alarm", value = 240000 },
+        { label = "duration alarm", value = local.duration_alarm_ms },
         { label = "timeout", value = local.timeout_ms, color = "#d62728" },
       ] }
     },

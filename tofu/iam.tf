@@ -16,8 +16,10 @@ data "aws_iam_policy_document" "assume_role" {
   }
 }
 
+# IAM is global and the function regional: the region is part of the role's name, so the same
+# function_name deployed in two regions of one account does not collide.
 resource "aws_iam_role" "this" {
-  name               = "${var.function_name}-exec"
+  name               = local.role_name
   description        = "Execution role of the ${var.function_name} Lambda function"
   assume_role_policy = data.aws_iam_policy_document.assume_role.json
   tags               = var.tags
@@ -76,10 +78,12 @@ data "aws_iam_policy_document" "secrets" {
       condition {
         test     = "StringEquals"
         variable = "kms:ViaService"
-        values = [
-          for service in ["secretsmanager", "ssm"] :
-          "${service}.${data.aws_region.current.id}.amazonaws.com"
-        ]
+        # Through Secrets Manager in each region a referenced secret lives in (its ARN names
+        # it, and the worker reads it there), and SSM in the function's own region.
+        values = sort(distinct(concat(
+          [for region in local.secret_regions : "secretsmanager.${region}.amazonaws.com"],
+          ["ssm.${data.aws_region.current.id}.amazonaws.com"],
+        )))
       }
     }
   }

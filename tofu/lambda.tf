@@ -109,7 +109,7 @@ resource "aws_lambda_function" "this" {
       error_message = "use_layer = ${var.use_layer}, but the artifacts were built ${try(local.manifest.layer, null) == null ? "with --single-zip (no layer): set use_layer = false" : "with a layer: set use_layer = true"}."
     }
     precondition {
-      condition     = local.manifest != null || !local.use_s3_artifacts || var.commit_sha == null
+      condition     = local.manifest != null || !local.read_artifacts
       error_message = "The manifest refresh-worker-${coalesce(var.commit_sha, "<sha>")}-${local.target}.json has no readable body: upload it with --content-type application/json, as the workflow does."
     }
     precondition {
@@ -139,11 +139,31 @@ resource "aws_lambda_function" "this" {
   }
 }
 
+# Migrations are part of the deploy: each published version applies the schema once (a new
+# version, a new invocation), before the `live` alias, and with it the schedule and the API,
+# moves to it. A migration that fails fails the apply, and `live` stays where it was. The
+# worker's migrations only add (see the README, Migrations), so the version still live keeps
+# working on the new schema meanwhile, and after a rollback.
+resource "aws_lambda_invocation" "migrate" {
+  count = var.migrate_on_deploy ? 1 : 0
+
+  function_name = aws_lambda_function.this.function_name
+  qualifier     = aws_lambda_function.this.version
+  input         = jsonencode({ action = "migrate" })
+
+  triggers = {
+    version = aws_lambda_function.this.version
+  }
+}
+
 resource "aws_lambda_alias" "live" {
   name             = local.alias_name
   description      = "Invoked by the schedule and the API. Roll back by pointing it at an earlier version (var.live_version)."
   function_name    = aws_lambda_function.this.function_name
   function_version = var.live_version != null ? var.live_version : aws_lambda_function.this.version
+
+  # The schema first: the schedule never runs a version whose migrations were not applied.
+  depends_on = [aws_lambda_invocation.migrate]
 }
 
 # Scheduled events arrive asynchronously. A retried or long-queued event would only wait

@@ -29,7 +29,9 @@ locals {
 
   use_vpc = length(var.subnet_ids) > 0 && length(var.security_group_ids) > 0
 
-  alias_name     = "live"
+  alias_name = "live"
+  # <function_name>-<region>-exec, within IAM's 64 characters (function_name is at most 48).
+  role_name      = "${substr(var.function_name, 0, min(length(var.function_name), 64 - length("--exec") - length(data.aws_region.current.id)))}-${data.aws_region.current.id}-exec"
   log_group_name = "/aws/lambda/${var.function_name}"
 
   # Secret settings given by reference: each becomes NAME_SECRET_ARN or NAME_PARAMETER in the
@@ -47,6 +49,8 @@ locals {
     } : name => ref if ref != null
   }
   secret_arns = sort([for name, ref in local.secret_references : ref if endswith(name, "_SECRET_ARN")])
+  # arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME; the function's region when none is referenced.
+  secret_regions = distinct(concat([for arn in local.secret_arns : split(":", arn)[3]], [data.aws_region.current.id]))
   parameter_arns = sort([
     for name, ref in local.secret_references :
     "arn:${data.aws_partition.current.partition}:ssm:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(ref, "/")}"

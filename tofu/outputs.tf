@@ -68,6 +68,7 @@ output "alarm_names" {
   description = "Names of the CloudWatch alarms, by purpose."
   value = {
     errors               = aws_cloudwatch_metric_alarm.errors.alarm_name
+    halted               = aws_cloudwatch_metric_alarm.halted.alarm_name
     schedule             = aws_cloudwatch_metric_alarm.schedule.alarm_name
     schedule_failed      = aws_cloudwatch_metric_alarm.schedule_failed.alarm_name
     duration             = aws_cloudwatch_metric_alarm.duration.alarm_name

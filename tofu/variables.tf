@@ -127,6 +127,20 @@ variable "commit_sha" {
   }
 }
 
+variable "plan_without_artifacts" {
+  description = "Plan without reading the artifacts from S3 (their listing and manifest): for when the deployed commit's objects have expired or been deleted. The function and layer keep the code they run (source_code_hash is left to what is deployed), so rolling back the `live` alias (live_version), disabling the schedule (schedule_enabled = false) and changing settings still plan and apply. Changing commit_sha, runtime or architecture at the same time is not checked against a manifest: keep it false for those."
+  type        = bool
+  nullable    = false
+  default     = false
+}
+
+variable "migrate_on_deploy" {
+  description = "Apply the database migrations as part of the deploy: each newly published version is invoked once with {\"action\": \"migrate\"} (aws_lambda_invocation, keyed by the version), and the `live` alias, which the schedule and the API invoke, moves only after it succeeded. A failed migration fails the apply and leaves `live` where it was. false: run it yourself before moving `live` (see Migrations in the README)."
+  type        = bool
+  nullable    = false
+  default     = true
+}
+
 variable "use_layer" {
   description = "Deploy the coclib layer zip and attach it. Set false for a function zip built with `package-lambda.sh --single-zip`, which carries its dependencies itself."
   type        = bool

@@ -6,8 +6,8 @@ on the first invocation and kept while the container is warm: a warm invocation 
 its own work on the same loop. Routing lives in `worker.events` and `worker.http`.
 
 Secret settings given by reference (`DATABASE_URL_SECRET_ARN`, `COC_PASSWORD_PARAMETER`, ...)
-are read from Secrets Manager or SSM at that first invocation, once per container
-(`coclib.aws_secrets`); a rotated secret reaches the function with its next cold start.
+are read from Secrets Manager or SSM at that first invocation (`coclib.aws_secrets`), and read
+again when a run halts on a fault a rotated secret causes (`worker.runtime`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class _Container:
 _container: _Container | None = None
 
 
-def _warm() -> _Container:
+def _warm(context: Any = None) -> _Container:
     global _container
     if _container is None:
         try:
@@ -66,9 +66,19 @@ def _warm() -> _Container:
             log.info("secrets read by reference", extra={"references": sources})
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        worker = Worker(settings)
         redactor = formatter.redactor
-        metrics = RunMetrics(settings.environment, redact=redactor.text)
+        # A secret read by reference can rotate under a warm container: the worker reads them
+        # again when a run halts on a fault a changed secret causes (worker.runtime), and the
+        # log redaction learns the new values before anything can print them.
+        worker = Worker(
+            settings,
+            reread=(lambda: Settings.from_env(resolve=resolve_references)) if references else None,
+            on_reread=lambda fresh: redactor.learn(fresh.secrets()),
+        )
+        # FunctionName, a dimension of every metric: the context's (Lambda sets it), so two
+        # deployments in one account never share a metric or an alarm.
+        function_name = getattr(context, "function_name", None)
+        metrics = RunMetrics(settings.environment, function_name=function_name, redact=redactor.text)
         _container = _Container(loop, worker, Actions(worker, metrics), formatter, redactor)
         # A process that ran the handler and then exits (a script, the local server, tests)
         # closes the pool and the API session first: otherwise asyncio and aiohttp log
@@ -80,7 +90,7 @@ def _warm() -> _Container:
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Scheduled drains, API Gateway `GET /health` and `POST /refresh`, operator actions."""
-    container = _warm()
+    container = _warm(context)
     container.formatter.append_keys(cold_start=container.invocations == 0, **lambda_context_keys(context))
     container.invocations += 1
     try:

@@ -55,7 +55,12 @@ class Redactor:
     """Blanks secret values in text and in JSON-like values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        needles: set[str] = set()
+        self.needles: list[str] = []
+        self.learn(secrets)
+
+    def learn(self, secrets: Iterable[str]) -> None:
+        """Blank these too (secrets read again after a rotation), besides those already known."""
+        needles: set[str] = set(self.needles)
         for secret in secrets:
             if not secret:
                 continue

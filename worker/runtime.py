@@ -1,15 +1,24 @@
-"""Builds the worker's collaborators from `Settings`, once per process (or warm Lambda container)."""
+"""Builds the worker's collaborators from `Settings`, once per process (or warm Lambda container).
+
+Secrets given by reference are read once per container, and rotated ones are picked up here,
+around the drain: a run that halts on a fault a changed secret can cause (the database or Redis
+refused the connection, the API refused the key, the portal the password) reads the referenced
+secrets once more, and when one changed, reconnects with the new value and drains again within
+the same invocation. So a rotation costs one halted run, not a container's life.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from coclib.coc_api import CocApi
 from coclib.db import Database
+from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
@@ -23,6 +32,13 @@ from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
 
 log = logging.getLogger(__name__)
+
+# The faults a rotated secret causes, and reading it again can cure: Postgres or Redis refused
+# the connection (a changed password or user), the API refused the key (new tokens), the
+# developer portal refused the password.
+SECRET_FAULTS = frozenset(
+    {Reason.DATABASE_UNAVAILABLE, Reason.REDIS_UNAVAILABLE, Reason.FORBIDDEN, Reason.CREDENTIALS}
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +71,20 @@ class Worker:
     cluster client, whichever the server turns out to be at first use (`coclib.redis_client`).
     """
 
-    def __init__(self, settings: Settings, *, policy: DrainPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: DrainPolicy | None = None,
+        reread: Callable[[], Settings] | None = None,
+        on_reread: Callable[[Settings], None] | None = None,
+    ) -> None:
+        """`reread` builds the settings again, reading the referenced secrets anew (None: none
+        are referenced); `on_reread` learns new settings before anything uses them (the log
+        redaction must know a new secret before it can appear in a line)."""
         self.settings = settings
+        self._reread = reread
+        self._on_reread = on_reread
         self.keys = QueueKeys(settings.queue.refresh_queue_key)
         self.limiter = RateLimiter(settings.api.coc_reqs_per_sec)
         self.policy = policy or DrainPolicy()
@@ -113,16 +141,19 @@ class Worker:
         """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
         then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
         self.settings.api.require_credentials()
-        drain = Drain(
-            queue=await self.queue(),
-            db=await self.db(),
-            connect_api=self.api,
-            limiter=self.limiter,
-            policy=self.policy,
-            on_progress=on_progress,
-        )
         deadline = time.monotonic() + seconds
+        drain = await self._drain(on_progress)
         summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
+        secret_fault = summary.stopped is StopCode.CIRCUIT_OPEN and summary.cause in SECRET_FAULTS
+        if secret_fault and await self.reread_secrets():
+            log.warning(
+                "run %s halted (%s); a secret it uses has changed since it was read: "
+                "draining again with the new value",
+                summary.run_id,
+                summary.cause,
+            )
+            drain = await self._drain(on_progress)
+            summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.
@@ -139,6 +170,35 @@ class Worker:
             dropped = None if gone is None else [str(part["partition"]) for part in gone]
         # After retention, so the figure is what stays: the CloudWatch dashboard's ledger size.
         return RunReport(summary, days, dropped, await ledger_size(db))
+
+    async def _drain(self, on_progress) -> Drain:
+        return Drain(
+            queue=await self.queue(),
+            db=await self.db(),
+            connect_api=self.api,
+            limiter=self.limiter,
+            policy=self.policy,
+            on_progress=on_progress,
+        )
+
+    async def reread_secrets(self) -> bool:
+        """Read the referenced secrets again. When one changed: take the new settings, drop the
+        connections made with the old ones (they reconnect at first use) and return True."""
+        if self._reread is None:
+            return False
+        try:
+            fresh = await asyncio.to_thread(self._reread)
+        except ConfigError as exc:  # names the variable, never a value
+            log.warning("could not read the secrets again: %s", exc)
+            return False
+        if fresh == self.settings:
+            log.info("secrets read again: unchanged")
+            return False
+        if self._on_reread is not None:
+            self._on_reread(fresh)
+        await self.close()
+        self.settings = fresh
+        return True
 
     async def health(
         self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS

@@ -82,6 +82,8 @@ SOURCES = {
     "lambda_function.py",
     "pyproject.toml",
     "requirements.lock",
+    "tofu/**",  # tofu-only changes run the tofu tests
+    ".ci/**",
 }
 
 
@@ -107,6 +109,63 @@ def test_only_main_uploads_and_only_the_uploading_job_gets_aws_credentials(workf
     # Tests and build run for pull requests too; they need nothing but read access.
     assert "if" not in jobs["test"] and "if" not in jobs["build"]
     assert jobs["build"]["needs"] == "test" and jobs["publish"]["needs"] == "build"
+
+
+def build_targets(matrix: dict) -> set[tuple[str, str]]:
+    excluded = {(e["python"], e["arch"]) for e in matrix.get("exclude", [])}
+    return {(p, a) for p in matrix["python"] for a in matrix["arch"]} - excluded
+
+
+def test_build_covers_every_target_the_module_accepts_that_can_load(workflow):
+    """python3.11 on arm64 cannot load (psycopg-binary's aarch64 wheels need glibc 2.28, Amazon
+    Linux 2 has 2.26); every other runtime and architecture tofu accepts is built."""
+    matrix = workflow["jobs"]["build"]["strategy"]["matrix"]
+    variables = (REPO / "tofu" / "variables.tf").read_text()
+    runtimes = set(
+        re.findall(r"python(3\.\d+)", re.search(r'variable "runtime" \{.*?\n\}', variables, re.S)[0])
+    )
+    arches = set(
+        re.findall(r'"(x86_64|arm64)"', re.search(r'variable "architecture" \{.*?\n\}', variables, re.S)[0])
+    )
+    assert runtimes == {"3.11", "3.12", "3.13"} and arches == {"x86_64", "arm64"}
+    assert build_targets(matrix) == {(p, a) for p in runtimes for a in arches} - {("3.11", "arm64")}
+
+
+def test_tests_run_on_every_python_the_build_targets(workflow):
+    job = workflow["jobs"]["test"]
+    assert set(job["strategy"]["matrix"]["python"]) == set(
+        workflow["jobs"]["build"]["strategy"]["matrix"]["python"]
+    )
+    assert step_using(job, "actions/setup-python")["with"]["python-version"] == "${{ matrix.python }}"
+    assert job["strategy"]["fail-fast"] is False
+
+
+def test_tests_get_their_system_tools_from_the_script_ci_runs_too(workflow):
+    """ubuntu-latest has no redis-server; the Redis deployment tests need it. Both CI entry points
+    install it with one script, before the tests."""
+    runs = [s.get("run", "") for s in steps(workflow["jobs"]["test"])]
+    install = runs.index(".ci/install-test-tools")
+    assert install < next(i for i, run in enumerate(runs) if "pytest" in run)
+    ci_run = (REPO / ".ci" / "run").read_text()
+    assert "\n.ci/install-test-tools\n" in ci_run
+    assert "apt-get" not in ci_run, ".ci/run installs nothing itself: the shared script does"
+    script = (REPO / ".ci" / "install-test-tools").read_text()
+    for need in ("redis-server", "redis-cli", "readelf", "npm", "policy-rc.d"):
+        assert need in script
+
+
+def test_every_built_target_proves_it_loads_before_it_is_kept(workflow):
+    job = workflow["jobs"]["build"]
+    names = [s.get("uses", s.get("name", "")) if "uses" in s else s["name"] for s in steps(job)]
+    [prove] = [s for s in steps(job) if "check_artifact.py" in s.get("run", "")]
+    assert names.index("Build the function and layer zips and their manifest") < names.index(prove["name"])
+    assert names.index(prove["name"]) < next(i for i, n in enumerate(names) if "upload-artifact" in n)
+    assert prove["env"] == {
+        "ARCH": "${{ matrix.arch }}",
+        "TARGET": "python${{ matrix.python }}-${{ matrix.arch }}",
+    }
+    assert "if [[ $ARCH == x86_64 ]]; then flags+=(--require-import); fi" in prove["run"]
+    assert '"dist/refresh-worker-${GITHUB_SHA}-${TARGET}.json"' in prove["run"]
 
 
 def test_build_covers_the_modules_default_target_and_names_artifacts_by_target(workflow):
@@ -144,6 +203,8 @@ def test_every_step_can_be_re_run(workflow):
     assert script.index('for file in "${zips[@]}"') < script.index('for file in "${manifests[@]}"')
     assert "--content-type application/json" in script.split('for file in "${manifests[@]}"')[1]
     assert '"s3://${AWS_LAMBDA_ARTIFACTS_BUCKET}/${file#dist/}"' in script
+    # S3 checks each upload against its SHA-256 and keeps the checksum with the object.
+    assert script.count("aws s3 cp --no-progress --checksum-algorithm SHA256 ") == 2
     # The keys are the file names package-lambda.sh writes, which are the module's keys.
     assert 'zips=(dist/*-"${GITHUB_SHA}"-*.zip)' in script
     assert 'manifests=(dist/refresh-worker-"${GITHUB_SHA}"-*.json)' in script
@@ -174,12 +235,14 @@ def test_tests_run_in_the_locked_environment_against_postgres_and_redis_services
     job = workflow["jobs"]["test"]
     assert job["services"]["postgres"]["image"] == "postgres:16"
     assert job["services"]["redis"]["image"] == "redis:7"
+    # The same Postgres as .ci/run's: trust authentication (see the workflow's comment).
+    assert job["services"]["postgres"]["env"] == {"POSTGRES_HOST_AUTH_METHOD": "trust"}
     runs = [s.get("run", "") for s in steps(job)]
     assert LOCKED_INSTALL in runs
     [run] = [s for s in steps(job) if "pytest" in s.get("run", "")]
     assert run["run"].strip() == "python -m pytest"
     assert run["env"] == {
-        "TEST_DATABASE_URL": "postgresql://postgres:postgres@localhost:5432/postgres",
+        "TEST_DATABASE_URL": "postgresql://postgres@localhost:5432/postgres",
         "TEST_REDIS_URL": "redis://localhost:6379/0",
     }
     for name in ("test", "build"):

@@ -6,7 +6,7 @@ and this script's directory; `-S` leaves out site-packages too. What is importab
 the standard library plus the two paths Lambda puts first, in Lambda's order:
 `/var/task`, then `/opt/python`. A module loaded from anywhere else is reported.
 
-MODE `imports` imports the shipped dependencies and coclib, and finds the SQL files through
+MODE `imports` imports the shipped dependencies, coclib and `lambda_function`, and finds the SQL files through
 coclib (which comes from the layer) although they ship in the function; MODE `scheduled`
 imports `lambda_function` and invokes its handler with an EventBridge scheduled event; MODE
 `migrate` invokes it with `{"action": "migrate"}`. An exception the handler raises is recorded
@@ -102,6 +102,8 @@ def main() -> None:
         out["sql_dir"] = str(SQL_DIR)
         out["migrations"] = [m.path.name for m in discover()]
         out["queries"] = sorted(load_queries())
+        # The handler module too (importing it reads no setting and connects nothing).
+        out["handler"] = callable(getattr(importlib.import_module("lambda_function"), "lambda_handler", None))
     elif mode in ("scheduled", "migrate"):
         import lambda_function
 

@@ -329,7 +329,8 @@ def test_a_dependency_without_a_wheel_stops_the_build(tmp_path):
 
     assert proc.returncode != 0
     assert (
-        "no wheel of 'sdist-only-fixture==1.0' for python3.11 (cp311) on manylinux2014_x86_64" in proc.stderr
+        "no wheel of 'sdist-only-fixture==1.0' for python3.11 (cp311) on manylinux_2_26_x86_64 or older"
+        in proc.stderr
     )
     assert not (checkout / "dist").exists() or not list((checkout / "dist").glob("*.zip"))
 
@@ -346,3 +347,44 @@ def test_build_refuses_zips_over_lambdas_limits(tmp_path):
     assert re.search(rf"refresh-worker-{SHA}-python3\.11-x86_64\.zip is 51\.\d+ MB", proc.stderr), proc.stderr
     assert "Lambda takes at most 50.00 MB" in proc.stderr
     assert not list((checkout / "dist").glob("*.zip"))
+
+
+def _wheel(index: Path, name: str, version: str, tag: str) -> Path:
+    """A minimal wheel of a one-module package, with the given platform tag."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    path = index / f"{dist}-py3-none-{tag}.whl"
+    files = {
+        f"{name.replace('-', '_')}.py": "VALUE = 1\n",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}.dist-info/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: py3-none-{tag}\n"
+        ),
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, text in {**files, f"{dist}.dist-info/RECORD": record}.items():
+            zf.writestr(n, text)
+    return path
+
+
+def test_a_wheel_tagged_for_an_older_glibc_between_the_listed_tags_is_shipped(tmp_path):
+    """pip does not expand PEP 600 tags: given only manylinux2014 (2_17), it refuses a
+    manylinux_2_24 wheel that python3.11's glibc 2.26 loads. Every tag is passed, so it ships."""
+    checkout = copy_checkout(tmp_path / "checkout")
+    pyproject = (checkout / "pyproject.toml").read_text()
+    start = pyproject.index("dependencies = [")
+    end = pyproject.index("\n]", start) + 2
+    (checkout / "pyproject.toml").write_text(
+        pyproject[:start] + 'dependencies = ["glibc224-fixture==1.0"]' + pyproject[end:]
+    )
+    index = tmp_path / "index"
+    index.mkdir()
+    wheel = _wheel(index, "glibc224-fixture", "1.0", "manylinux_2_24_x86_64")
+    with (checkout / "requirements.lock").open("a") as lock:
+        lock.write(f"glibc224-fixture==1.0 \\\n    --hash=sha256:{sha256(wheel)}\n")
+
+    proc = run_package("--sha", SHA, cwd=checkout, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index)})
+
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((checkout / "dist" / f"refresh-worker-{SHA}-python3.11-x86_64.json").read_text())
+    assert manifest["dependencies"] == {"glibc224-fixture": "1.0"}

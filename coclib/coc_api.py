@@ -11,7 +11,10 @@ sessions, error types) and steered where a refresh worker needs something else:
 - each call is bounded by a timeout the caller gives;
 - what comes back must be the JSON object the endpoint returns, as JSON: an HTML page,
   truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
-  when something in front of the API fails) is a transient `bad_response`, never a crash.
+  when something in front of the API fails) is a transient `bad_response`, never a crash;
+- how long the answer stays fresh is read from the response's own `Cache-Control` and `Age`
+  headers (`coclib.freshness`), through an aiohttp trace: coc.py keeps only a lossy copy of
+  max-age in the body (`_response_retry`, Age ignored), and that key is stripped.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import orjson
 
 from coclib.errors import RequestError, SystemicError, TransientError
 from coclib.errortext import first_line
+from coclib.freshness import fresh_for
 from coclib.ratelimit import RateLimiter
 from coclib.reasons import Reason
 from coclib.storable import excerpt
@@ -47,20 +51,38 @@ _MAX_RELOGINS = 1
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A successful call: the body without coc.py's injected keys."""
+    """A successful call: the body without coc.py's injected keys.
+
+    `fresh_until` is when the API's cached copy expires, as a `time.monotonic()` value: the
+    moment the request was let go plus max-age minus Age (so never later than the API's own
+    expiry); None when the answer said nothing usable about it.
+    """
 
     data: dict[str, Any]
     http_status: int
     latency_ms: int
     fetched_at: float
+    fresh_until: float | None = None
 
 
 class _CallState:
     """What the throttler hook saw during one call (one asyncio task, via a ContextVar)."""
 
-    __slots__ = ("depth", "last_timed_out", "relogins", "scope", "sends", "sent_at", "timeout")
+    __slots__ = (
+        "ages",
+        "cache_control",
+        "depth",
+        "last_timed_out",
+        "relogins",
+        "scope",
+        "sends",
+        "sent_at",
+        "timeout",
+    )
 
     def __init__(self, timeout: float) -> None:
+        self.cache_control: str | None = None  # the last response's headers (the aiohttp trace)
+        self.ages: list[str] = []
         self.sends = 0
         self.depth = 0
         self.relogins = 0
@@ -136,11 +158,39 @@ class _PacedConnector(aiohttp.TCPConnector):
         return connection
 
 
+async def _note_headers(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
+    # Runs in the task that sent the request, so the call's ContextVar is the right one.
+    state = _call.get()
+    if state is not None:
+        headers = params.response.headers
+        state.cache_control = headers.get("Cache-Control")
+        state.ages = headers.getall("Age", [])
+
+
+class _HeaderTracingHTTP(coc.http.HTTPClient):
+    """coc.py's HTTP client with a session that shows us each response's headers."""
+
+    async def create_session(self, connector, timeout):  # type: ignore[no-untyped-def]
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(_note_headers)
+        # coc.py keeps its session in a private attribute and offers no hook for trace configs;
+        # this is the session its own create_session makes, plus the trace.
+        self._HTTPClient__session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), trace_configs=[trace]
+        )
+
+
 class _RawClient(coc.Client):
-    """coc.Client without its static game data: 4.7 MB of JSON the raw calls never read."""
+    """coc.Client without its static game data (4.7 MB of JSON the raw calls never read), and
+    with an HTTP client that reports response headers."""
 
     def _load_static(self) -> None:
         pass
+
+    def _create_client(self, email, password):  # type: ignore[no-untyped-def]
+        http = super()._create_client(email, password)
+        http.__class__ = _HeaderTracingHTTP  # same state, one method more: see _HeaderTracingHTTP
+        return http
 
 
 class CocApi:
@@ -239,7 +289,9 @@ class CocApi:
         latency = time.monotonic() - state.sent_at
         body = checked_body(data, kind=kind, tag=tag)
         status = data.get("status_code", 200) if isinstance(data, dict) else 200
-        return Fetched(body, status, round(latency * 1000), time.time())
+        lifetime = fresh_for(state.cache_control, state.ages)
+        fresh_until = None if lifetime is None else state.sent_at + lifetime
+        return Fetched(body, status, round(latency * 1000), time.time(), fresh_until)
 
 
 def _bad_response(detail: str) -> TransientError:

@@ -45,7 +45,7 @@ def translate(exc: Exception) -> Exception:
 
 
 class Database:
-    """The gateway to Postgres: `run`, `fetch_one`, `fetch_all` and `transaction`.
+    """The gateway to Postgres: `run`, `fetch_one`, `fetch_all`, `fetch_all_on` and `transaction`.
 
     Every call takes a connection from the pool; `round_trips` counts statements
     sent, for the benchmark.
@@ -106,6 +106,14 @@ class Database:
         """Execute one statement on a connection from `transaction()`."""
         self.round_trips += 1
         await conn.execute(query, params)
+
+    async def fetch_all_on(
+        self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """All rows of one statement executed on a connection from `transaction()`, as dicts."""
+        self.round_trips += 1
+        cur = await conn.execute(query, params)
+        return await cur.fetchall()
 
     async def fetch_all(
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None

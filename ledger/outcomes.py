@@ -11,9 +11,9 @@ from coclib.reasons import Reason
 class Outcome(StrEnum):
     """What happened to a request, as written in `refresh_ledger.outcome`.
 
-    `fetched` and `failed` settle a request for good; `skipped-deadline` and `deferred` end
-    its story for one run and put it back at the head of the queue; `attempted` only says an
-    API call is about to be made.
+    `fetched`, `failed` and `skipped-fresh` settle a request for good (`SETTLING`);
+    `skipped-deadline` and `deferred` end its story for one run and put it back at the head of
+    the queue; `attempted` only says an API call is about to be made.
     """
 
     ATTEMPTED = "attempted"
@@ -21,6 +21,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED_DEADLINE = "skipped-deadline"
     DEFERRED = "deferred"
+    SKIPPED_FRESH = "skipped-fresh"  # the stored snapshot is still inside the API's max-age
+
+    @property
+    def settles(self) -> bool:
+        """Whether a row with this outcome settles its request for good."""
+        return self in SETTLING
+
+
+# The outcomes that settle a request: it is acknowledged, never requeued, and recovery skips it.
+SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED, Outcome.SKIPPED_FRESH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +45,4 @@ class LedgerRow:
     detail: str | None = None
     http_status: int | None = None
     latency_ms: int | None = None
+    changed: bool | None = None  # `fetched`: whether the body differed from the stored one

@@ -9,6 +9,7 @@ their rows. A lost connection is not split: nobody can say what committed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -23,11 +24,21 @@ from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.snapshots import Snapshot, upsert_snapshots
 from coclib.sqlfiles import load_queries
 from coclib.storable import storable_text
-from ledger.outcomes import LedgerRow
+from ledger.outcomes import LedgerRow, Outcome
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("request_id", "kind", "tag", "outcome", "reason", "detail", "http_status", "latency_ms")
+_COLUMNS = (
+    "request_id",
+    "kind",
+    "tag",
+    "outcome",
+    "reason",
+    "detail",
+    "http_status",
+    "latency_ms",
+    "changed",
+)
 DETAIL_MAX_CHARS = 1000
 
 
@@ -85,20 +96,31 @@ class LedgerWriter:
         snapshots: Sequence[Snapshot] = (),
         *,
         run_summary: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> list[LedgerRow]:
         """Append `rows`, upsert `snapshots` and record `run_summary`, all or nothing.
 
-        Raises `StorageRefused` (the data: nothing was written) or `DatabaseUnavailable`.
+        Returns the rows as written: each `fetched` row of a snapshot's kind and tag says
+        whether the body `changed` (false too when a newer fetch was stored already, so this
+        one rewrote nothing). Raises `StorageRefused` (the data: nothing was written) or
+        `DatabaseUnavailable`.
         """
         if not rows and not snapshots and run_summary is None:
-            return
+            return []
         async with self.db.transaction() as conn:
             if snapshots:
-                await upsert_snapshots(self.db, conn, snapshots)
+                changed = await upsert_snapshots(self.db, conn, snapshots)
+                fetched = {(s.kind, s.tag) for s in snapshots}
+                rows = [
+                    dataclasses.replace(row, changed=changed.get((row.kind, row.tag), False))
+                    if row.outcome is Outcome.FETCHED and (row.kind, row.tag) in fetched
+                    else row
+                    for row in rows
+                ]
             if rows:
                 await self.db.run(conn, self._insert, self._params(rows))
             if run_summary is not None:
                 await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
+        return list(rows)
 
     async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.
@@ -109,14 +131,14 @@ class LedgerWriter:
         """
         written = Written()
         try:
-            await self._append_entries(entries, run_summary)
+            committed = await self._append_entries(entries, run_summary)
         except StorageRefused:
             await self._bisect(entries, written)
         except DatabaseUnavailable as exc:
             written.unwritten.extend(entries)
             written.unavailable = exc
         else:
-            written.committed.extend(entries)
+            written.committed.extend(committed)
             written.summary_written = run_summary is not None
         return written
 
@@ -130,10 +152,14 @@ class LedgerWriter:
 
     async def _append_entries(
         self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None
-    ) -> None:
+    ) -> list[Entry]:
+        """Append the entries in one transaction; the entries as written (`changed` filled in)."""
         rows = [row for entry in entries for row in entry.rows]
         snapshots = [entry.snapshot for entry in entries if entry.snapshot is not None]
-        await self.append(rows, snapshots, run_summary=run_summary)
+        written = iter(await self.append(rows, snapshots, run_summary=run_summary))
+        return [
+            dataclasses.replace(entry, rows=tuple(next(written) for _ in entry.rows)) for entry in entries
+        ]
 
     async def _bisect(self, entries: Sequence[Entry], written: Written) -> None:
         """Commit what Postgres takes of `entries`, in halves, and note each refused entry."""
@@ -144,7 +170,7 @@ class LedgerWriter:
                 written.unwritten.extend(part)
                 continue
             try:
-                await self._append_entries(part)
+                committed = await self._append_entries(part)
             except StorageRefused as exc:
                 if len(part) == 1:
                     written.refused.append((part[0], exc.detail))
@@ -155,7 +181,7 @@ class LedgerWriter:
                 written.unwritten.extend(part)
                 written.unavailable = exc
             else:
-                written.committed.extend(part)
+                written.committed.extend(committed)
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:

@@ -4,44 +4,95 @@
 
 -- name: upsert_players
 -- Store players' snapshots, given as parallel arrays (one round trip for a whole batch),
--- unless a newer fetch is already stored. DISTINCT ON: a statement may touch a row once.
--- The bodies go in binary (%(data)b): as a text array literal every quote in every body
--- would be escaped, which costs ten times the CPU of the rest of the write.
-INSERT INTO players AS p (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
-ON CONFLICT (tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE p.fetched_at <= EXCLUDED.fetched_at;
+-- unless a newer fetch is already stored; return each stored tag and whether its body changed.
+-- DISTINCT ON: a statement may touch a row once. The bodies go in binary (%(data)b): as a text
+-- array literal every quote in every body would be escaped, which costs ten times the CPU of
+-- the rest of the write. An unchanged body (same hash; a row without one counts as changed)
+-- keeps its stored `data`: the new row version points at the same TOAST value, so the update
+-- writes a few hundred bytes of WAL, not the body again. `fresh_until` is on Postgres's clock:
+-- now() (the transaction's start, before the statement: never later than the API's expiry)
+-- plus the seconds the worker says are left (`fresh_for`; NULL: not fresh).
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
+                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
+    ORDER BY tag, fetched_at DESC
+), stored AS (
+    INSERT INTO players AS t (tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at
+    RETURNING t.tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN players before ON before.tag = stored.tag;
 
 -- name: upsert_clans
 -- Store clans' snapshots, as upsert_players does players'.
-INSERT INTO clans AS c (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
-ON CONFLICT (tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE c.fetched_at <= EXCLUDED.fetched_at;
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
+                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
+    ORDER BY tag, fetched_at DESC
+), stored AS (
+    INSERT INTO clans AS t (tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at
+    RETURNING t.tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN clans before ON before.tag = stored.tag;
 
 -- name: upsert_wars
 -- Store clans' current wars, as upsert_players does players'.
-INSERT INTO wars AS w (clan_tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
-ON CONFLICT (clan_tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE w.fetched_at <= EXCLUDED.fetched_at;
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
+                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
+    ORDER BY tag, fetched_at DESC
+), stored AS (
+    INSERT INTO wars AS t (clan_tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (clan_tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at
+    RETURNING t.clan_tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN wars before ON before.clan_tag = stored.tag;
 
 -- name: insert_ledger_rows
 -- Append ledger rows given as parallel arrays (one round trip for a whole batch).
-INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
+INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms,
+                            changed)
 SELECT * FROM unnest(
     %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
     %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
-    %(http_status)s::smallint[], %(latency_ms)s::integer[]
+    %(http_status)s::smallint[], %(latency_ms)s::integer[], %(changed)s::boolean[]
 );
 
 -- name: insert_run_summary
@@ -50,10 +101,23 @@ INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cau
 VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
 
 -- name: settled_requests
--- Which of these requests already have a settling row (fetched or failed).
+-- Which of these requests already have a settling row (fetched, failed or skipped-fresh).
 SELECT DISTINCT request_id
 FROM refresh_ledger
-WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed');
+WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed', 'skipped-fresh');
+
+-- name: fresh_snapshots
+-- Which of these tags (per kind, parallel arrays) have a snapshot the API still serves from its
+-- cache, and until when. One query for a group of requests; compared with Postgres's clock,
+-- the same that wrote fresh_until, so no other clock can make a stale snapshot look fresh.
+SELECT 'player' AS kind, tag, fresh_until
+FROM players WHERE tag = ANY(%(players)s::text[]) AND fresh_until > now()
+UNION ALL
+SELECT 'clan', tag, fresh_until
+FROM clans WHERE tag = ANY(%(clans)s::text[]) AND fresh_until > now()
+UNION ALL
+SELECT 'war', clan_tag, fresh_until
+FROM wars WHERE clan_tag = ANY(%(wars)s::text[]) AND fresh_until > now();
 
 -- name: interruptions
 -- How many runs attempted each request and ended without writing any terminal row for it:

@@ -11,9 +11,9 @@ from coclib.reasons import Reason
 class Outcome(StrEnum):
     """What happened to a request, as written in `refresh_ledger.outcome`.
 
-    `fetched`, `failed` and `skipped-fresh` settle a request for good (`SETTLING`);
-    `skipped-deadline` and `deferred` end its story for one run and put it back at the head of
-    the queue; `attempted` only says an API call is about to be made.
+    The outcomes in `SETTLING` settle a request for good; `skipped-deadline` and `deferred`
+    end its story for one run and put it back at the head of the queue; `attempted` only says
+    an API call is about to be made.
     """
 
     ATTEMPTED = "attempted"
@@ -29,7 +29,8 @@ class Outcome(StrEnum):
         return self in SETTLING
 
 
-# The outcomes that settle a request: it is acknowledged, never requeued, and recovery skips it.
+# The one definition of what settles a request: the drain, crash recovery (through the
+# queries it parameterises) and the tests all read it from here.
 SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED, Outcome.SKIPPED_FRESH})
 
 

@@ -101,10 +101,10 @@ INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cau
 VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
 
 -- name: settled_requests
--- Which of these requests already have a settling row (fetched, failed or skipped-fresh).
+-- Which of these requests already have a settling row (`settling`: ledger.outcomes.SETTLING).
 SELECT DISTINCT request_id
 FROM refresh_ledger
-WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed', 'skipped-fresh');
+WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s::text[]);
 
 -- name: fresh_snapshots
 -- Which of these tags (per kind, parallel arrays) have a snapshot the API still serves from its

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,9 @@ from coclib.storable import storable_text
 from ledger.outcomes import LedgerRow, Outcome
 
 log = logging.getLogger(__name__)
+
+# A run summary, or a function that makes it from the rows written with it (as written).
+SummaryOrMaker = dict[str, Any] | Callable[[Sequence[LedgerRow]], dict[str, Any]]
 
 _COLUMNS = (
     "request_id",
@@ -95,7 +98,7 @@ class LedgerWriter:
         rows: Sequence[LedgerRow],
         snapshots: Sequence[Snapshot] = (),
         *,
-        run_summary: dict[str, Any] | None = None,
+        run_summary: SummaryOrMaker | None = None,
     ) -> list[LedgerRow]:
         """Append `rows`, upsert `snapshots` and record `run_summary`, all or nothing.
 
@@ -119,10 +122,11 @@ class LedgerWriter:
             if rows:
                 await self.db.run(conn, self._insert, self._params(rows))
             if run_summary is not None:
-                await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
+                summary = run_summary(rows) if callable(run_summary) else run_summary
+                await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(summary))
         return list(rows)
 
-    async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
+    async def write(self, entries: Sequence[Entry], *, run_summary: SummaryOrMaker | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.
 
         Never raises for Postgres: what could not be written is in the result. When an entry
@@ -151,7 +155,7 @@ class LedgerWriter:
             log.error("Postgres refused the run summary: %s", exc.detail, extra={"summary": run_summary})
 
     async def _append_entries(
-        self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None
+        self, entries: Sequence[Entry], run_summary: SummaryOrMaker | None = None
     ) -> list[Entry]:
         """Append the entries in one transaction; the entries as written (`changed` filled in)."""
         rows = [row for entry in entries for row in entry.rows]

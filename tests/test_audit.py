@@ -53,6 +53,7 @@ PSQL = _find_psql()
 AUDIT_FILES = sorted(p.stem for p in AUDIT_DIR.glob("*.sql"))
 NOT_FOUND = "#2PQ"
 PRIVATE = "#8QU8J9LP"
+UNCHANGED = "#2PG"
 ORPHAN_RUN = uuid.UUID("00000000-0000-4000-8000-00000000dead")
 
 
@@ -117,13 +118,20 @@ def drained(
         # 3. too slow for the deadline: some fetched, the rest skipped.
         sim.latency = (0.4, 0.4)
         push(client, settings, *[req(f"d{i}", tag="#2PY") for i in range(12)])
-        deadline = drain(
-            settings, seconds=1.5, policy=DrainPolicy(finish_reserve=0.4, max_in_flight=2, dispatch_batch=1)
-        )
+        # One tag for all, so the freshness gate is off: it would settle the repeats at once.
+        slow = DrainPolicy(finish_reserve=0.4, max_in_flight=2, dispatch_batch=1, freshness=False)
+        deadline = drain(settings, seconds=1.5, policy=slow)
         assert deadline.stopped == "deadline"
         sim.latency = (0.0, 0.0)
         client.flushdb()
-        # 4. a run that died after its API call, 20 minutes ago: no terminal row, no summary.
+        # 4. one player refreshed three times for the same body (the gate off), then once more
+        # with the gate on: two unchanged fetches and one request skipped as fresh.
+        for i in range(3):
+            push(client, settings, req(f"u{i}", tag=UNCHANGED))
+            assert drain(settings, policy=DrainPolicy(freshness=False)).stopped == "queue_empty"
+        push(client, settings, req("u3", tag=UNCHANGED))
+        assert drain(settings).counts == {"skipped-fresh": 1}
+        # 5. a run that died after its API call, 20 minutes ago: no terminal row, no summary.
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, occurred_at) "
@@ -245,6 +253,16 @@ def test_repeat_failures(drained: Drained):
         ("player", NOT_FOUND, "2", "not_found")
     ]
     assert rows[0]["snapshot_fetched_at"] == ""
+
+
+def test_refreshed_for_nothing_lists_tags_whose_calls_brought_back_the_stored_body(drained: Drained):
+    rows = psql(drained.url, "refreshed_for_nothing")
+    assert [
+        (r["kind"], r["tag"], r["fetches"], r["unchanged"], r["unchanged_share"], r["skipped_fresh"])
+        for r in rows
+    ] == [("player", UNCHANGED, "3", "2", "0.6667", "1")]
+    assert rows[0]["last_changed_at"] != ""  # its first fetch stored the body
+    assert psql(drained.url, "refreshed_for_nothing", min_unchanged="3") == []
 
 
 def test_orphaned_attempts_finds_the_dead_runs_attempt_only(drained: Drained):

@@ -668,3 +668,22 @@ def test_bodies_change_at_each_tags_own_period_and_calls_are_counted_per_tag() -
             assert sim.calls_per_tag("clan") == {}
 
     asyncio.run(scenario())
+
+
+def test_the_api_cache_serves_one_version_per_max_age_and_says_how_old_it_is() -> None:
+    now = [1000.0]
+
+    async def scenario() -> None:
+        async with running(clock=lambda: now[0]) as sim:
+            sim.api_cache = True
+            sim.change_every["#2PP"] = 10.0
+            _, first, headers = await fetch(sim, "/players/%232PP")
+            assert headers["Age"] == "0" and first == simulated_body("player", "#2PP")
+            now[0] += 15.0  # the body changed at 10 s, but the API's copy lives 60 s
+            _, second, headers = await fetch(sim, "/players/%232PP")
+            assert second == first and headers["Age"] == "15"
+            now[0] += 45.0  # 60 s: the copy expired, the next call gets the body of now
+            _, third, headers = await fetch(sim, "/players/%232PP")
+            assert third["trophies"] == first["trophies"] + 6 and headers["Age"] == "0"
+
+    asyncio.run(scenario())

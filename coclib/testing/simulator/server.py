@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from coclib.freshness import max_age
 from coclib.tags import TAG_PATTERN, normalise_tag
 from coclib.testing.simulator import calls as call_measures
 from coclib.testing.simulator.answers import (
@@ -87,8 +88,10 @@ class CocApiSimulator:
     shared cache in between would add) and `tag_age` (tag -> its own `Age`). Bodies that change
     over time: `change_every` (tag -> seconds; the tag's body changes every that many seconds
     of the simulator's clock, counted from `change_epoch`) or `change_period` (a function of
-    (kind, tag) giving the period, None for never, for many tags at once). `calls_per_tag()`
-    counts the calls each tag received.
+    (kind, tag) giving the period, None for never, for many tags at once). `api_cache` serves
+    each URL's 200 body from a cache of the API's own, as the real API does: the version of
+    the first call after the copy expired, for its max-age, with an `Age` saying how long the
+    copy has been held. `calls_per_tag()` counts the calls each tag received.
     """
 
     def __init__(
@@ -122,6 +125,8 @@ class CocApiSimulator:
         self.change_every: dict[str, float] = {}
         self.change_period: Callable[[str, str], float | None] | None = None
         self.change_epoch = clock()
+        self.api_cache = False
+        self._cached: dict[tuple[str, str], tuple[float, int]] = {}  # (kind, tag) -> made at, version
         self.calls: list[Call] = []
         self.base_url = self.portal_url = ""
         self._lock = threading.Lock()
@@ -188,6 +193,8 @@ class CocApiSimulator:
         self.tag_age.clear()
         self.change_every.clear()
         self.change_period = None
+        self.api_cache = False
+        self._cached.clear()
 
     def calls_per_tag(self, kind: str | None = None) -> Counter[str]:
         """How many calls each tag received (of `kind`, if given), whatever their answer."""
@@ -306,13 +313,26 @@ class CocApiSimulator:
             return error(403, PRIVATE_WAR_LOG, cache_control)
         public = tag not in self.private_war_log
         body = body_bytes(kind, tag, self.seed, public)
-        version = self.body_version(kind, tag, at)
+        version, age = self._cached_version(kind, tag, at, cache_control)
         if version:
             body = changed_body(kind, body, version)
         variant = self.bad_body.get(tag)
         if variant is not None:
             return bad_answer(variant, body, cache_control or "", self.huge_body_bytes)
-        return Answer(200, body, cache_control, age=self.tag_age.get(tag, self.age))
+        return Answer(200, body, cache_control, age=self.tag_age.get(tag, self.age if age is None else age))
+
+    def _cached_version(
+        self, kind: str, tag: str, at: float, cache_control: str | None
+    ) -> tuple[int, int | None]:
+        """The body version to serve and, from the API's cache, how long it has held it."""
+        if not self.api_cache:
+            return self.body_version(kind, tag, at), None
+        lifetime = max_age(cache_control) or 0
+        with self._lock:
+            made = self._cached.get((kind, tag))
+            if made is None or at >= made[0] + lifetime:
+                made = self._cached[(kind, tag)] = (at, self.body_version(kind, tag, at))
+        return made[1], math.floor(at - made[0])
 
     def _note_arrival(self, token: str | None, at: float) -> bool:
         """Record a call for its token; True if it makes more than `rate_limit` in (at-1s, at]."""

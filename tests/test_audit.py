@@ -256,12 +256,18 @@ def test_repeat_failures(drained: Drained):
 
 
 def test_refreshed_for_nothing_lists_tags_whose_calls_brought_back_the_stored_body(drained: Drained):
-    rows = psql(drained.url, "refreshed_for_nothing")
-    assert [
-        (r["kind"], r["tag"], r["fetches"], r["unchanged"], r["unchanged_share"], r["skipped_fresh"])
-        for r in rows
-    ] == [("player", UNCHANGED, "3", "2", "0.6667", "1")]
-    assert rows[0]["last_changed_at"] != ""  # its first fetch stored the body
+    rows = {r["tag"]: r for r in psql(drained.url, "refreshed_for_nothing")}
+    # The deadline run's tag was called again and again for the same body too (the gate off).
+    assert set(rows) == {UNCHANGED, "#2PY"}
+    row = rows[UNCHANGED]
+    assert (row["kind"], row["fetches"], row["unchanged"], row["unchanged_share"], row["skipped_fresh"]) == (
+        "player",
+        "3",
+        "2",
+        "0.6667",
+        "1",
+    )
+    assert row["last_changed_at"] != ""  # its first fetch stored the body
     assert psql(drained.url, "refreshed_for_nothing", min_unchanged="3") == []
 
 
@@ -317,7 +323,7 @@ def test_api_calls_per_minute_counts_every_attempt(drained: Drained):
 def test_snapshot_freshness(drained: Drained):
     rows = psql(drained.url, "snapshot_freshness")
     fresh = {r["kind"]: int(r["snapshots"]) for r in rows if r["age"] == "< 5 minutes"}
-    assert fresh == {"player": 2, "clan": 1, "war": 1}  # #2PP and #2PY; #8QU8J9LP; #2PR
+    assert fresh == {"player": 3, "clan": 1, "war": 1}  # #2PP, #2PY and #2PG; #8QU8J9LP; #2PR
     assert {r["percent_of_kind"] for r in rows} == {"100.0"}
 
 
@@ -331,7 +337,8 @@ def test_runs_match_the_ledger_and_the_summaries(drained: Drained):
                count(*) FILTER (WHERE outcome = 'fetched') AS fetched,
                count(*) FILTER (WHERE outcome = 'failed') AS failed,
                count(*) FILTER (WHERE outcome = 'skipped-deadline') AS skipped_deadline,
-               count(*) FILTER (WHERE outcome = 'deferred') AS deferred
+               count(*) FILTER (WHERE outcome = 'deferred') AS deferred,
+               count(*) FILTER (WHERE outcome = 'skipped-fresh') AS skipped_fresh
         FROM refresh_ledger GROUP BY run_id""",
     )
     summaries = {
@@ -340,7 +347,7 @@ def test_runs_match_the_ledger_and_the_summaries(drained: Drained):
     assert set(rows) == {t["run_id"] for t in truth} | set(summaries)
     for t in truth:
         row = rows[t["run_id"]]
-        for outcome in ("attempted", "fetched", "failed", "skipped_deadline", "deferred"):
+        for outcome in ("attempted", "fetched", "failed", "skipped_deadline", "deferred", "skipped_fresh"):
             assert int(row[outcome]) == t[outcome], (t["run_id"], outcome)
         assert row["stopped"] == (summaries[t["run_id"]]["stopped"] if t["run_id"] in summaries else "")
     assert rows[str(ORPHAN_RUN)]["stopped"] == "" and rows[str(ORPHAN_RUN)]["attempted"] == "1"
@@ -364,6 +371,17 @@ def test_rollup_equals_the_ledger(drained: Drained):
         "SELECT (SELECT sum(rows) FROM refresh_ledger_minutes) = (SELECT count(*) FROM refresh_ledger) AS ok",
     )
     assert total[0]["ok"]
+    # The fetch counters (fetched and changed per minute and kind) too.
+    fetches = sql(
+        drained.url,
+        """
+        SELECT date_bin('1 minute', occurred_at, timestamptz '2000-01-01 00:00:00+00') AS minute, kind,
+               count(*) AS fetched, count(*) FILTER (WHERE changed) AS changed
+        FROM refresh_ledger WHERE outcome = 'fetched' GROUP BY 1, 2
+        EXCEPT
+        SELECT minute, kind, fetched, changed FROM refresh_fetch_minutes""",
+    )
+    assert fetches == [] and sql(drained.url, "SELECT count(*) AS n FROM refresh_fetch_minutes")[0]["n"] > 0
 
 
 def test_health_counts_the_last_hour_exactly(drained: Drained):
@@ -374,9 +392,16 @@ def test_health_counts_the_last_hour_exactly(drained: Drained):
                    count(*) FILTER (WHERE outcome = 'fetched') AS fetched,
                    count(*) FILTER (WHERE outcome = 'failed') AS failed,
                    count(*) FILTER (WHERE outcome = 'skipped-deadline') AS skipped_deadline,
-                   count(*) FILTER (WHERE outcome = 'deferred') AS deferred
+                   count(*) FILTER (WHERE outcome = 'deferred') AS deferred,
+                   count(*) FILTER (WHERE outcome = 'skipped-fresh') AS skipped_fresh
             FROM refresh_ledger WHERE occurred_at > now() - interval '1 hour'""").fetchone()
-    assert {k: health[k] for k in truth} == truth
+        changes = conn.execute("""
+            SELECT kind, count(*) AS fetched, count(*) FILTER (WHERE changed) AS changed
+            FROM refresh_ledger WHERE outcome = 'fetched' GROUP BY kind""").fetchall()
+    assert {k: health[k] for k in truth} == truth and truth["skipped_fresh"] == 1
+    assert {k: (v["fetched"], v["changed"]) for k, v in health["fetch_changes"].items()} == {
+        c["kind"]: (c["fetched"], c["changed"]) for c in changes
+    }
     assert health["orphaned_attempts"] == 1
     assert health["p95_latency_ms"] is not None and health["last_fetched_at"] is not None
 

@@ -28,6 +28,7 @@ from coclib.sqlfiles import load_queries
 from coclib.testing.tags import numbered_tag
 from tests.helpers import drain, inflight_items, ledger, push, query, queue_items
 from worker.drain import DrainPolicy
+from worker.runtime import Worker
 
 # --- the headers -----------------------------------------------------------------------------
 
@@ -251,6 +252,30 @@ def test_a_request_for_a_fresh_snapshot_is_settled_once_without_a_call(
     assert queue_items(redis_client, settings) == [] and inflight_items(redis_client, settings) == []
     assert drain(settings).counts == {}
     assert len(ledger(database_url, "2")) == 1
+
+
+def test_health_counts_requests_skipped_as_fresh_and_the_share_of_fetches_that_changed(
+    settings, redis_client, simulator
+):
+    push(redis_client, settings, req(1), req(2, tag="#2PQ"))
+    drain(settings)
+    push(redis_client, settings, req(3), req(4, "clan"))
+    drain(settings)
+
+    async def health():
+        worker = Worker(settings)
+        try:
+            return await worker.health()
+        finally:
+            await worker.close()
+
+    report = asyncio.run(health())
+    ledger_stats = report.body["ledger"]
+    assert report.status == "healthy" and ledger_stats["skipped_fresh"] == 1
+    assert ledger_stats["fetch_changes"] == {
+        "player": {"fetched": 2, "changed": 2, "share": 1.0},
+        "clan": {"fetched": 1, "changed": 1, "share": 1.0},
+    }
 
 
 def test_zero_calls_inside_max_age_minus_age(settings, redis_client, database_url, simulator):

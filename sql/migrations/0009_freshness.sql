@@ -135,7 +135,8 @@ SELECT * FROM refresh_runs_between('-infinity', 'infinity');
 
 -- refresh_health as in 0003, plus `skipped_fresh` and, per kind, the hour's fetches, how many
 -- found a change and their share (`fetch_changes`: the useful refreshes per call). New columns
--- last. `failure_rate` stays over calls (fetched + failed): a skipped request made no call.
+-- last. `failure_rate` is over every settled request (fetched + failed + skipped-fresh): a
+-- request the gate settled is one that did not fail.
 DROP VIEW refresh_health;
 CREATE VIEW refresh_health AS
 WITH recent AS (
@@ -186,7 +187,7 @@ WITH recent AS (
 )
 SELECT 3600                                                   AS window_seconds,
        c.attempted, c.fetched, c.failed, c.skipped_deadline, c.deferred,
-       round(c.failed::numeric / nullif(c.fetched + c.failed, 0), 4) AS failure_rate,
+       round(c.failed::numeric / nullif(c.fetched + c.failed + c.skipped_fresh, 0), 4) AS failure_rate,
        p.p95_latency_ms,
        (SELECT max(occurred_at) FROM refresh_ledger WHERE outcome = 'fetched') AS last_fetched_at,
        (SELECT count(*) FROM refresh_orphaned_attempts_between(now() - interval '1 hour', 'infinity'))

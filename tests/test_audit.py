@@ -119,7 +119,9 @@ def drained(
         sim.latency = (0.4, 0.4)
         push(client, settings, *[req(f"d{i}", tag="#2PY") for i in range(12)])
         # One tag for all, so the freshness gate is off: it would settle the repeats at once.
-        slow = DrainPolicy(finish_reserve=0.4, max_in_flight=2, dispatch_batch=1, freshness=False)
+        slow = DrainPolicy(
+            checks=True, finish_reserve=0.4, max_in_flight=2, dispatch_batch=1, freshness=False
+        )
         deadline = drain(settings, seconds=1.5, policy=slow)
         assert deadline.stopped == "deadline"
         sim.latency = (0.0, 0.0)
@@ -128,7 +130,7 @@ def drained(
         # with the gate on: two unchanged fetches and one request skipped as fresh.
         for i in range(3):
             push(client, settings, req(f"u{i}", tag=UNCHANGED))
-            assert drain(settings, policy=DrainPolicy(freshness=False)).stopped == "queue_empty"
+            assert drain(settings, policy=DrainPolicy(checks=True, freshness=False)).stopped == "queue_empty"
         push(client, settings, req("u3", tag=UNCHANGED))
         assert drain(settings).counts == {"skipped-fresh": 1}
         # 5. a run that died after its API call, 20 minutes ago: no terminal row, no summary.

@@ -333,7 +333,10 @@ def test_a_snapshot_is_called_again_once_its_lifetime_is_over(
 def test_freshness_off_calls_every_request(settings, redis_client, database_url, simulator):
     for i in range(2):
         push(redis_client, settings, req(i))
-        assert drain(settings, policy=DrainPolicy(freshness=False)).counts == {"attempted": 1, "fetched": 1}
+        assert drain(settings, policy=DrainPolicy(checks=True, freshness=False)).counts == {
+            "attempted": 1,
+            "fetched": 1,
+        }
     assert simulator.calls_per_tag() == {"#2PP": 2}
 
 
@@ -345,7 +348,7 @@ def test_fetches_say_whether_the_body_changed_and_the_summary_counts_it_per_kind
     monkeypatch.setattr(simulator, "change_epoch", 1000.0)
     simulator.change_every["#2PQ"] = 10.0  # #2PQ changes every 10 s of the simulator's clock
     tags = [numbered_tag(i) for i in range(3)] + ["#2PQ"]
-    off = DrainPolicy(freshness=False)
+    off = DrainPolicy(checks=True, freshness=False)
     push(redis_client, settings, *[req(f"a{t}", "player", t) for t in tags])
     first = drain(settings, policy=off)
     assert first.as_dict()["fetch_changes"] == {"player": {"fetched": 4, "changed": 4, "share": 1.0}}

@@ -56,6 +56,7 @@ VARIABLES = {
     "ENVIRONMENT": f"{', '.join(ENVIRONMENTS)} (default development)",
     "LOG_LEVEL": "log level (default INFO)",
     "LEDGER_RETENTION_DAYS": "drop ledger partitions older than this many days (default: keep all)",
+    "FRESHNESS": "on or off: settle requests for snapshots the API would only repeat, uncalled (default on)",
 }
 
 
@@ -91,6 +92,7 @@ class Settings:
     ledger_retention_days: int | None = None
     redis_cluster: bool | None = None  # None: detected when connecting
     ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
+    freshness: bool = True  # FRESHNESS: the freshness gate (worker.freshness)
 
     VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
 
@@ -140,6 +142,10 @@ class Settings:
         if retention is not None and (not retention.isdigit() or int(retention) < 1):
             raise ConfigError("LEDGER_RETENTION_DAYS", "must be a whole number of days, 1 or more")
 
+        freshness = (get("FRESHNESS") or "on").lower()
+        if freshness not in ("on", "off"):
+            raise ConfigError("FRESHNESS", "expected on or off")
+
         return cls(
             database_url=database_url,
             redis_url=queue.redis_url,
@@ -154,6 +160,7 @@ class Settings:
             ledger_retention_days=int(retention) if retention else None,
             redis_cluster=queue.redis_cluster,
             ssl_cert_file=queue.ssl_cert_file,
+            freshness=freshness == "on",
         )
 
     @property

@@ -23,6 +23,7 @@ from coclib.keys import QueueKeys
 from coclib.migrations import MIGRATIONS_DIR, migrate
 from coclib.queue import RefreshRequest, encode
 from coclib.ratelimit import RateLimiter
+from coclib.settings import Settings
 from coclib.snapshots import snapshot_of, upsert_snapshots
 from coclib.sqlfiles import load_queries
 from coclib.testing.tags import numbered_tag
@@ -330,13 +331,15 @@ def test_a_snapshot_is_called_again_once_its_lifetime_is_over(
     assert simulator.calls_per_tag() == {"#2PP": 2}
 
 
-def test_freshness_off_calls_every_request(settings, redis_client, database_url, simulator):
+@pytest.mark.parametrize("how", ["policy", "FRESHNESS=off"])
+def test_freshness_off_calls_every_request(worker_env, settings, redis_client, database_url, simulator, how):
+    if how == "policy":
+        policy = DrainPolicy(checks=True, freshness=False)
+    else:  # the setting wins over any policy a caller passes
+        settings, policy = Settings.from_env({**worker_env, "FRESHNESS": "off"}), DrainPolicy(checks=True)
     for i in range(2):
         push(redis_client, settings, req(i))
-        assert drain(settings, policy=DrainPolicy(checks=True, freshness=False)).counts == {
-            "attempted": 1,
-            "fetched": 1,
-        }
+        assert drain(settings, policy=policy).counts == {"attempted": 1, "fetched": 1}
     assert simulator.calls_per_tag() == {"#2PP": 2}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from coclib.coc_api import CocApi
@@ -58,12 +58,16 @@ class Worker:
         self.settings = settings
         self.keys = QueueKeys(settings.refresh_queue_key)
         self.limiter = RateLimiter(settings.coc_reqs_per_sec)
-        self.policy = policy or DrainPolicy()
+        self.policy = self._with_settings(policy or DrainPolicy())
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()
         self._db: Database | None = None
         self._api: CocApi | None = None
         self._api_lock = asyncio.Lock()
+
+    def _with_settings(self, policy: DrainPolicy) -> DrainPolicy:
+        # FRESHNESS=off turns the gate off whatever policy a caller passes.
+        return policy if self.settings.freshness else replace(policy, freshness=False)
 
     async def db(self) -> Database:
         if self._db is None:
@@ -128,6 +132,8 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
+        if policy is not None:
+            policy = self._with_settings(policy)
         summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if summary.stopped is StopCode.LEASE_HELD:

@@ -68,8 +68,9 @@ class Snapshot:
 
 
 def body_hash(document: bytes) -> bytes:
-    """A 16-byte BLAKE2b of a serialised body: about 10 µs for 23 KB, and a 16-byte compare in
-    Postgres instead of reading back and comparing the stored 23 KB (bench/upsert_bench.py)."""
+    """A 16-byte BLAKE2b of a serialised body: about 30 µs of worker CPU for 23 KB, and a 16-byte
+    compare in Postgres instead of reading back, decompressing and comparing the stored 23 KB
+    (0.13 against 0.65 ms of Postgres time per unchanged row: bench/freshness.md)."""
     return hashlib.blake2b(document, digest_size=16).digest()
 
 

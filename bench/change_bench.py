@@ -90,7 +90,7 @@ async def _refresh(db: Database, writer: LedgerWriter, bodies: list[tuple[str, b
     entries = []
     for tag, body in bodies:
         data = orjson.loads(changed_body("clan", body, version) if version else body)
-        snap = snapshot_of("clan", tag, data, time.time(), time.monotonic() + 60)
+        snap = snapshot_of("clan", tag, data, time.time(), fresh_until=time.monotonic() + 60)
         row = LedgerRow(str(uuid.uuid4()), Outcome.FETCHED, "clan", tag, http_status=200, latency_ms=100)
         entries.append(Entry((row,), snap))
     written = await writer.write(entries)
@@ -102,9 +102,7 @@ async def _explain(
 ) -> tuple[float, int]:
     """Postgres's execution time (ms) and WAL bytes of one upsert statement, rolled back."""
     snaps = [
-        snapshot_of(
-            "clan", t, orjson.loads(changed_body("clan", b, version) if version else b), time.time(), None
-        )
+        snapshot_of("clan", t, orjson.loads(changed_body("clan", b, version) if version else b), time.time())
         for t, b in bodies
     ]
     arrays = arrays_by_kind(snaps)["clan"]

@@ -12,8 +12,10 @@ sessions, error types) and steered where a refresh worker needs something else:
 - what comes back must be the JSON object the endpoint returns, as JSON: an HTML page,
   truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
   when something in front of the API fails) is a transient `bad_response`, never a crash;
+- a body is parsed once, from the bytes the API sent, and those bytes are what the snapshot
+  stores (`Fetched.raw`): serialising the parsed body again would cost as much as parsing it;
 - how long the answer stays fresh is read from the response's own `Cache-Control` and `Age`
-  headers (`coclib.freshness`), through an aiohttp trace: coc.py keeps only a lossy copy of
+  headers (`coclib.freshness`) where the body is read: coc.py keeps only a lossy copy of
   max-age in the body (`_response_retry`, Age ignored), and that key is stripped.
 """
 
@@ -51,17 +53,16 @@ _MAX_RELOGINS = 1
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A successful call: the body without coc.py's injected keys.
-
-    `fresh_until` is when the API's cached copy expires, as a `time.monotonic()` value: the
-    moment the request was let go plus max-age minus Age (so never later than the API's own
-    expiry); None when the answer said nothing usable about it.
-    """
+    """A successful call: the body without coc.py's injected keys, and the JSON text it was
+    parsed from, as the API sent it (None if coc.py parsed it: a call outside `fetch`)."""
 
     data: dict[str, Any]
     http_status: int
     latency_ms: int
     fetched_at: float
+    raw: bytes | None = None
+    # When the API's cached copy expires, a `time.monotonic()` value: when the call was let go
+    # plus max-age minus Age (never later than the API's own expiry); None: not fresh at all.
     fresh_until: float | None = None
 
 
@@ -70,6 +71,7 @@ class _CallState:
 
     __slots__ = (
         "ages",
+        "body",
         "cache_control",
         "depth",
         "last_timed_out",
@@ -81,7 +83,8 @@ class _CallState:
     )
 
     def __init__(self, timeout: float) -> None:
-        self.cache_control: str | None = None  # the last response's headers (the aiohttp trace)
+        self.body: bytes | None = None  # the last JSON body read, as bytes
+        self.cache_control: str | None = None  # …and its response's freshness headers
         self.ages: list[str] = []
         self.sends = 0
         self.depth = 0
@@ -143,6 +146,39 @@ def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
     return WallClockThrottler
 
 
+# aiohttp's test for a JSON Content-Type (`ClientResponse.json`): application/json or +json.
+_JSON_CONTENT_TYPE = re.compile(r"^application/(?:[\w.+-]+?\+)?json")
+_coc_json_or_text = coc.http.json_or_text
+
+
+async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
+    """coc.py's `json_or_text`, reading the body once as bytes and keeping them for the call.
+
+    coc.py has aiohttp decode the body to a str and parse that; the snapshot then had to be
+    serialised again from the parsed dict. Here the bytes are parsed directly and kept, so the
+    snapshot is the API's own text. Outside a `CocApi.fetch` (no call state) coc.py's own
+    function runs. The results are the same: the parsed JSON, the text for another Content-Type,
+    None for an empty body, and the same parse errors.
+    """
+    state = _call.get()
+    if state is None:
+        return await _coc_json_or_text(response)
+    state.cache_control = response.headers.get("Cache-Control")
+    state.ages = response.headers.getall("Age", [])
+    if not _JSON_CONTENT_TYPE.match(response.content_type):
+        return await response.text(encoding="utf-8")
+    body = await response.read()
+    if not body.strip():
+        return None
+    parsed = orjson.loads(body)
+    state.body = body
+    return parsed
+
+
+# coc.py calls this module-level function from `HTTPClient.request` and offers no hook for it.
+coc.http.json_or_text = _json_or_text
+
+
 class _PacedConnector(aiohttp.TCPConnector):
     """Tells the rate limiter when each request really goes out: once it has a connection. A
     pooled one is at hand; a new one costs a TCP (and TLS) handshake, tens of milliseconds in
@@ -158,39 +194,11 @@ class _PacedConnector(aiohttp.TCPConnector):
         return connection
 
 
-async def _note_headers(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
-    # Runs in the task that sent the request, so the call's ContextVar is the right one.
-    state = _call.get()
-    if state is not None:
-        headers = params.response.headers
-        state.cache_control = headers.get("Cache-Control")
-        state.ages = headers.getall("Age", [])
-
-
-class _HeaderTracingHTTP(coc.http.HTTPClient):
-    """coc.py's HTTP client with a session that shows us each response's headers."""
-
-    async def create_session(self, connector, timeout):  # type: ignore[no-untyped-def]
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(_note_headers)
-        # coc.py keeps its session in a private attribute and offers no hook for trace configs;
-        # this is the session its own create_session makes, plus the trace.
-        self._HTTPClient__session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), trace_configs=[trace]
-        )
-
-
 class _RawClient(coc.Client):
-    """coc.Client without its static game data (4.7 MB of JSON the raw calls never read), and
-    with an HTTP client that reports response headers."""
+    """coc.Client without its static game data: 4.7 MB of JSON the raw calls never read."""
 
     def _load_static(self) -> None:
         pass
-
-    def _create_client(self, email, password):  # type: ignore[no-untyped-def]
-        http = super()._create_client(email, password)
-        http.__class__ = _HeaderTracingHTTP  # same state, one method more: see _HeaderTracingHTTP
-        return http
 
 
 class CocApi:
@@ -291,7 +299,7 @@ class CocApi:
         status = data.get("status_code", 200) if isinstance(data, dict) else 200
         lifetime = fresh_for(state.cache_control, state.ages)
         fresh_until = None if lifetime is None else state.sent_at + lifetime
-        return Fetched(body, status, round(latency * 1000), time.time(), fresh_until)
+        return Fetched(body, status, round(latency * 1000), time.time(), state.body, fresh_until)
 
 
 def _bad_response(detail: str) -> TransientError:

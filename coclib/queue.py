@@ -50,14 +50,37 @@ DEDUPE_TTL_SECONDS = 3600
 # An id is printable text: no control characters (NUL among them) and no lone surrogates.
 _ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 
+# Checks that each key it is given holds a list or nothing, and fails the script before it
+# writes anything otherwise. Every script that moves or pushes items starts with it: Redis does
+# not undo a script's earlier writes when a later command fails, so a WRONGTYPE halfway through
+# (an operator put a hash where the queue was) would lose the item already removed from one
+# list and never pushed to the other. The error names the key and what it holds; it starts with
+# WRONGTYPE like Redis's own, and `coclib.redis_client.redis_fault` reads it as a misconfigured
+# Redis (`redis_wrong_type`). Give it every list the script writes (a priority lane too).
+_LISTS_ONLY = """
+local function lists_only(...)
+    for _, key in ipairs({...}) do
+        local kind = redis.call('TYPE', key)['ok']
+        if kind ~= 'list' and kind ~= 'none' then
+            error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a list; nothing was moved'})
+        end
+    end
+end
+"""
 # KEYS[1] queue, KEYS[2] the pending marker; ARGV[1] item, ARGV[2] marker TTL in seconds.
-_ENQUEUE = """
+# The queue is checked first: a marker set for a push that then failed would refuse the
+# request for an hour.
+_ENQUEUE = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1])
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
     redis.call('RPUSH', KEYS[1], ARGV[1])
     return 1
 end
 return 0
 """
+)
 # KEYS[1] the stash; ARGV[1] a run summary, ARGV[2] how many to keep (the newest).
 _STASH = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -65,7 +88,10 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 return 1
 """
 # KEYS[1] queue, KEYS[2] in-flight; ARGV[1] how many. Moves from the head, returns what moved.
-_TAKE = """
+_TAKE = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2])
 local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
     local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
@@ -74,6 +100,7 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return taken
 """
+)
 # KEYS[1] in-flight; ARGV items. Returns how many were removed.
 _ACK = """
 local removed = 0
@@ -83,7 +110,10 @@ end
 return removed
 """
 # KEYS[1] in-flight, KEYS[2] dead-letter list; ARGV items. Moves those still in flight.
-_DEAD_LETTER = """
+_DEAD_LETTER = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2])
 local moved = 0
 for i = 1, #ARGV do
     if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
@@ -93,11 +123,15 @@ for i = 1, #ARGV do
 end
 return moved
 """
+)
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3..] pending markers; ARGV[1] marker TTL, then per
 # item, last to first: the item and the KEYS index of its marker (0: none). An item no longer
 # in the in-flight list is not pushed: a retried call or a recovery that got there first
 # must not queue it twice. Returns how many were pushed.
-_PUT_BACK = """
+_PUT_BACK = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2])
 local pushed = 0
 for i = 2, #ARGV, 2 do
     if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
@@ -111,6 +145,7 @@ for i = 2, #ARGV, 2 do
 end
 return pushed
 """
+)
 
 
 @dataclass(frozen=True, slots=True)

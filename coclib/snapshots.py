@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -48,7 +47,8 @@ psycopg.adapters.register_dumper(JsonText, _JsonTextBinaryDumper)
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One fetched body. `fetched_at` (unix seconds) orders writers: older never overwrites newer.
+    """One fetched body. `fetched_at` (unix seconds on this process's clock) orders writers: older
+    never overwrites newer. What is stored is Postgres's time of the fetch (`arrays_by_kind`).
 
     `fresh_until` is when the API's cached copy expires, a `time.monotonic()` value (None: not
     fresh); what is left of it when the batch is written becomes the row's `fresh_until`.
@@ -75,13 +75,26 @@ def body_hash(document: bytes) -> bytes:
 
 
 def snapshot_of(
-    kind: str, tag: str, body: dict[str, Any], fetched_at: float, fresh_until: float | None = None
+    kind: str,
+    tag: str,
+    body: dict[str, Any],
+    fetched_at: float,
+    raw: bytes | None = None,
+    *,
+    fresh_until: float | None = None,
 ) -> Snapshot:
-    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it."""
-    try:
-        document = orjson.dumps(body)
-    except orjson.JSONEncodeError as exc:
-        raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
+    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it.
+
+    `raw` is the JSON text `body` was parsed from, if known: it is stored as it is (orjson
+    parsed it, so it is valid JSON without lone surrogates), instead of serialising `body` again.
+    """
+    if raw is not None:
+        document = raw
+    else:
+        try:
+            document = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
     problem = json_problem(document)
     if problem is not None:
         raise RequestError(Reason.UNSTORABLE, problem)
@@ -89,20 +102,29 @@ def snapshot_of(
 
 
 def _arrays() -> dict[str, list[Any]]:
-    return {"tag": [], "data": [], "fetched_at": [], "fresh_for": [], "data_hash": []}
+    return {"tag": [], "data": [], "age": [], "fresh_for": [], "data_hash": []}
 
 
-def arrays_by_kind(snapshots: Iterable[Snapshot]) -> dict[str, dict[str, list[Any]]]:
-    """The parameters of each kind's upsert: parallel arrays of tags, bodies, fetch times, the
-    seconds each stays fresh from now (None: not fresh) and the bodies' hashes."""
+def arrays_by_kind(
+    snapshots: Iterable[Snapshot], *, now: Callable[[], float] = time.time
+) -> dict[str, dict[str, list[Any]]]:
+    """The parameters of each kind's upsert: parallel arrays of tags, bodies, ages, how long each
+    stays fresh from now, and the bodies' hashes.
+
+    An age is how long ago the body was fetched, on this process's clock (`now`, the clock
+    `fetched_at` was read from): Postgres dates the snapshot by its own clock less that age, so
+    a process whose clock is off still dates it right (sql/queries.sql, upsert_players). The
+    freshness left is measured the same way, on the monotonic clock `fresh_until` was read from
+    (None: not fresh), and Postgres adds it to its own clock.
+    """
     by_kind: dict[str, dict[str, list[Any]]] = defaultdict(_arrays)
-    now = time.monotonic()
+    at, mono = now(), time.monotonic()
     for snap in snapshots:
         arrays = by_kind[snap.kind]
         arrays["tag"].append(snap.tag)
         arrays["data"].append(snap.data)
-        arrays["fetched_at"].append(datetime.fromtimestamp(snap.fetched_at, UTC))
-        left = None if snap.fresh_until is None else snap.fresh_until - now
+        arrays["age"].append(max(0.0, at - snap.fetched_at))
+        left = None if snap.fresh_until is None else snap.fresh_until - mono
         arrays["fresh_for"].append(left if left is not None and left > 0 else None)
         arrays["data_hash"].append(snap.data_hash)
     return by_kind

@@ -7,16 +7,24 @@
 -- unless a newer fetch is already stored; return each stored tag and whether its body changed.
 -- DISTINCT ON: a statement may touch a row once. The bodies go in binary (%(data)b): as a text
 -- array literal every quote in every body would be escaped, which costs ten times the CPU of
--- the rest of the write. An unchanged body (same hash; a row without one counts as changed)
--- keeps its stored `data`: the new row version points at the same TOAST value, so the update
--- writes a few hundred bytes of WAL, not the body again. `fresh_until` is on Postgres's clock:
--- now() (the transaction's start, before the statement: never later than the API's expiry)
--- plus the seconds the worker says are left (`fresh_for`; NULL: not fresh).
+-- the rest of the write.
+-- `fetched_at` is on Postgres's clock, the one clock every worker shares: the worker sends each
+-- body's age (seconds since its fetch, on its own clock) and the fetch time is now less that age.
+-- A worker whose clock is off cannot date a snapshot in the future, where it would block every
+-- correct fetch until that time; and one so dated earlier (a stored time ahead of Postgres's
+-- clock cannot be true) is overwritten by the next fetch.
+-- `fresh_until` is on the same clock: now() (the transaction's start, before this statement:
+-- never later than the API's own expiry) plus the seconds the worker says are left
+-- (`fresh_for`, measured on its monotonic clock; NULL: not fresh).
+-- An unchanged body (same hash; a row without one counts as changed) keeps its stored `data`:
+-- the new row version points at the same TOAST value, so the update writes a few hundred bytes
+-- of WAL, not the body again (bench/freshness.md).
 WITH s AS (
-    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
-    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
-                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
-    ORDER BY tag, fetched_at DESC
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
 ), stored AS (
     INSERT INTO players AS t (tag, data, fetched_at, fresh_until, data_hash)
     SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
@@ -25,7 +33,7 @@ WITH s AS (
             data_hash = EXCLUDED.data_hash,
             fetched_at = EXCLUDED.fetched_at,
             fresh_until = EXCLUDED.fresh_until
-        WHERE t.fetched_at <= EXCLUDED.fetched_at
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
     RETURNING t.tag AS tag
 )
 -- `before` reads the table as it was when the statement started (a data-modifying CTE's
@@ -38,10 +46,11 @@ LEFT JOIN players before ON before.tag = stored.tag;
 -- name: upsert_clans
 -- Store clans' snapshots, as upsert_players does players'.
 WITH s AS (
-    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
-    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
-                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
-    ORDER BY tag, fetched_at DESC
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
 ), stored AS (
     INSERT INTO clans AS t (tag, data, fetched_at, fresh_until, data_hash)
     SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
@@ -50,7 +59,7 @@ WITH s AS (
             data_hash = EXCLUDED.data_hash,
             fetched_at = EXCLUDED.fetched_at,
             fresh_until = EXCLUDED.fresh_until
-        WHERE t.fetched_at <= EXCLUDED.fetched_at
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
     RETURNING t.tag AS tag
 )
 -- `before` reads the table as it was when the statement started (a data-modifying CTE's
@@ -63,10 +72,11 @@ LEFT JOIN clans before ON before.tag = stored.tag;
 -- name: upsert_wars
 -- Store clans' current wars, as upsert_players does players'.
 WITH s AS (
-    SELECT DISTINCT ON (tag) tag, data, fetched_at, fresh_for, data_hash
-    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[],
-                %(fresh_for)s::float8[], %(data_hash)s::bytea[]) AS s (tag, data, fetched_at, fresh_for, data_hash)
-    ORDER BY tag, fetched_at DESC
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
 ), stored AS (
     INSERT INTO wars AS t (clan_tag, data, fetched_at, fresh_until, data_hash)
     SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
@@ -75,7 +85,7 @@ WITH s AS (
             data_hash = EXCLUDED.data_hash,
             fetched_at = EXCLUDED.fetched_at,
             fresh_until = EXCLUDED.fresh_until
-        WHERE t.fetched_at <= EXCLUDED.fetched_at
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
     RETURNING t.clan_tag AS tag
 )
 -- `before` reads the table as it was when the statement started (a data-modifying CTE's
@@ -86,21 +96,29 @@ JOIN s ON s.tag = stored.tag
 LEFT JOIN wars before ON before.clan_tag = stored.tag;
 
 -- name: insert_ledger_rows
--- Append ledger rows given as parallel arrays (one round trip for a whole batch).
+-- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in
+-- the array's order), all of one run.
 INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms,
                             changed)
-SELECT * FROM unnest(
-    %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
-    %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
-    %(http_status)s::smallint[], %(latency_ms)s::integer[], %(changed)s::boolean[]
+SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status, r.latency_ms,
+       r.changed
+FROM json_to_recordset(%(rows)s::json) AS r (
+    request_id text, outcome text, kind text, tag text, reason text, detail text,
+    http_status smallint, latency_ms integer, changed boolean
 );
 
 -- name: insert_run_summary
--- Record how a run ended.
--- A summary stashed in Redis by a run that lost Postgres may be written twice (its commit in
--- doubt): the first stands.
+-- Record how a run ended, dated by Postgres's clock (now, and its duration before that), the
+-- one clock every worker shares: a worker whose clock is off cannot make its run "the last
+-- run" for health, nor misplace it among the ledger's rows. The summary keeps the worker's times.
+-- A summary stashed in Redis by a run that lost Postgres is recorded late, by the next run: it
+-- comes with its worker's times (%(started_at)s, %(finished_at)s; null otherwise), and may be
+-- written twice (its commit in doubt): the first stands.
 INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)
-VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s)
+VALUES (%(run_id)s,
+        coalesce(%(started_at)s, clock_timestamp() - make_interval(secs => %(duration_s)s)),
+        coalesce(%(finished_at)s, clock_timestamp()),
+        %(stopped)s, %(cause)s, %(summary)s)
 ON CONFLICT (run_id) DO NOTHING;
 
 -- name: settled_requests

@@ -174,37 +174,40 @@ def upsert(database_url, *snapshots):
 
 def test_an_unchanged_body_is_reported_and_not_rewritten(database_url):
     body = {"tag": "#2PP", "name": "Ka", "trophies": 1}
-    assert upsert(database_url, snapshot_of("player", "#2PP", body, 1_700_000_000.0)) == {
-        ("player", "#2PP"): True
-    }
+    now = time.time()
+    assert upsert(database_url, snapshot_of("player", "#2PP", body, now - 30)) == {("player", "#2PP"): True}
     # Mark the stored body: if an unchanged refresh rewrote `data`, the mark would be gone.
     query(database_url, "UPDATE players SET data = data || '{\"mark\": 1}' RETURNING tag")
-    assert upsert(database_url, snapshot_of("player", "#2PP", body, 1_700_000_010.0)) == {
-        ("player", "#2PP"): False
-    }
-    (row,) = query(database_url, "SELECT data, extract(epoch FROM fetched_at) AS at FROM players")
-    assert row["data"]["mark"] == 1 and row["at"] == 1_700_000_010  # the fetch time still advances
+    (first,) = query(database_url, "SELECT fetched_at FROM players")
+    assert upsert(database_url, snapshot_of("player", "#2PP", body, now - 20)) == {("player", "#2PP"): False}
+    (row,) = query(database_url, "SELECT data, fetched_at FROM players")
+    assert row["data"]["mark"] == 1 and row["fetched_at"] > first["fetched_at"]  # the fetch time advances
     changed = {**body, "trophies": 2}
-    assert upsert(database_url, snapshot_of("player", "#2PP", changed, 1_700_000_020.0)) == {
+    assert upsert(database_url, snapshot_of("player", "#2PP", changed, now - 10)) == {
         ("player", "#2PP"): True
     }
     assert query(database_url, "SELECT data FROM players")[0]["data"] == changed
     # An older fetch than the stored one writes nothing, and changes nothing.
-    assert upsert(database_url, snapshot_of("player", "#2PP", body, 1_600_000_000.0)) == {}
+    assert upsert(database_url, snapshot_of("player", "#2PP", body, now - 40)) == {}
 
 
 @pytest.mark.parametrize("step", [0.0, 86_400.0, -86_400.0, 10 * 365 * 86_400.0])
 def test_fresh_until_is_on_postgres_clock_whatever_the_workers_clock_says(database_url, step):
     # The worker's wall clock stepped by `step`: fetched_at is off by that much, freshness is not.
-    snap = snapshot_of("clan", "#2PP", {"tag": "#2PP"}, time.time() + step, time.monotonic() + 120)
+    snap = snapshot_of(
+        "clan", "#2PP", {"tag": "#2PP"}, time.time() + step, fresh_until=time.monotonic() + 120
+    )
     upsert(database_url, snap)
     (row,) = query(database_url, "SELECT fresh_until - now() AS left FROM clans")
     assert timedelta(0) < row["left"] <= timedelta(seconds=120)
 
 
 def test_a_snapshot_without_freshness_is_never_fresh(database_url):
-    upsert(database_url, snapshot_of("war", "#2PP", {"state": "notInWar"}, time.time(), None))
-    upsert(database_url, snapshot_of("player", "#2PQ", {"tag": "#2PQ"}, time.time(), time.monotonic() - 1))
+    upsert(database_url, snapshot_of("war", "#2PP", {"state": "notInWar"}, time.time(), fresh_until=None))
+    upsert(
+        database_url,
+        snapshot_of("player", "#2PQ", {"tag": "#2PQ"}, time.time(), fresh_until=time.monotonic() - 1),
+    )
     assert query(database_url, "SELECT fresh_until FROM wars UNION ALL SELECT fresh_until FROM players") == [
         {"fresh_until": None},
         {"fresh_until": None},
@@ -374,7 +377,7 @@ def test_crash_recovery_treats_skipped_fresh_as_settled(settings, redis_client, 
     drain(settings)
     # A run that died after committing its skipped-fresh row, before acknowledging the item.
     item = encode(req(2))
-    redis_client.rpush(QueueKeys(settings.refresh_queue_key).inflight, item)
+    redis_client.rpush(QueueKeys(settings.queue.refresh_queue_key).inflight, item)
     query(
         database_url,
         "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail) "

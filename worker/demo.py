@@ -226,11 +226,11 @@ def run_demo(
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
+        with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
             queued = _enqueue_mix(client, worker.keys, sim, requests)
         print(
-            f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}; "
-            f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"
+            f"Enqueued {queued} refresh requests on {settings.queue.refresh_queue_key}; "
+            f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
         )
         status, fetched = asyncio.run(_drain_and_report(worker, queued))
         if status != 0 or not fetched:

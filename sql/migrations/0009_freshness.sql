@@ -133,75 +133,108 @@ $$;
 CREATE VIEW refresh_runs AS
 SELECT * FROM refresh_runs_between('-infinity', 'infinity');
 
--- refresh_health as in 0003, plus `skipped_fresh` and, per kind, the hour's fetches, how many
--- found a change and their share (`fetch_changes`: the useful refreshes per call). New columns
--- last. `failure_rate` is over every settled request (fetched + failed + skipped-fresh): a
--- request the gate settled is one that did not fail.
+-- refresh_health as in 0008 (a view over refresh_health_stats()), plus `skipped_fresh` and, per
+-- kind, the hour's fetches, how many found a change and their share (`fetch_changes`: the useful
+-- refreshes per call), read from refresh_fetch_minutes. New columns last. `failure_rate` is over
+-- every settled request (fetched + failed + skipped-fresh): a request the gate settled is one
+-- that did not fail.
 DROP VIEW refresh_health;
-CREATE VIEW refresh_health AS
-WITH recent AS (
-    SELECT m.outcome, m.rows
-    FROM refresh_ledger_minutes m
-    WHERE m.minute >= date_bin('1 minute', now() - interval '1 hour',
-                               timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
-    UNION ALL
-    SELECT l.outcome, 1
-    FROM refresh_ledger l
-    WHERE l.occurred_at > now() - interval '1 hour'
-      AND l.occurred_at < date_bin('1 minute', now() - interval '1 hour',
-                                   timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
-), counts AS (
-    SELECT coalesce(sum(rows) FILTER (WHERE outcome = 'attempted'), 0)::bigint        AS attempted,
-           coalesce(sum(rows) FILTER (WHERE outcome = 'fetched'), 0)::bigint          AS fetched,
-           coalesce(sum(rows) FILTER (WHERE outcome = 'failed'), 0)::bigint           AS failed,
-           coalesce(sum(rows) FILTER (WHERE outcome = 'skipped-deadline'), 0)::bigint AS skipped_deadline,
-           coalesce(sum(rows) FILTER (WHERE outcome = 'deferred'), 0)::bigint         AS deferred,
-           coalesce(sum(rows) FILTER (WHERE outcome = 'skipped-fresh'), 0)::bigint    AS skipped_fresh
-    FROM recent
-), latency AS (
-    SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY f.latency_ms) AS p95_latency_ms
+DROP FUNCTION refresh_health_stats(integer);
+
+CREATE FUNCTION refresh_health_stats(orphans_counted integer DEFAULT 100)
+RETURNS TABLE (window_seconds integer, attempted bigint, fetched bigint, failed bigint,
+               skipped_deadline bigint, deferred bigint, failure_rate numeric,
+               p95_latency_ms integer, last_fetched_at timestamptz, orphaned_attempts bigint,
+               last_run_id uuid, last_run_finished_at timestamptz, last_run_stopped text,
+               last_run_cause text, skipped_fresh bigint, fetch_changes jsonb)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+DECLARE
+    since constant timestamptz := now() - interval '1 hour';
+    -- The first whole minute of the hour: counted from the roll-up from there on.
+    whole constant timestamptz := date_bin('1 minute', now() - interval '1 hour',
+                                           timestamptz '2000-01-01 00:00:00+00') + interval '1 minute';
+    grace constant interval := interval '10 minutes';
+    last_minute timestamptz;
+BEGIN
+    window_seconds := 3600;
+    SELECT coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'attempted'), 0)::bigint,
+           coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'fetched'), 0)::bigint,
+           coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'failed'), 0)::bigint,
+           coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'skipped-deadline'), 0)::bigint,
+           coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'deferred'), 0)::bigint,
+           coalesce(sum(r.rows) FILTER (WHERE r.outcome = 'skipped-fresh'), 0)::bigint
+    INTO attempted, fetched, failed, skipped_deadline, deferred, skipped_fresh
     FROM (
-        SELECT l.latency_ms
-        FROM refresh_ledger l
-        WHERE l.outcome = 'fetched' AND l.occurred_at > now() - interval '1 hour'
-        ORDER BY l.occurred_at DESC
-        LIMIT 2000
-    ) f
-), changes AS (
-    -- Whole minutes of the hour: the share is a rate, a partial first minute changes nothing.
-    SELECT jsonb_object_agg(k.kind, jsonb_build_object(
+        SELECT m.outcome, m.rows FROM refresh_ledger_minutes m WHERE m.minute >= whole
+        UNION ALL
+        SELECT l.outcome, 1 FROM refresh_ledger l WHERE l.occurred_at > since AND l.occurred_at < whole
+    ) r;
+    -- Over every settled request: one the gate settled is one that did not fail.
+    failure_rate := round(failed::numeric / nullif(fetched + failed + skipped_fresh, 0), 4);
+
+    -- Per kind, the hour's fetches, how many found a changed body, and their share (the useful
+    -- refreshes per call): whole minutes only, a rate needs no partial first minute.
+    SELECT coalesce(jsonb_object_agg(k.kind, jsonb_build_object(
                'fetched', k.fetched, 'changed', k.changed,
-               'share', round(k.changed::numeric / nullif(k.fetched, 0), 4))) AS fetch_changes
+               'share', round(k.changed::numeric / nullif(k.fetched, 0), 4))), '{}'::jsonb)
+    INTO fetch_changes
     FROM (
         SELECT f.kind, sum(f.fetched)::bigint AS fetched, sum(f.changed)::bigint AS changed
         FROM refresh_fetch_minutes f
-        WHERE f.minute >= date_bin('1 minute', now() - interval '1 hour',
-                                   timestamptz '2000-01-01 00:00:00+00') + interval '1 minute'
+        WHERE f.minute >= whole
         GROUP BY f.kind
-    ) k
-), last_run AS (
-    SELECT run_id, finished_at, stopped, cause
-    FROM refresh_run_summaries
-    ORDER BY finished_at DESC
-    LIMIT 1
-)
-SELECT 3600                                                   AS window_seconds,
-       c.attempted, c.fetched, c.failed, c.skipped_deadline, c.deferred,
-       round(c.failed::numeric / nullif(c.fetched + c.failed + c.skipped_fresh, 0), 4) AS failure_rate,
-       p.p95_latency_ms,
-       (SELECT max(occurred_at) FROM refresh_ledger WHERE outcome = 'fetched') AS last_fetched_at,
-       (SELECT count(*) FROM refresh_orphaned_attempts_between(now() - interval '1 hour', 'infinity'))
-                                                              AS orphaned_attempts,
-       r.run_id      AS last_run_id,
-       r.finished_at AS last_run_finished_at,
-       r.stopped     AS last_run_stopped,
-       r.cause       AS last_run_cause,
-       c.skipped_fresh,
-       coalesce(ch.fetch_changes, '{}'::jsonb) AS fetch_changes
-FROM counts c
-CROSS JOIN latency p
-CROSS JOIN changes ch
-LEFT JOIN last_run r ON true;
+    ) k;
+
+    -- Over the newest 2,000 fetches of the hour, as before.
+    SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY f.latency_ms)
+    INTO p95_latency_ms
+    FROM (
+        SELECT l.latency_ms
+        FROM refresh_ledger l
+        WHERE l.outcome = 'fetched' AND l.occurred_at > since
+        ORDER BY l.occurred_at DESC
+        LIMIT 2000
+    ) f;
+
+    SELECT max(m.minute) INTO last_minute FROM refresh_ledger_minutes m WHERE m.outcome = 'fetched';
+    SELECT max(m.last_at) INTO last_fetched_at
+    FROM refresh_ledger_minutes m
+    WHERE m.outcome = 'fetched' AND m.minute = last_minute;
+
+    -- refresh_orphaned_attempts_between's own first test: a run without a summary that made
+    -- attempts in the hour before the grace period. Usually there is none.
+    IF EXISTS (
+        SELECT 1 FROM refresh_ledger_minutes a
+        WHERE a.outcome = 'attempted'
+          AND a.minute > since - interval '1 minute'
+          AND a.last_at >= since AND a.first_at < now() - grace
+          AND NOT EXISTS (SELECT 1 FROM refresh_run_summaries s WHERE s.run_id = a.run_id)
+    ) THEN
+        SELECT count(*) INTO orphaned_attempts
+        FROM (
+            SELECT 1 FROM refresh_orphaned_attempts_between(since, 'infinity', grace)
+            LIMIT orphans_counted
+        ) o;
+    ELSE
+        orphaned_attempts := 0;
+    END IF;
+
+    SELECT s.run_id, s.finished_at, s.stopped, s.cause
+    INTO last_run_id, last_run_finished_at, last_run_stopped, last_run_cause
+    FROM refresh_run_summaries s
+    ORDER BY s.finished_at DESC
+    LIMIT 1;
+    RETURN NEXT;
+END
+$$;
+
+COMMENT ON FUNCTION refresh_health_stats(integer) IS
+    'The one row of refresh_health: ledger stats over the last hour and the last run. '
+    'orphaned_attempts counts up to orphans_counted.';
+
+CREATE VIEW refresh_health AS
+SELECT * FROM refresh_health_stats();
 
 -- Retention trims the fetch counts with the ledger's minute counts. The function stays 0003's,
 -- one DELETE more.

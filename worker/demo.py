@@ -236,7 +236,7 @@ def run_demo(
         if status != 0 or not fetched:
             return status
         again = _second_wave(sim, fetched)
-        with sync_client(settings) as client:
+        with sync_client(settings.queue) as client:
             queued = sum(enqueue(client, kind, tag, keys=worker.keys) is not None for kind, tag in again)
         gate = "on" if settings.freshness else "off (FRESHNESS=off)"
         print(

@@ -261,8 +261,9 @@ def test_repeat_failures(drained: Drained):
 
 def test_refreshed_for_nothing_lists_tags_whose_calls_brought_back_the_stored_body(drained: Drained):
     rows = {r["tag"]: r for r in psql(drained.url, "refreshed_for_nothing")}
-    # The deadline run's tag was called again and again for the same body too (the gate off).
-    assert set(rows) == {UNCHANGED, "#2PY"}
+    # The deadline run's tag may be listed too: it was called again for the same body (the gate
+    # off), how often depends on how fast the machine was.
+    assert set(rows) - {"#2PY"} == {UNCHANGED}
     row = rows[UNCHANGED]
     assert (row["kind"], row["fetches"], row["unchanged"], row["unchanged_share"], row["skipped_fresh"]) == (
         "player",

@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 
 YIELDS, KEEPS = "yields", "keeps"
 
+# KEYS[1] lease; ARGV[1] our value, ARGV[2] ttl in ms. Takes the lease if nobody holds it. A key
+# of another type would read as a lease held forever (SET NX never succeeds): it is an error that
+# names it instead, which the drain reports as `redis_wrong_type`.
+_ACQUIRE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then
+    error({err = 'WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not the drain lease'})
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+"""
 # KEYS[1] lease, KEYS[2] successor; ARGV[1] our value, ARGV[2] ttl in ms.
 # Returns false when the lease is no longer ours, else the waiting successor's value or ''.
 _RENEW = """
@@ -150,7 +160,7 @@ class Lease:
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; start renewing it. False if it is held."""
-        taken = await self.redis.set(self.keys.lease, self.value, nx=True, px=self.ttl_ms)
+        taken = await self.redis.eval(_ACQUIRE, 1, self.keys.lease, self.value, self.ttl_ms)
         if taken:
             self._start_renewing()
         return bool(taken)

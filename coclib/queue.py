@@ -146,6 +146,33 @@ end
 return pushed
 """
 )
+# KEYS[1] dead-letter list, KEYS[2] queue, KEYS[3..] pending markers; ARGV[1] marker TTL,
+# then per item: the item and the KEYS index of its marker (0: none, a malformed item). An
+# item still in the dead-letter list leaves it; it is pushed to the tail of the queue unless
+# its marker says the same kind and tag is already waiting. Per item: 1 queued, 0 already
+# waiting (dropped), -1 no longer in the dead-letter list (someone else moved it).
+_REDRIVE_DEAD = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2])
+local results = {}
+for i = 2, #ARGV, 2 do
+    local result = -1
+    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+        result = 1
+        local marker = tonumber(ARGV[i + 1])
+        if marker > 0 and not redis.call('SET', KEYS[marker], '1', 'NX', 'EX', ARGV[1]) then
+            result = 0
+        end
+        if result == 1 then
+            redis.call('RPUSH', KEYS[2], ARGV[i])
+        end
+    end
+    results[#results + 1] = result
+end
+return results
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +295,37 @@ def enqueue(
         _ENQUEUE, 2, keys.queue, keys.pending(kind, request.tag), encode(request), dedupe_ttl
     )
     return request.id if pushed else None
+
+
+def dead_letters(client: SyncRedis, *, keys: QueueKeys) -> list[Taken]:
+    """The items of the dead-letter list, oldest first, parsed (malformed ones have `error`)."""
+    return [parse_item(raw, seq) for seq, raw in enumerate(client.lrange(keys.dead_letter, 0, -1))]
+
+
+def requeue_dead_letters(
+    client: SyncRedis,
+    items: Sequence[Taken],
+    *,
+    keys: QueueKeys,
+    dedupe_ttl: int = DEDUPE_TTL_SECONDS,
+) -> list[int]:
+    """Move dead-lettered items to the tail of the queue as they are (same bytes, same id).
+
+    De-duplicated like `enqueue`: an item whose kind and tag is already waiting is dropped
+    from the dead-letter list instead (the waiting request will refresh it). Atomic per call.
+    Returns per item 1 (queued), 0 (already waiting: dropped) or -1 (no longer in the list).
+    """
+    if not items:
+        return []
+    markers: dict[str, int] = {}
+    argv: list[bytes | int] = [dedupe_ttl]
+    for item in items:
+        index = 0
+        if item.request:
+            index = markers.setdefault(keys.pending(item.request.kind, item.request.tag), len(markers) + 3)
+        argv += [item.raw, index]
+    results = client.eval(_REDRIVE_DEAD, 2 + len(markers), keys.dead_letter, keys.queue, *markers, *argv)
+    return [int(r) for r in results]
 
 
 # -- consumer side -----------------------------------------------------------------

@@ -5,10 +5,18 @@
     python -m ledger audit tag_history --tag '#2PP'
     python -m ledger partitions [--ensure]
     python -m ledger retention --days 30 [--dry-run]
+    python -m ledger redrive --reason upstream_error --since 2h [--apply]
+    python -m ledger redrive --from dead-letter [--apply]
 
 `audit NAME` runs `sql/audit/NAME.sql`, the same file `psql -f` runs; its options are the
 file's `-v` variables (`min_failures` is `--min-failures`). `--since`/`--until` also take
 `30m`, `6h`, `2d` or `1w` meaning that long ago. DATABASE_URL comes from the settings.
+
+`redrive` re-queues failed requests (the newest failure of each kind and tag in the window,
+by `--reason` and `--kind`) and/or the dead-letter list (`--from dead-letter` or `all`). It
+only shows what it would do unless given `--apply`; then it queues them (de-duplicated, as
+enqueue is) and records each in `refresh_redrives` (`python -m ledger audit redrives`).
+It also reads REDIS_URL, REDIS_CLUSTER, SSL_CERT_FILE and REFRESH_QUEUE_KEY.
 """
 
 from __future__ import annotations
@@ -21,10 +29,15 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
+import redis
 
 from coclib.errors import ConfigError
-from coclib.errortext import first_line
-from coclib.settings import DatabaseSettings
+from coclib.errortext import describe, first_line
+from coclib.keys import QueueKeys
+from coclib.queue import KINDS
+from coclib.reasons import Reason
+from coclib.redis_client import ClusterUnavailable, sync_client
+from coclib.settings import DatabaseSettings, QueueSettings, mask_url_password
 from ledger.audit import AuditError, AuditQuery, load_audits, render_table, run_audit
 from ledger.partitions import (
     DAYS_AHEAD,
@@ -33,6 +46,9 @@ from ledger.partitions import (
     expired_partitions,
     list_partitions,
 )
+from ledger.redrive import SOURCES, Candidate, Selection
+from ledger.redrive import apply as apply_redrive
+from ledger.redrive import plan as plan_redrive
 from ledger.values import plain
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
@@ -78,6 +94,37 @@ def _parser(audits: Mapping[str, AuditQuery]) -> argparse.ArgumentParser:
     retention.add_argument("--days", type=int, required=True, help="keep at least this many days (1 or more)")
     retention.add_argument("--dry-run", action="store_true", help="list what would be dropped, drop nothing")
     retention.add_argument("--json", action="store_true")
+
+    redrive = sub.add_parser(
+        "redrive",
+        help="re-queue failed requests and the dead-letter list (shows what it would do unless --apply)",
+        description=(
+            "Re-queue failed requests selected by reason, kind and time (the newest failure of each kind\n"
+            "and tag, unless redriven already or settled since), and/or the dead-letter list. Without\n"
+            "--apply it only lists them. With it, each is queued (a kind and tag already waiting is\n"
+            "not queued twice) and recorded in refresh_redrives: python -m ledger audit redrives."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    redrive.add_argument(
+        "--reason", dest="reasons", action="append", choices=sorted(Reason), metavar="REASON",
+        help="only failures with this reason (repeatable; default: any)",
+    )  # fmt: skip
+    redrive.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        choices=KINDS,
+        help="only this kind (repeatable; default: any)",
+    )
+    redrive.add_argument("--since", default="24h", help="a timestamp, or 30m/6h/2d/1w ago (default 24h)")
+    redrive.add_argument("--until", help="a timestamp, or 30m/6h/2d/1w ago (default now)")
+    redrive.add_argument(
+        "--from", dest="source", choices=("failed", "dead-letter", "all"), default="failed",
+        help="failed requests from the ledger (default), the dead-letter list, or both",
+    )  # fmt: skip
+    redrive.add_argument("--apply", action="store_true", help="queue them and record it (default: only list)")
+    redrive.add_argument("--json", action="store_true")
     return parser
 
 
@@ -124,6 +171,55 @@ def _list(audits: Mapping[str, AuditQuery]) -> int:
     return 0
 
 
+_REDRIVE_COLUMNS = ["source", "kind", "tag", "request_id", "reason", "failed_at", "result", "new_request_id"]
+
+
+def _redrive(args: argparse.Namespace, conn: psycopg.Connection, queue: QueueSettings) -> int:
+    now = datetime.now(UTC)
+    # Postgres reads the times, as it does the audits' (any timestamptz input).
+    since, until = conn.execute(
+        "SELECT %s::timestamptz, %s::timestamptz", (_time(args.since, now), _time(args.until or "0m", now))
+    ).fetchone()
+    selection = Selection(
+        since=since,
+        until=until,
+        reasons=tuple(args.reasons) if args.reasons else None,
+        kinds=tuple(args.kinds) if args.kinds else None,
+        sources=SOURCES if args.source == "all" else (args.source.replace("-", "_"),),
+    )
+    keys = QueueKeys(queue.refresh_queue_key)
+    client = None
+    try:
+        client = sync_client(queue)
+        if args.apply:
+            redrive_id, candidates = apply_redrive(conn, client, keys, selection)
+        else:
+            redrive_id, candidates = None, plan_redrive(conn, client, keys, selection)
+    except (redis.ConnectionError, redis.TimeoutError, ClusterUnavailable) as exc:
+        where = mask_url_password(queue.redis_url)
+        print(f"error: cannot reach Redis at {where}: {describe(exc)}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:  # e.g. WRONGTYPE: a key of the queue holds something else
+        print(f"error: Redis: {describe(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    _print(_REDRIVE_COLUMNS, [c.as_row() for c in candidates], args.json)
+    print(_redrive_story(redrive_id, candidates), file=sys.stderr)
+    return 0
+
+
+def _redrive_story(redrive_id: object, candidates: list[Candidate]) -> str:
+    if redrive_id is None:
+        return f"would re-queue {len(candidates)} request(s); run again with --apply to do it"
+    counts = {r: sum(c.result == r for c in candidates) for r in ("queued", "already_queued", "gone")}
+    story = f"redrive {redrive_id}: queued {counts['queued']}, already waiting {counts['already_queued']}"
+    if counts["gone"]:
+        story += f", {counts['gone']} dead letter(s) moved by someone else meanwhile"
+    return story + " (python -m ledger audit redrives)"
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command; return the exit status (2: configuration or usage, 1: failure)."""
     try:
@@ -140,6 +236,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         # A reference (DATABASE_URL_SECRET_ARN, ...) is refused, naming it: only Lambda reads those.
         database_url = DatabaseSettings.from_env(environ).database_url
+        queue = QueueSettings.from_env(environ) if args.command == "redrive" else None
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -167,6 +264,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     print(f"{verb} {len(rows)} partition(s) older than {args.days} days", file=sys.stderr)
                 _print(columns, rows, args.json)
                 return 0
+            if args.command == "redrive":
+                assert queue is not None
+                return _redrive(args, conn, queue)
     except AuditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,7 +30,9 @@ class Outcome(StrEnum):
 
 
 # The one definition of what settles a request: the drain, crash recovery (through the
-# queries it parameterises) and the tests all read it from here.
+# queries it parameterises), the completion signal (NOTIFY refresh_done), redrive and the
+# tests all read it from here (coclib.completions.SETTLED_OUTCOMES names it for producers,
+# who use coclib alone; a test keeps the two equal).
 SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED, Outcome.SKIPPED_FRESH})
 
 

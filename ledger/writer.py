@@ -1,5 +1,8 @@
 """Appending to the outcome ledger, with the snapshots a batch fetched, in one transaction.
 
+The same transaction sends `NOTIFY refresh_done` for the requests it settles
+(`coclib.completions`), so a listener hears of a request exactly when its rows can be read.
+
 A batch is made of entries, one per request: its ledger rows and, for `fetched`, its
 snapshot. When Postgres refuses a batch's data (`StorageRefused`: a value it cannot hold, a
 CHECK, an index row too big), `write()` splits the batch in halves until each refused entry
@@ -19,6 +22,7 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
+from coclib.completions import CHANNEL, Settled, payloads
 from coclib.db import Database
 from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.snapshots import Snapshot, upsert_snapshots
@@ -73,8 +77,14 @@ class LedgerWriter:
         # The rows as one JSON array for json_to_recordset(): one statement whatever the batch
         # size, serialised by orjson in one call (parallel arrays cost psycopg ~9 µs a row).
         # Texts from outside (ids, details) are made storable first: NUL and lone surrogates.
-        document = orjson.dumps([_storable(row) for row in rows])
-        return {"rows": document.decode(), "run_id": self.run_id}
+        stored = [_storable(row) for row in rows]
+        document = orjson.dumps(stored)
+        return {
+            "rows": document.decode(),
+            "run_id": self.run_id,
+            "channel": CHANNEL,
+            "payloads": self._payloads(stored),
+        }
 
     async def append(
         self,
@@ -108,6 +118,17 @@ class LedgerWriter:
                 summary = run_summary(rows) if callable(run_summary) else run_summary
                 await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(summary))
         return list(rows)
+
+    @staticmethod
+    def _payloads(rows: Sequence[LedgerRow]) -> list[str]:
+        """The NOTIFY refresh_done payloads telling which requests `rows` (as stored) settle.
+
+        The insert sends them inside its transaction: Postgres delivers them on commit and
+        drops them on rollback, so a refused batch, or the half of one that `_bisect` finds
+        refused, is never heard of.
+        """
+        settled = (Settled(r.request_id, r.kind, r.tag, str(r.outcome)) for r in rows if r.outcome.settles)
+        return payloads(settled)
 
     async def write(self, entries: Sequence[Entry], *, run_summary: SummaryOrMaker | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.

@@ -97,15 +97,29 @@ LEFT JOIN wars before ON before.clan_tag = stored.tag;
 
 -- name: insert_ledger_rows
 -- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in
--- the array's order), all of one run.
-INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms,
-                            changed)
-SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status, r.latency_ms,
-       r.changed
-FROM json_to_recordset(%(rows)s::json) AS r (
-    request_id text, outcome text, kind text, tag text, reason text, detail text,
-    http_status smallint, latency_ms integer, changed boolean
-);
+-- the array's order), all of one run, and send the completion signal for the requests they
+-- settle (coclib.completions): one NOTIFY refresh_done per payload, in order, from this
+-- transaction, so delivered only if it commits. The same statement: a data-modifying WITH
+-- always runs to completion, and the signal costs no round trip of its own.
+WITH inserted AS (
+    INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status,
+                                latency_ms, changed)
+    SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status,
+           r.latency_ms, r.changed
+    FROM json_to_recordset(%(rows)s::json) AS r (
+        request_id text, outcome text, kind text, tag text, reason text, detail text,
+        http_status smallint, latency_ms integer, changed boolean
+    )
+)
+SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p (payload);
+
+-- name: settled_by_id
+-- The settling row of each of these requests that has one (the newest, were there two), for a
+-- waiter that starts after its request may already have settled.
+SELECT DISTINCT ON (request_id) request_id, kind, tag, outcome
+FROM refresh_ledger
+WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s)
+ORDER BY request_id, id DESC;
 
 -- name: insert_run_summary
 -- Record how a run ended, dated by Postgres's clock (now, and its duration before that), the
@@ -198,3 +212,37 @@ SELECT coalesce(sum(total_bytes), 0)::bigint    AS total_bytes,
        coalesce(sum(estimated_rows), 0)::bigint AS estimated_rows,
        count(*)::int                            AS partitions
 FROM refresh_ledger_partitions;
+
+-- name: redrivable_failures
+-- Failed requests a redrive may re-queue: the newest failure of each kind and tag in
+-- [since, until) with a reason in `reasons` and a kind in `kinds` (null: any), unless that
+-- failure was redriven already or the tag settled otherwise since (`settling` minus failed:
+-- its data is fresher than the failure). Malformed requests (no kind or tag) cannot be queued.
+SELECT f.request_id, f.kind, f.tag, f.reason, f.occurred_at AS failed_at
+FROM (
+    SELECT DISTINCT ON (l.kind, l.tag) l.id, l.request_id, l.kind, l.tag, l.reason, l.occurred_at
+    FROM refresh_ledger l
+    WHERE l.outcome = 'failed' AND l.kind IS NOT NULL AND l.tag IS NOT NULL
+      AND l.occurred_at >= %(since)s::timestamptz AND l.occurred_at < %(until)s::timestamptz
+      AND (%(reasons)s::text[] IS NULL OR l.reason = ANY(%(reasons)s::text[]))
+      AND (%(kinds)s::text[] IS NULL OR l.kind = ANY(%(kinds)s::text[]))
+    ORDER BY l.kind, l.tag, l.occurred_at DESC, l.id DESC
+) f
+WHERE NOT EXISTS (SELECT 1 FROM refresh_redrives r WHERE r.request_id = f.request_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM refresh_ledger s
+      WHERE s.tag = f.tag AND s.kind = f.kind AND s.occurred_at >= f.occurred_at AND s.id <> f.id
+        AND s.outcome = ANY(%(settling)s::text[]) AND s.outcome <> 'failed'
+  )
+ORDER BY f.occurred_at, f.request_id;
+
+-- name: insert_redrives
+-- Record what a redrive did, one row per request, given as parallel arrays.
+INSERT INTO refresh_redrives (redrive_id, source, request_id, kind, tag, reason, failed_at, result,
+                              new_request_id, payload, selection)
+SELECT %(redrive_id)s, s.source, s.request_id, s.kind, s.tag, s.reason, s.failed_at, s.result,
+       s.new_request_id, s.payload, %(selection)s
+FROM unnest(%(source)s::text[], %(request_id)s::text[], %(kind)s::text[], %(tag)s::text[],
+            %(reason)s::text[], %(failed_at)s::timestamptz[], %(result)s::text[],
+            %(new_request_id)s::text[], %(payload)s::text[])
+     AS s (source, request_id, kind, tag, reason, failed_at, result, new_request_id, payload);

@@ -101,15 +101,25 @@ def redis_base_url() -> Iterator[str]:
             client.delete(_CLAIM_KEY)
 
 
-@pytest.fixture
-def redis_url(redis_base_url: str) -> str:
-    """A Redis db, flushed for this test (the session's claim on it kept)."""
-    with redis.Redis.from_url(redis_base_url) as client, client.pipeline(transaction=True) as tx:
-        # One MULTI: another session looking for a free db never sees this one unclaimed.
+def flush_redis_db(client: redis.Redis) -> None:
+    """Empty the session's Redis db, keeping the session's claim on it.
+
+    One MULTI: another session looking for a free db never sees this one unclaimed. A bare
+    FLUSHDB would drop the claim, and a session starting meanwhile would share the db: its
+    requests in our queue, ours drained by its workers.
+    """
+    with client.pipeline(transaction=True) as tx:
         tx.flushdb()
         if not os.environ.get("TEST_REDIS_URL"):
             tx.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
         tx.execute()
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> str:
+    """A Redis db, flushed for this test (the session's claim on it kept)."""
+    with redis.Redis.from_url(redis_base_url) as client:
+        flush_redis_db(client)
     return redis_base_url
 
 

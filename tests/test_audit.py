@@ -34,7 +34,7 @@ from ledger.__main__ import main as ledger_main
 from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, render_table, run_audit
 from ledger.health import DEGRADED, ORPHANS_COUNTED, QueueState, assess
 from ledger.values import plain
-from tests.conftest import ROOT, TEST_TOKEN
+from tests.conftest import ROOT, TEST_TOKEN, flush_redis_db
 from tests.helpers import drain, push
 from worker.drain import DrainPolicy
 
@@ -84,7 +84,7 @@ def drained(
     sim.tokens.clear()
     sim.tokens.add(TEST_TOKEN)
     client = redis.Redis.from_url(redis_base_url)
-    client.flushdb()
+    flush_redis_db(client)
     settings = Settings.from_env(
         {
             "DATABASE_URL": url,
@@ -116,7 +116,7 @@ def drained(
         maintenance = drain(settings)
         assert maintenance.stopped == "circuit_open"
         sim.maintenance = False
-        client.flushdb()  # the deferred requests wait at the head of the queue: not for this test
+        flush_redis_db(client)  # the deferred requests wait at the head of the queue: not for this test
         # 3. too slow for the deadline: some fetched, the rest skipped.
         sim.latency = (0.4, 0.4)
         push(client, settings, *[req(f"d{i}", tag="#2PY") for i in range(12)])
@@ -127,7 +127,7 @@ def drained(
         deadline = drain(settings, seconds=1.5, policy=slow)
         assert deadline.stopped == "deadline"
         sim.latency = (0.0, 0.0)
-        client.flushdb()
+        flush_redis_db(client)
         # 4. one player refreshed three times for the same body (the gate off), then once more
         # with the gate on: two unchanged fetches and one request skipped as fresh.
         for i in range(3):
@@ -146,7 +146,7 @@ def drained(
     finally:
         sim.reset_faults()
         sim.latency = (0.0, 0.0)
-        client.flushdb()
+        flush_redis_db(client)
         client.close()
         drop_database(pg_admin_url, name)
 
@@ -434,6 +434,15 @@ def test_cli_json_and_table(drained: Drained, capsys):
     assert ledger_main(["audit", "--list"], env) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in AUDIT_FILES)
+
+
+def test_the_drains_keep_the_sessions_claim_on_its_redis_db(drained: Drained, redis_base_url: str):
+    """Flushing between the drains must not free the db for another test session to take."""
+    from tests.conftest import _CLAIM, _CLAIM_KEY
+
+    with redis.Redis.from_url(redis_base_url) as client:
+        claim = client.get(_CLAIM_KEY)
+    assert claim == (None if os.environ.get("TEST_REDIS_URL") else _CLAIM.encode())
 
 
 def test_cli_bad_input_is_one_line_without_traceback(drained: Drained, capsys):

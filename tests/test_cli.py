@@ -24,6 +24,7 @@ from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import RefreshRequest
 from coclib.settings import DEFAULT_QUEUE_KEY, VARIABLES, QueueSettings, Settings
+from tests.helpers import drain as helpers_drain
 from tests.helpers import ledger, push
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,12 +96,12 @@ def environment_block(help_text: str) -> set[str]:
 
 def test_help_names_the_variables_each_command_reads_with_defaults_and_the_exit_codes():
     helps = {}
-    for command in ("drain", "migrate", "enqueue", "serve"):
+    for command in ("drain", "migrate", "enqueue", "wait", "serve"):
         done = run_cli(command, "--help", env={})
         assert done.returncode == 0, done.stderr
         helps[command] = done.stdout
     assert environment_block(helps["enqueue"]) == set(QueueSettings.variables())
-    assert environment_block(helps["migrate"]) == {"DATABASE_URL"}
+    assert environment_block(helps["migrate"]) == environment_block(helps["wait"]) == {"DATABASE_URL"}
     assert environment_block(helps["drain"]) == environment_block(helps["serve"]) == ALL_VARIABLES
     assert "(default {coc:refresh}:queue)" in helps["enqueue"]
     assert "(default 10, at most 30)" in helps["drain"]
@@ -378,6 +379,7 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         assert f"on {scratch};" in done.stdout
         assert "Outcomes of this run (refresh_ledger):" in done.stdout
         assert "stopped=queue_empty" in done.stdout
+        assert re.search(r"^NOTIFY refresh_done heard by the site: player #\w+ fetched", done.stdout, re.M)
         # The worker's queue is untouched; the scratch queue and its in-flight list are drained.
         assert client.lrange(DEFAULT_QUEUE_KEY, 0, -1) == [b"the site's own request"]
         scratch_keys = QueueKeys(scratch)
@@ -401,3 +403,44 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
     assert re.fullmatch(r"[a-z_]+", html["reason"]) and html["kind"] == "player"
     assert not (tmp_path / ".local").exists()  # nothing embedded was started
     assert unclean_lines(done.stdout, done.stderr) == []
+
+
+# --- wait ----------------------------------------------------------------------------------------
+
+
+def test_wait_hears_the_tags_and_ids_it_waits_for(worker_env, settings, redis_client, database_url):
+    push(redis_client, settings, RefreshRequest("before", "clan", "#8QU"))
+    helpers_drain(settings)  # settled before the command started: found in the ledger by id
+    env = {"DATABASE_URL": database_url}
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker",
+        "wait",
+        "--kind",
+        "player",
+        "2pp",
+        "--id",
+        "before",
+        "--timeout",
+        "120",
+    ]
+    base = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    with subprocess.Popen(
+        cmd, env={**base, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stderr.readline().startswith("listening for 2 request(s)")  # LISTEN is on
+        push(redis_client, settings, RefreshRequest("p1", "player", "#2PP"))
+        helpers_drain(settings)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert sorted(out.splitlines()) == ["clan #8QU: fetched (id before)", "player #2PP: fetched (id p1)"]
+
+
+def test_wait_times_out_with_exit_1_and_needs_something_to_wait_for(database_url):
+    done = run_cli("wait", "--id", "never-queued", "--timeout", "0", env={"DATABASE_URL": database_url})
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "timed out after 0 s waiting for never-queued"
+    nothing = run_cli("wait", env={"DATABASE_URL": database_url})
+    assert (nothing.returncode, nothing.stderr) == (2, "error: give at least one TAG or --id\n")

@@ -278,7 +278,18 @@ class DrainMachine(RuleBasedStateMachine):
         summary = summaries[0]
         if dead_postgres:
             self._check_nothing_done(before, after, summary)
-        elif summary is None or postgres_died or postgres_refuses or redis_proxy is not None:
+        elif (
+            summary is None
+            or postgres_died
+            or postgres_refuses
+            or redis_proxy is not None
+            or (
+                # A short deadline bounds every statement (issue 24): on a loaded machine the last
+                # writes can run out of time, and the run then leaves them to recovery as if
+                # Postgres had gone away.
+                seconds < 10 and summary.cause == "database_unavailable"
+            )
+        ):
             self._check_left_for_recovery(after, summary, postgres_fault=postgres_died)
         else:
             self._check_run_ended(after, summaries, seconds=seconds, alone=meanwhile is None)

@@ -108,6 +108,25 @@ def test_arbitrary_json_gets_an_answer(invoke, event):
     assert_clean(event if isinstance(event, dict) else {}, invoke(event))
 
 
+# Operators' actions with parameters of any type (migrate left out: valid, but slow DDL to fuzz).
+ACTIONS = st.fixed_dictionaries(
+    {"action": st.sampled_from(["drain", "health"]) | JSON},
+    optional={"max_requests": JSON, "seconds": JSON},
+)
+# Scheduled events with any field replaced: still scheduled (a drain of an empty queue) or not.
+SCHEDULED = st.builds(
+    lambda field, value: {**scheduled_event(), field: value},
+    st.sampled_from(sorted(scheduled_event())),
+    JSON,
+)
+
+
+@FUZZ
+@given(event=ACTIONS | SCHEDULED)
+def test_actions_and_scheduled_events_of_any_types_get_an_answer(invoke, event):
+    assert_clean(event, invoke(event))
+
+
 @FUZZ
 @given(event=mutated_http_events())
 def test_http_events_with_fields_of_any_type_get_an_answer(invoke, event):

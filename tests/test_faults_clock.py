@@ -37,7 +37,7 @@ def run(settings: Settings, *, skew: float = 0.0, seconds: float = 15.0) -> RunS
 
     async def go() -> RunSummary:
         worker = Worker(settings)
-        worker.limiter = RateLimiter(settings.coc_reqs_per_sec, wall=lambda: REAL_TIME() + skew)
+        worker.limiter = RateLimiter(settings.api.coc_reqs_per_sec, wall=lambda: REAL_TIME() + skew)
         try:
             return await worker.drain(seconds)
         finally:

@@ -170,7 +170,7 @@ def test_a_hash_at_the_queue_mid_run_loses_nothing_and_names_the_fault(
 
     async def first_run():
         worker = Worker(settings, policy=policy)
-        worker._queue = _OperatorAtTheQueue(await async_client(settings), worker.keys)
+        worker._queue = _OperatorAtTheQueue(await async_client(settings.queue), worker.keys)
         try:
             return await worker.drain(30)
         finally:
@@ -218,3 +218,17 @@ def test_health_reads_a_queue_key_of_another_type_as_configuration(settings, red
     assert report.http_status == 503
     assert "WRONGTYPE" in report.body["checks"]["redis"]["error"]
     assert "another type than a list" in report.body["checks"]["redis"]["error"]
+
+
+def test_a_lease_key_of_another_type_is_named_not_taken_for_a_running_drain(
+    settings, redis_client, simulator
+):
+    """SET NX fails on any existing key: without the check, every run would say `lease_held`."""
+    push(redis_client, settings, RefreshRequest("r0", "player", "#2PP", 1_700_000_000.0))
+    redis_client.hset(KEYS.lease, "operator", "was here")
+
+    summary = drain(settings, policy=DrainPolicy(checks=True))
+
+    assert (summary.stopped, summary.cause) == ("circuit_open", "redis_wrong_type"), summary
+    assert KEYS.lease in summary.detail
+    assert redis_client.llen(KEYS.queue) == 1  # nothing taken

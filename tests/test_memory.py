@@ -47,7 +47,7 @@ def _alive() -> dict[str, int]:
 
 def test_a_long_run_does_not_keep_what_it_settled(settings, redis_url, redis_client, database_url, simulator):
     simulator.player_bytes = BODY_BYTES
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     ids = [uuid.uuid4().hex for _ in range(REQUESTS)]
     redis_client.rpush(
         keys.queue,

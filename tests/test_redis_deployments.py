@@ -357,3 +357,28 @@ def test_a_unix_socket_with_a_database_works(tmp_path, worker_env, database_url,
         summary = drain(Settings.from_env(env))
         assert summary.stopped == "queue_empty" and summary.counts.get("fetched") == 1, summary
         assert db3.llen("refresh_queue") == 0 and db3.llen("{refresh_queue}:inflight") == 0
+
+
+def test_redrive_moves_failures_and_dead_letters_back(deployment, database_url):
+    keys = deployment.keys
+    dead = [encode(RefreshRequest("d1", "player", TAGS[0])), b"junk"]
+    deployment.check.rpush(keys.dead_letter, *dead)
+    query(
+        database_url,
+        "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason) "
+        "VALUES ('f1', gen_random_uuid(), 'clan', %s, 'failed', 'upstream_error') RETURNING id",
+        TAGS[1],
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "redrive", "--from", "all", "--apply", "--json"],
+        cwd=ROOT,
+        env=child_env({"DATABASE_URL": database_url, **deployment.env}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    queued, _ = deployment.lists()
+    assert [orjson.loads(queued[0])["tag"], *queued[1:]] == [TAGS[1], *dead]
+    assert deployment.check.llen(keys.dead_letter) == 0
+    assert deployment.check.exists(keys.pending("clan", TAGS[1]), keys.pending("player", TAGS[0])) == 2

@@ -1,4 +1,4 @@
-"""The command line: drain, migrate, enqueue, the local demo, the local server.
+"""The command line: drain, migrate, enqueue, wait, the local demo, the local server.
 
 Each command reads only the environment variables it uses, listed in its `--help`. An error
 is one line on stderr, never a traceback, with every secret the command knows blanked.
@@ -17,6 +17,7 @@ import orjson
 import psycopg
 import redis
 
+from coclib.completions import RefreshWaiter
 from coclib.errors import CocLibError, ConfigError, InvalidTagError
 from coclib.errortext import describe, first_line
 from coclib.keys import QueueKeys
@@ -114,6 +115,22 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     enq.add_argument("kind", choices=KINDS)
     enq.add_argument("tags", nargs="+", metavar="TAG", help="e.g. '#2PP' (checked before any is queued)")
+
+    wait = _command(
+        sub, "wait", _wait,
+        "wait until requests are settled (LISTEN refresh_done)",
+        "Wait until each tag (or request id) is settled: fetched or failed. Prints one line per\n"
+        "settled request as the worker's NOTIFY refresh_done tells it, and exits 1 if the timeout\n"
+        "passes first. A tag waits for its next settlement after this command starts; an id is\n"
+        "also looked up in the ledger, so one settled already is found at once. It needs a\n"
+        "session-level connection: not through a transaction-pooling proxy (PgBouncer in\n"
+        "transaction mode), where LISTEN hears nothing.",
+        environment_help(DatabaseSettings.variables()),
+    )  # fmt: skip
+    wait.add_argument("tags", nargs="*", metavar="TAG", help="e.g. '#2PP' (normalised as the queue does)")
+    wait.add_argument("--kind", choices=KINDS, help="only this kind's settlements of the tags (default: any)")
+    wait.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="a request id")
+    wait.add_argument("--timeout", type=float, default=60.0, help="seconds (default %(default)g)")
 
     demo = _command(
         sub, "demo", _demo,
@@ -228,6 +245,30 @@ def _enqueue(args: argparse.Namespace, secrets: list[str]) -> int:
     finally:
         if client is not None:
             client.close()
+    return EXIT_OK
+
+
+def _wait(args: argparse.Namespace, secrets: list[str]) -> int:
+    if not args.tags and not args.ids:
+        raise UsageError("give at least one TAG or --id")
+    tags = []
+    for tag in args.tags:
+        try:
+            tags.append((args.kind, parse_tag(tag)))
+        except InvalidTagError as exc:
+            raise UsageError(exc.detail) from None
+    settings = DatabaseSettings.from_env()
+    secrets.extend(settings.secrets())
+    configure_logging("WARNING", settings.secrets())
+    with RefreshWaiter.connect(settings.database_url, connect_timeout=10) as waiter:
+        print(f"listening for {len(tags) + len(args.ids)} request(s)", file=sys.stderr, flush=True)
+        waited = waiter.wait(ids=args.ids, tags=tags, timeout=args.timeout)
+    for one in waited.settled:
+        print(f"{one.kind or '-'} {one.tag or '-'}: {one.outcome} (id {one.id})")
+    missing = [*waited.missing_ids, *(tag for _, tag in waited.missing_tags)]
+    if missing:
+        print(f"timed out after {args.timeout:g} s waiting for {', '.join(missing)}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

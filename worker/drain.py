@@ -202,11 +202,12 @@ class _Run:
         self.scheduled = scheduled
         self.queue = drain.queue
         self.policy = policy
-        self.deadline = deadline
         self.soft_deadline = deadline - policy.finish_reserve
-        # Postgres waits no longer than the run may: until the soft deadline while the run takes
-        # work, then (`_finish`) into the reserve kept for the last writes, never past it.
-        self.db = drain.db.bounded(self.soft_deadline)
+        # Postgres waits no longer than the run may: every statement ends by the deadline less
+        # half the reserve, the other half being for Redis (acknowledging, putting back) and the
+        # lease. One bound for the whole run: a flush that starts just before the soft deadline
+        # still has the reserve's first half, rather than a timeout of a few milliseconds.
+        self.db = drain.db.bounded(deadline - policy.finish_reserve / 2)
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
@@ -636,10 +637,6 @@ class _Run:
         Whatever cannot be done is left for the next run. Raises only for cancellation, and,
         with the checks on, for items no fault explains losing track of (`AccountingError`).
         """
-        # The last writes may use half the reserve; the other half is for Redis (acknowledging,
-        # putting back) and the lease, so that the run returns before its deadline even when
-        # Postgres makes it wait.
-        self.db.deadline = self.deadline - self.policy.finish_reserve / 2
         try:
             calls = [item.call for item in self.items.in_stage(Stage.CALLING)]
             if self.stopping.is_(StopCode.HANDED_OVER):

@@ -8,8 +8,9 @@
 --
 -- Now the view reads a PL/pgSQL function that computes the bounds first and passes them to
 -- its queries as parameters. The planner prunes with the values (custom plans), so each
--- query is planned over the one or two partitions the hour lies in, and a session that asks
--- again reuses the plans PL/pgSQL keeps. The last fetch comes from the roll-up (exact: the
+-- query is planned over the one or two partitions the hour lies in. (Generic plans, kept for
+-- the session, plan nothing on later calls but do not know the bounds: on 10 M rows they
+-- executed in twice the time, bench/ledger.md.) The last fetch comes from the roll-up (exact: the
 -- trigger keeps it in step with the ledger). The orphaned attempts are looked for only when
 -- the roll-up shows a run with old attempts and no summary, and are counted up to
 -- `orphans_counted` (100): a crash storm that leaves thousands costs what 100 cost, and more

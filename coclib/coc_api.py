@@ -13,7 +13,10 @@ sessions, error types) and steered where a refresh worker needs something else:
   truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
   when something in front of the API fails) is a transient `bad_response`, never a crash;
 - a body is parsed once, from the bytes the API sent, and those bytes are what the snapshot
-  stores (`Fetched.raw`): serialising the parsed body again would cost as much as parsing it.
+  stores (`Fetched.raw`): serialising the parsed body again would cost as much as parsing it;
+- how long the answer stays fresh is read from the response's own `Cache-Control` and `Age`
+  headers (`coclib.freshness`) where the body is read: coc.py keeps only a lossy copy of
+  max-age in the body (`_response_retry`, Age ignored), and that key is stripped.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import orjson
 
 from coclib.errors import RequestError, SystemicError, TransientError
 from coclib.errortext import first_line
+from coclib.freshness import fresh_for
 from coclib.ratelimit import RateLimiter
 from coclib.reasons import Reason
 from coclib.storable import excerpt
@@ -57,15 +61,31 @@ class Fetched:
     latency_ms: int
     fetched_at: float
     raw: bytes | None = None
+    # When the API's cached copy expires, a `time.monotonic()` value: when the call was let go
+    # plus max-age minus Age (never later than the API's own expiry); None: not fresh at all.
+    fresh_until: float | None = None
 
 
 class _CallState:
     """What the throttler hook saw during one call (one asyncio task, via a ContextVar)."""
 
-    __slots__ = ("body", "depth", "last_timed_out", "relogins", "scope", "sends", "sent_at", "timeout")
+    __slots__ = (
+        "ages",
+        "body",
+        "cache_control",
+        "depth",
+        "last_timed_out",
+        "relogins",
+        "scope",
+        "sends",
+        "sent_at",
+        "timeout",
+    )
 
     def __init__(self, timeout: float) -> None:
         self.body: bytes | None = None  # the last JSON body read, as bytes
+        self.cache_control: str | None = None  # …and its response's freshness headers
+        self.ages: list[str] = []
         self.sends = 0
         self.depth = 0
         self.relogins = 0
@@ -143,6 +163,8 @@ async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
     state = _call.get()
     if state is None:
         return await _coc_json_or_text(response)
+    state.cache_control = response.headers.get("Cache-Control")
+    state.ages = response.headers.getall("Age", [])
     if not _JSON_CONTENT_TYPE.match(response.content_type):
         return await response.text(encoding="utf-8")
     body = await response.read()
@@ -275,7 +297,9 @@ class CocApi:
         latency = time.monotonic() - state.sent_at
         body = checked_body(data, kind=kind, tag=tag)
         status = data.get("status_code", 200) if isinstance(data, dict) else 200
-        return Fetched(body, status, round(latency * 1000), time.time(), state.body)
+        lifetime = fresh_for(state.cache_control, state.ages)
+        fresh_until = None if lifetime is None else state.sent_at + lifetime
+        return Fetched(body, status, round(latency * 1000), time.time(), state.body, fresh_until)
 
 
 def _bad_response(detail: str) -> TransientError:

@@ -51,7 +51,7 @@ MAX_PAYLOAD_BYTES = 7999
 # and what `RefreshWaiter` looks for in the ledger. `ledger.outcomes.SETTLING` is the
 # worker's home of this set; coclib cannot import it (producers use coclib alone), so a test
 # keeps the two equal.
-SETTLED_OUTCOMES = ("fetched", "failed")
+SETTLED_OUTCOMES = ("fetched", "failed", "skipped-fresh")
 # Settlements heard that no wait wanted yet, kept for the next `wait` (a site waiting for
 # one request, then another, must not miss the second for having heard it early).
 _HEARD_KEPT = 10_000

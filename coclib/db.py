@@ -59,7 +59,7 @@ def translate(exc: Exception) -> Exception:
 
 
 class Database:
-    """The gateway to Postgres: `run`, `fetch_one`, `fetch_all` and `transaction`.
+    """The gateway to Postgres: `run`, `fetch_one`, `fetch_all`, `fetch_all_on` and `transaction`.
 
     Every call takes a connection from the pool; `round_trips` counts statements sent, for the
     benchmark (shared with every `bounded()` view of this gateway). `deadline` (a `clock()`
@@ -159,6 +159,14 @@ class Database:
         """Execute one statement on a connection from `transaction()`."""
         self._trips[0] += 1
         await conn.execute(query, params)
+
+    async def fetch_all_on(
+        self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """All rows of one statement executed on a connection from `transaction()`, as dicts."""
+        self._trips[0] += 1
+        cur = await conn.execute(query, params)
+        return await cur.fetchall()
 
     async def fetch_all(
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None

@@ -49,6 +49,9 @@ class Reason(StrEnum):
     LEASE_LOST = "lease_lost"  # the drain lease expired under a running drain
     INTERNAL_ERROR = "internal_error"  # a bug stopped the run; see the run summary
 
+    # Settled without a call, `skipped-fresh`.
+    FRESH = "fresh"  # the stored snapshot is still inside the API's own cache lifetime
+
     # Put back for a later run, `skipped-deadline`.
     DEADLINE = "deadline"
     HANDED_OVER = "handed_over"  # a newer scheduled invocation took over the queue

@@ -133,6 +133,14 @@ def _rate(name: str, raw: str | None) -> float:
     return rate
 
 
+def _on_off(name: str, raw: str | None) -> bool:
+    """`on` (the default) or `off`."""
+    value = (raw or "on").lower()
+    if value not in ("on", "off"):
+        raise ConfigError(name, f"expected on or off, got {raw!r}")
+    return value == "on"
+
+
 def _days(name: str, raw: str | None) -> int | None:
     if raw is not None and (not raw.isdigit() or int(raw) < 1):
         raise ConfigError(name, "must be a whole number of days, 1 or more")
@@ -196,6 +204,10 @@ VARIABLES: dict[str, Variable] = {
     "LOG_LEVEL": Variable("log level (default INFO)", _one_of(LOG_LEVELS, "INFO", str.upper)),
     "LEDGER_RETENTION_DAYS": Variable(
         "drop ledger partitions older than this many days (default: keep all)", _days
+    ),
+    "FRESHNESS": Variable(
+        "on or off: settle requests for snapshots the API would only repeat, uncalled (default on)",
+        _on_off,
     ),
 }
 
@@ -376,6 +388,7 @@ class Settings(_Group):
     environment: str
     log_level: str
     ledger_retention_days: int | None
+    freshness: bool  # FRESHNESS: the freshness gate (worker.freshness)
 
 
 # The settings that may be given by reference (tofu's module offers the same).

@@ -7,9 +7,10 @@
   not applied). The worker cannot record or take work.
 * **degraded** (HTTP 200): both answer, but at least one of these holds (`HealthRules`):
 
-  - *failure rate*: over the view's window (the last hour), `failed / (fetched + failed)`
-    is above `max_failure_rate` (0.2), counted only once at least `min_settled` (10)
-    requests settled in the window, so two failures out of three do not page anyone;
+  - *failure rate*: over the view's window (the last hour), `failed / (fetched + failed +
+    skipped_fresh)` (every settled request) is above `max_failure_rate` (0.2), counted only
+    once at least `min_settled` (10) requests settled in the window, so two failures out of
+    three do not page anyone;
   - *stalled*: the queue is not empty, nothing was fetched for `stall_after_seconds`
     (600 s, five schedule periods) or ever, and the oldest queued request has waited at
     least that long too (or its age is unknown), so a queue that just received its first
@@ -100,14 +101,16 @@ def assess(
     reasons: list[str] = []
 
     fetched, failed = _int(ledger.get("fetched")), _int(ledger.get("failed"))
+    fresh = _int(ledger.get("skipped_fresh")) or 0  # settled as well, without a call
     window = ledger.get("window_seconds")
-    if fetched is not None and failed is not None and fetched + failed >= rules.min_settled:
-        rate = failed / (fetched + failed)
+    if fetched is not None and failed is not None and fetched + failed + fresh >= rules.min_settled:
+        rate = failed / (fetched + failed + fresh)
         if rate > rules.max_failure_rate:
             over = f" over the last {window} s" if window else ""
+            skipped = f", {fresh} skipped as fresh" if fresh else ""
             reasons.append(
                 f"failure rate {rate:.2f}{over} is above {rules.max_failure_rate:.2f} "
-                f"({failed} failed, {fetched} fetched)"
+                f"({failed} failed, {fetched} fetched{skipped})"
             )
 
     if queue.queue_size > 0 and "last_fetched_at" in ledger:

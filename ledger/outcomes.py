@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED_DEADLINE = "skipped-deadline"
     DEFERRED = "deferred"
+    SKIPPED_FRESH = "skipped-fresh"  # the stored snapshot is still inside the API's max-age
 
     @property
     def settles(self) -> bool:
@@ -32,7 +33,7 @@ class Outcome(StrEnum):
 # queries it parameterises), the completion signal (NOTIFY refresh_done), redrive and the
 # tests all read it from here (coclib.completions.SETTLED_OUTCOMES names it for producers,
 # who use coclib alone; a test keeps the two equal).
-SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED})
+SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED, Outcome.SKIPPED_FRESH})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +48,4 @@ class LedgerRow:
     detail: str | None = None
     http_status: int | None = None
     latency_ms: int | None = None
+    changed: bool | None = None  # `fetched`: whether the body differed from the stored one

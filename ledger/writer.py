@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +28,12 @@ from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.snapshots import Snapshot, upsert_snapshots
 from coclib.sqlfiles import load_queries
 from coclib.storable import storable_text
-from ledger.outcomes import LedgerRow
+from ledger.outcomes import LedgerRow, Outcome
 
 log = logging.getLogger(__name__)
+
+# A run summary, or a function that makes it from the rows written with it (as written).
+SummaryOrMaker = dict[str, Any] | Callable[[Sequence[LedgerRow]], dict[str, Any]]
 
 DETAIL_MAX_CHARS = 1000
 
@@ -88,21 +91,33 @@ class LedgerWriter:
         rows: Sequence[LedgerRow],
         snapshots: Sequence[Snapshot] = (),
         *,
-        run_summary: dict[str, Any] | None = None,
-    ) -> None:
+        run_summary: SummaryOrMaker | None = None,
+    ) -> list[LedgerRow]:
         """Append `rows`, upsert `snapshots` and record `run_summary`, all or nothing.
 
-        Raises `StorageRefused` (the data: nothing was written) or `DatabaseUnavailable`.
+        Returns the rows as written: each `fetched` row of a snapshot's kind and tag says
+        whether the body `changed` (false too when a newer fetch was stored already, so this
+        one rewrote nothing). Raises `StorageRefused` (the data: nothing was written) or
+        `DatabaseUnavailable`.
         """
         if not rows and not snapshots and run_summary is None:
-            return
+            return []
         async with self.db.transaction() as conn:
             if snapshots:
-                await upsert_snapshots(self.db, conn, snapshots)
+                changed = await upsert_snapshots(self.db, conn, snapshots)
+                fetched = {(s.kind, s.tag) for s in snapshots}
+                rows = [
+                    replace(row, changed=changed.get((row.kind, row.tag), False))
+                    if row.outcome is Outcome.FETCHED and (row.kind, row.tag) in fetched
+                    else row
+                    for row in rows
+                ]
             if rows:
                 await self.db.run(conn, self._insert, self._params(rows))
             if run_summary is not None:
-                await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(run_summary))
+                summary = run_summary(rows) if callable(run_summary) else run_summary
+                await self.db.run(conn, load_queries()["insert_run_summary"], _summary_params(summary))
+        return list(rows)
 
     @staticmethod
     def _payloads(rows: Sequence[LedgerRow]) -> list[str]:
@@ -115,7 +130,7 @@ class LedgerWriter:
         settled = (Settled(r.request_id, r.kind, r.tag, str(r.outcome)) for r in rows if r.outcome.settles)
         return payloads(settled)
 
-    async def write(self, entries: Sequence[Entry], *, run_summary: dict[str, Any] | None = None) -> Written:
+    async def write(self, entries: Sequence[Entry], *, run_summary: SummaryOrMaker | None = None) -> Written:
         """Commit `entries` (and the run's summary), isolating any entry Postgres refuses.
 
         Never raises for Postgres: what could not be written is in the result. When an entry
@@ -124,14 +139,14 @@ class LedgerWriter:
         """
         written = Written()
         try:
-            await self._append_entries(entries, run_summary)
+            committed = await self._append_entries(entries, run_summary)
         except StorageRefused:
             await self._bisect(entries, written)
         except DatabaseUnavailable as exc:
             written.unwritten.extend(entries)
             written.unavailable = exc
         else:
-            written.committed.extend(entries)
+            written.committed.extend(committed)
             written.summary_written = run_summary is not None
         return written
 
@@ -144,11 +159,13 @@ class LedgerWriter:
             log.error("Postgres refused the run summary: %s", exc.detail, extra={"summary": run_summary})
 
     async def _append_entries(
-        self, entries: Sequence[Entry], run_summary: dict[str, Any] | None = None
-    ) -> None:
+        self, entries: Sequence[Entry], run_summary: SummaryOrMaker | None = None
+    ) -> list[Entry]:
+        """Append the entries in one transaction; the entries as written (`changed` filled in)."""
         rows = [row for entry in entries for row in entry.rows]
         snapshots = [entry.snapshot for entry in entries if entry.snapshot is not None]
-        await self.append(rows, snapshots, run_summary=run_summary)
+        written = iter(await self.append(rows, snapshots, run_summary=run_summary))
+        return [replace(entry, rows=tuple(next(written) for _ in entry.rows)) for entry in entries]
 
     async def _bisect(self, entries: Sequence[Entry], written: Written) -> None:
         """Commit what Postgres takes of `entries`, in halves, and note each refused entry."""
@@ -159,7 +176,7 @@ class LedgerWriter:
                 written.unwritten.extend(part)
                 continue
             try:
-                await self._append_entries(part)
+                committed = await self._append_entries(part)
             except StorageRefused as exc:
                 if len(part) == 1:
                     written.refused.append((part[0], exc.detail))
@@ -170,7 +187,7 @@ class LedgerWriter:
                 written.unwritten.extend(part)
                 written.unavailable = exc
             else:
-                written.committed.extend(part)
+                written.committed.extend(committed)
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:

@@ -4,41 +4,96 @@
 
 -- name: upsert_players
 -- Store players' snapshots, given as parallel arrays (one round trip for a whole batch),
--- unless a newer fetch is already stored. DISTINCT ON: a statement may touch a row once.
--- The bodies go in binary (%(data)b): as a text array literal every quote in every body
--- would be escaped, which costs ten times the CPU of the rest of the write.
+-- unless a newer fetch is already stored; return each stored tag and whether its body changed.
+-- DISTINCT ON: a statement may touch a row once. The bodies go in binary (%(data)b): as a text
+-- array literal every quote in every body would be escaped, which costs ten times the CPU of
+-- the rest of the write.
 -- `fetched_at` is on Postgres's clock, the one clock every worker shares: the worker sends each
 -- body's age (seconds since its fetch, on its own clock) and the fetch time is now less that age.
 -- A worker whose clock is off cannot date a snapshot in the future, where it would block every
 -- correct fetch until that time; and one so dated earlier (a stored time ahead of Postgres's
 -- clock cannot be true) is overwritten by the next fetch.
-INSERT INTO players AS p (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
-ORDER BY tag, age
-ON CONFLICT (tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE p.fetched_at <= EXCLUDED.fetched_at OR p.fetched_at > clock_timestamp();
+-- `fresh_until` is on the same clock: now() (the transaction's start, before this statement:
+-- never later than the API's own expiry) plus the seconds the worker says are left
+-- (`fresh_for`, measured on its monotonic clock; NULL: not fresh).
+-- An unchanged body (same hash; a row without one counts as changed) keeps its stored `data`:
+-- the new row version points at the same TOAST value, so the update writes a few hundred bytes
+-- of WAL, not the body again (bench/freshness.md).
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
+), stored AS (
+    INSERT INTO players AS t (tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
+    RETURNING t.tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN players before ON before.tag = stored.tag;
 
 -- name: upsert_clans
 -- Store clans' snapshots, as upsert_players does players'.
-INSERT INTO clans AS c (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
-ORDER BY tag, age
-ON CONFLICT (tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE c.fetched_at <= EXCLUDED.fetched_at OR c.fetched_at > clock_timestamp();
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
+), stored AS (
+    INSERT INTO clans AS t (tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
+    RETURNING t.tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN clans before ON before.tag = stored.tag;
 
 -- name: upsert_wars
 -- Store clans' current wars, as upsert_players does players'.
-INSERT INTO wars AS w (clan_tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
-ORDER BY tag, age
-ON CONFLICT (clan_tag) DO UPDATE
-    SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE w.fetched_at <= EXCLUDED.fetched_at OR w.fetched_at > clock_timestamp();
+WITH s AS (
+    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
+           fresh_for, data_hash
+    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
+                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
+    ORDER BY tag, age
+), stored AS (
+    INSERT INTO wars AS t (clan_tag, data, fetched_at, fresh_until, data_hash)
+    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
+    ON CONFLICT (clan_tag) DO UPDATE
+        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
+            data_hash = EXCLUDED.data_hash,
+            fetched_at = EXCLUDED.fetched_at,
+            fresh_until = EXCLUDED.fresh_until
+        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
+    RETURNING t.clan_tag AS tag
+)
+-- `before` reads the table as it was when the statement started (a data-modifying CTE's
+-- changes are invisible to the rest of its statement): the hash each body is compared with.
+SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
+FROM stored
+JOIN s ON s.tag = stored.tag
+LEFT JOIN wars before ON before.clan_tag = stored.tag;
 
 -- name: insert_ledger_rows
 -- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in
@@ -47,11 +102,13 @@ ON CONFLICT (clan_tag) DO UPDATE
 -- transaction, so delivered only if it commits. The same statement: a data-modifying WITH
 -- always runs to completion, and the signal costs no round trip of its own.
 WITH inserted AS (
-    INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
-    SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status, r.latency_ms
+    INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status,
+                                latency_ms, changed)
+    SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status,
+           r.latency_ms, r.changed
     FROM json_to_recordset(%(rows)s::json) AS r (
         request_id text, outcome text, kind text, tag text, reason text, detail text,
-        http_status smallint, latency_ms integer
+        http_status smallint, latency_ms integer, changed boolean
     )
 )
 SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p (payload);
@@ -83,6 +140,19 @@ ON CONFLICT (run_id) DO NOTHING;
 SELECT DISTINCT request_id
 FROM refresh_ledger
 WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s::text[]);
+
+-- name: fresh_snapshots
+-- Which of these tags (per kind, parallel arrays) have a snapshot the API still serves from its
+-- cache, and until when. One query for a group of requests; compared with Postgres's clock,
+-- the same that wrote fresh_until, so no other clock can make a stale snapshot look fresh.
+SELECT 'player' AS kind, tag, fresh_until
+FROM players WHERE tag = ANY(%(players)s::text[]) AND fresh_until > now()
+UNION ALL
+SELECT 'clan', tag, fresh_until
+FROM clans WHERE tag = ANY(%(clans)s::text[]) AND fresh_until > now()
+UNION ALL
+SELECT 'war', clan_tag, fresh_until
+FROM wars WHERE clan_tag = ANY(%(wars)s::text[]) AND fresh_until > now();
 
 -- name: interruptions
 -- How many runs attempted each request and died while it was in flight: they wrote no terminal

@@ -288,6 +288,8 @@ def check_outcomes(
     * `failed`: the reason fits the request (malformed: its parse error, and never attempted;
       a 404 tag: not_found; a private war log: private_war_log), or is a transient reason
       (upstream_error, timeout) or `interrupted`; and the API's log bears the reason out.
+    * `skipped-fresh`: only a valid request, with reason `fresh`, after a `fetched` row of the
+      same kind and tag (in the same run, if the request was attempted in it: a retry).
     * No snapshot exists for a kind and tag without a `fetched` request.
     """
     fetched_by_key: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
@@ -307,6 +309,26 @@ def check_outcomes(
             assert not attempted
             continue
         assert row["kind"] == item.kind and row["tag"] == item.tag, (item, row)
+        if row["outcome"] == "skipped-fresh":
+            # No call for it, and only after the same kind and tag was fetched (by any request).
+            assert row["reason"] == "fresh" and row["detail"], (item.id, row)
+            assert item.category == "valid", f"{item.category} request {item.id} was skipped as fresh"
+            earlier = [
+                r
+                for r in world.rows
+                if r["outcome"] == "fetched"
+                and (r["kind"], r["tag"]) == (item.kind, item.tag)
+                and r["id"] < row["id"]
+            ]
+            assert earlier, (
+                f"{item.id} was skipped as fresh but {item.kind} {item.tag} was never fetched before"
+            )
+            # A retry (its first call met a transient error) is skipped on another request's
+            # answer in the same run; anything else was skipped before any attempt.
+            if [r for r in attempted if r["run_id"] == row["run_id"]]:
+                same_run = [r for r in earlier if r["run_id"] == row["run_id"]]
+                assert same_run, f"{item.id} skipped as fresh after an attempt, on no fetch of its run"
+            continue
         if row["outcome"] == "fetched":
             assert item.category == "valid", f"{item.category} request {item.id} was fetched"
             assert row["http_status"] == 200

@@ -55,6 +55,7 @@ PSQL = _find_psql()
 AUDIT_FILES = sorted(p.stem for p in AUDIT_DIR.glob("*.sql"))
 NOT_FOUND = "#2PQ"
 PRIVATE = "#8QU8J9LP"
+UNCHANGED = "#2PG"
 ORPHAN_RUN = uuid.UUID("00000000-0000-4000-8000-00000000dead")
 
 
@@ -119,15 +120,22 @@ def drained(
         # 3. too slow for the deadline: some fetched, the rest skipped.
         sim.latency = (0.4, 0.4)
         push(client, settings, *[req(f"d{i}", tag="#2PY") for i in range(12)])
-        deadline = drain(
-            settings,
-            seconds=1.5,
-            policy=DrainPolicy(checks=True, finish_reserve=0.4, max_in_flight=2, dispatch_batch=1),
+        # One tag for all, so the freshness gate is off: it would settle the repeats at once.
+        slow = DrainPolicy(
+            checks=True, finish_reserve=0.4, max_in_flight=2, dispatch_batch=1, freshness=False
         )
+        deadline = drain(settings, seconds=1.5, policy=slow)
         assert deadline.stopped == "deadline"
         sim.latency = (0.0, 0.0)
         flush_redis_db(client)
-        # 4. a run that died after its API call, 20 minutes ago: no terminal row, no summary.
+        # 4. one player refreshed three times for the same body (the gate off), then once more
+        # with the gate on: two unchanged fetches and one request skipped as fresh.
+        for i in range(3):
+            push(client, settings, req(f"u{i}", tag=UNCHANGED))
+            assert drain(settings, policy=DrainPolicy(checks=True, freshness=False)).stopped == "queue_empty"
+        push(client, settings, req("u3", tag=UNCHANGED))
+        assert drain(settings).counts == {"skipped-fresh": 1}
+        # 5. a run that died after its API call, 20 minutes ago: no terminal row, no summary.
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, occurred_at) "
@@ -251,6 +259,23 @@ def test_repeat_failures(drained: Drained):
     assert rows[0]["snapshot_fetched_at"] == ""
 
 
+def test_refreshed_for_nothing_lists_tags_whose_calls_brought_back_the_stored_body(drained: Drained):
+    rows = {r["tag"]: r for r in psql(drained.url, "refreshed_for_nothing")}
+    # The deadline run's tag may be listed too: it was called again for the same body (the gate
+    # off), how often depends on how fast the machine was.
+    assert set(rows) - {"#2PY"} == {UNCHANGED}
+    row = rows[UNCHANGED]
+    assert (row["kind"], row["fetches"], row["unchanged"], row["unchanged_share"], row["skipped_fresh"]) == (
+        "player",
+        "3",
+        "2",
+        "0.6667",
+        "1",
+    )
+    assert row["last_changed_at"] != ""  # its first fetch stored the body
+    assert psql(drained.url, "refreshed_for_nothing", min_unchanged="3") == []
+
+
 def test_orphaned_attempts_finds_the_dead_runs_attempt_only(drained: Drained):
     rows = psql(drained.url, "orphaned_attempts")
     assert [(r["request_id"], r["run_id"], r["tag"]) for r in rows] == [("lost1", str(ORPHAN_RUN), "#2PL")]
@@ -303,7 +328,7 @@ def test_api_calls_per_minute_counts_every_attempt(drained: Drained):
 def test_snapshot_freshness(drained: Drained):
     rows = psql(drained.url, "snapshot_freshness")
     fresh = {r["kind"]: int(r["snapshots"]) for r in rows if r["age"] == "< 5 minutes"}
-    assert fresh == {"player": 2, "clan": 1, "war": 1}  # #2PP and #2PY; #8QU8J9LP; #2PR
+    assert fresh == {"player": 3, "clan": 1, "war": 1}  # #2PP, #2PY and #2PG; #8QU8J9LP; #2PR
     assert {r["percent_of_kind"] for r in rows} == {"100.0"}
 
 
@@ -317,7 +342,8 @@ def test_runs_match_the_ledger_and_the_summaries(drained: Drained):
                count(*) FILTER (WHERE outcome = 'fetched') AS fetched,
                count(*) FILTER (WHERE outcome = 'failed') AS failed,
                count(*) FILTER (WHERE outcome = 'skipped-deadline') AS skipped_deadline,
-               count(*) FILTER (WHERE outcome = 'deferred') AS deferred
+               count(*) FILTER (WHERE outcome = 'deferred') AS deferred,
+               count(*) FILTER (WHERE outcome = 'skipped-fresh') AS skipped_fresh
         FROM refresh_ledger GROUP BY run_id""",
     )
     summaries = {
@@ -326,7 +352,7 @@ def test_runs_match_the_ledger_and_the_summaries(drained: Drained):
     assert set(rows) == {t["run_id"] for t in truth} | set(summaries)
     for t in truth:
         row = rows[t["run_id"]]
-        for outcome in ("attempted", "fetched", "failed", "skipped_deadline", "deferred"):
+        for outcome in ("attempted", "fetched", "failed", "skipped_deadline", "deferred", "skipped_fresh"):
             assert int(row[outcome]) == t[outcome], (t["run_id"], outcome)
         assert row["stopped"] == (summaries[t["run_id"]]["stopped"] if t["run_id"] in summaries else "")
     assert rows[str(ORPHAN_RUN)]["stopped"] == "" and rows[str(ORPHAN_RUN)]["attempted"] == "1"
@@ -350,6 +376,17 @@ def test_rollup_equals_the_ledger(drained: Drained):
         "SELECT (SELECT sum(rows) FROM refresh_ledger_minutes) = (SELECT count(*) FROM refresh_ledger) AS ok",
     )
     assert total[0]["ok"]
+    # The fetch counters (fetched and changed per minute and kind) too.
+    fetches = sql(
+        drained.url,
+        """
+        SELECT date_bin('1 minute', occurred_at, timestamptz '2000-01-01 00:00:00+00') AS minute, kind,
+               count(*) AS fetched, count(*) FILTER (WHERE changed) AS changed
+        FROM refresh_ledger WHERE outcome = 'fetched' GROUP BY 1, 2
+        EXCEPT
+        SELECT minute, kind, fetched, changed FROM refresh_fetch_minutes""",
+    )
+    assert fetches == [] and sql(drained.url, "SELECT count(*) AS n FROM refresh_fetch_minutes")[0]["n"] > 0
 
 
 def test_health_counts_the_last_hour_exactly(drained: Drained):
@@ -360,9 +397,16 @@ def test_health_counts_the_last_hour_exactly(drained: Drained):
                    count(*) FILTER (WHERE outcome = 'fetched') AS fetched,
                    count(*) FILTER (WHERE outcome = 'failed') AS failed,
                    count(*) FILTER (WHERE outcome = 'skipped-deadline') AS skipped_deadline,
-                   count(*) FILTER (WHERE outcome = 'deferred') AS deferred
+                   count(*) FILTER (WHERE outcome = 'deferred') AS deferred,
+                   count(*) FILTER (WHERE outcome = 'skipped-fresh') AS skipped_fresh
             FROM refresh_ledger WHERE occurred_at > now() - interval '1 hour'""").fetchone()
-    assert {k: health[k] for k in truth} == truth
+        changes = conn.execute("""
+            SELECT kind, count(*) AS fetched, count(*) FILTER (WHERE changed) AS changed
+            FROM refresh_ledger WHERE outcome = 'fetched' GROUP BY kind""").fetchall()
+    assert {k: health[k] for k in truth} == truth and truth["skipped_fresh"] == 1
+    assert {k: (v["fetched"], v["changed"]) for k, v in health["fetch_changes"].items()} == {
+        c["kind"]: (c["fetched"], c["changed"]) for c in changes
+    }
     assert health["orphaned_attempts"] == 1
     assert health["p95_latency_ms"] is not None and health["last_fetched_at"] is not None
 

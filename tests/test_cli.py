@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALL_VARIABLES = {
     "DATABASE_URL", "REDIS_URL", "REFRESH_QUEUE_KEY", "COC_API_TOKENS", "COC_EMAIL", "COC_PASSWORD",
     "COC_API_BASE_URL", "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "LEDGER_RETENTION_DAYS",
-    "REDIS_CLUSTER", "SSL_CERT_FILE",
+    "REDIS_CLUSTER", "SSL_CERT_FILE", "FRESHNESS",
 }  # fmt: skip
 # Every variable set to something Settings.from_env refuses, so a command that reads one fails.
 BAD_VALUES = {
@@ -44,6 +44,7 @@ BAD_VALUES = {
     "ENVIRONMENT": "moon",
     "LOG_LEVEL": "LOUD",
     "LEDGER_RETENTION_DAYS": "-3",
+    "FRESHNESS": "sometimes",
 }
 # What asyncio, aiohttp and Python print when a process exits with things left open.
 UNCLEAN_EXIT = (
@@ -386,6 +387,14 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         assert client.llen(scratch_keys.queue) == client.llen(scratch_keys.inflight) == 0
     terminal = [row for row in ledger(empty_database_url) if row["outcome"] != "attempted"]
     assert len(terminal) >= 12  # the requests and the malformed items, each settled once
+    # Then the site asks again for tags it just got: fresh ones are settled without a call (a
+    # tag is called again only if the simulator served it with an Age as old as its max-age,
+    # one in ten), the rest are fetched and say whether they changed.
+    assert "The site asks again for" in done.stdout
+    second = [row for row in terminal if str(row["run_id"]) != str(terminal[0]["run_id"])]
+    assert second and {row["outcome"] for row in second} <= {"skipped-fresh", "fetched"}
+    assert "skipped-fresh" in {row["outcome"] for row in second}
+    assert all(row["changed"] is not None for row in second if row["outcome"] == "fetched")
     failed = [row for row in terminal if row["outcome"] == "failed"]
     # The bad input anyone can see in the demo: a NUL-byte item (not UTF-8) and a tag the
     # simulator answers with an HTML page and status 200. Each fails alone, with a code.

@@ -21,7 +21,7 @@ from coclib.queue import RefreshRequest
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
 from tests.helpers import push, query
-from worker.drain import RunSummary
+from worker.drain import DrainPolicy, RunSummary
 from worker.runtime import Worker
 
 HOUR = 3600.0
@@ -36,7 +36,8 @@ def run(settings: Settings, *, skew: float = 0.0, seconds: float = 15.0) -> RunS
     """One drain in a fresh Worker, its wall clock `skew` seconds off."""
 
     async def go() -> RunSummary:
-        worker = Worker(settings)
+        # The freshness gate off: these tests fetch one tag again within its max-age.
+        worker = Worker(settings, policy=DrainPolicy(checks=True, freshness=False))
         worker.limiter = RateLimiter(settings.api.coc_reqs_per_sec, wall=lambda: REAL_TIME() + skew)
         try:
             return await worker.drain(seconds)

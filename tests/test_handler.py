@@ -39,6 +39,7 @@ METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
     "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
     "halted",
+    "skipped_fresh", "changed_share_player",
 }  # fmt: skip
 
 
@@ -169,7 +170,8 @@ def test_a_run_publishes_emf_metrics_with_the_environment_and_function_dimension
     values = {name: emf[name][0] if isinstance(emf[name], list) else emf[name] for name in METRIC_NAMES}
     assert values["processed_requests"] == 3
     assert values["fetched"] == 2 and values["failed"] == 1 and values["attempted"] == 3
-    assert values["deferred"] == 0 and values["skipped_deadline"] == 0
+    assert values["deferred"] == 0 and values["skipped_deadline"] == 0 and values["skipped_fresh"] == 0
+    assert values["changed_share_player"] == 100.0 and units["changed_share_player"] == "Percent"
     assert values["queue_size"] == 0
     assert values["api_requests_per_second"] == summary["api_requests_per_second"] > 0
     assert values["run_duration_ms"] == pytest.approx(summary["duration_s"] * 1000, abs=1)

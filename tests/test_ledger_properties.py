@@ -7,10 +7,11 @@ onto a queue key of its own, then drains until the queue is empty with a random 
 Postgres, Redis and the simulator's call log:
 
 * every dequeued request has exactly one terminal row in each run that took it, and exactly
-  one settling row (`fetched` or `failed`) overall, with the outcome its kind of item calls
-  for (valid: fetched; 404: failed not_found; private war log: failed private_war_log;
-  malformed: failed with its parse error and never attempted; the 500 tag: failed
-  upstream_error after exactly `max_tries` attempts, all in one run);
+  one settling row overall, with the outcome its kind of item calls for (valid: fetched the
+  first time its kind and tag is called, `skipped-fresh` for every repeat, all of them inside
+  the API's max-age: one 200 call per kind and tag; 404: failed not_found; private war log:
+  failed private_war_log; malformed: failed with its parse error and never attempted; the 500
+  tag: failed upstream_error after exactly `max_tries` attempts, all in one run);
 * `failed` is never retried: no row and no API call for a request after its `failed` row;
 * the number of terminal rows in a run equals the items it took off the queue
   (`RunSummary.taken`), and the summary's counts equal the ledger's;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 
 import pytest
 import redis
@@ -219,6 +221,10 @@ def test_ledger_invariants_over_random_batches(database_url, redis_url, simulato
                     statuses = [c.status for c in world.calls if c.tag == item.tag]
                     assert statuses == [500] * policy.max_tries
                     continue
+                if item.category == "valid" and row["outcome"] == "skipped-fresh":
+                    # Its kind and tag was fetched a moment ago: settled without an attempt.
+                    assert row["reason"] == "fresh" and not attempts, (item.id, rows)
+                    continue
                 expected = {
                     "valid": ("fetched", None),
                     "not_found": ("failed", "not_found"),
@@ -233,9 +239,15 @@ def test_ledger_invariants_over_random_batches(database_url, redis_url, simulato
                     # Never retried: the failed row is the request's last row, and the API
                     # never heard of the tag again (check_calls checks the times too).
                     assert rows[-1] is row
-            # Only the flaky tag met a server error, only valid tags got 200s.
-            valid_tags = {i.tag for i in items if i.category == "valid" and i is not flaky}
-            assert {c.tag for c in world.calls if c.status == 200} == valid_tags
+            # Only the flaky tag met a server error, only valid tags got 200s: each kind and tag
+            # once, whatever the repeats (the freshness gate: all of this is inside max-age).
+            valid = [i for i in items if i.category == "valid" and i is not flaky]
+            keys_ = {(i.kind, i.tag) for i in valid}
+            assert Counter((c.kind, c.tag) for c in world.calls if c.status == 200) == dict.fromkeys(keys_, 1)
+            fetched = Counter(
+                (i.kind, i.tag) for i in valid if world.settling(i.id)[0]["outcome"] == "fetched"
+            )
+            assert fetched == dict.fromkeys(keys_, 1)
         finally:
             if flaky is not None:
                 simulator.tag_status.pop(flaky.tag, None)

@@ -24,6 +24,9 @@ def test_defaults():
     assert s.ledger_retention_days is None
     assert Settings.from_env({**BASE, "LEDGER_RETENTION_DAYS": "30"}).ledger_retention_days == 30
     assert not s.api.has_credentials
+    assert s.freshness is True
+    assert Settings.from_env({**BASE, "FRESHNESS": "off"}).freshness is False
+    assert Settings.from_env({**BASE, "FRESHNESS": " ON "}).freshness is True
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,7 @@ def test_defaults():
         ({"REDIS_URL": "rediss://cache:6379/0", "SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
         ({"LEDGER_RETENTION_DAYS": "0"}, "LEDGER_RETENTION_DAYS"),
         ({"LEDGER_RETENTION_DAYS": "a week"}, "LEDGER_RETENTION_DAYS"),
+        ({"FRESHNESS": "sometimes"}, "FRESHNESS"),
     ],
 )
 def test_a_bad_setting_is_one_error_naming_the_variable(changes, variable):

@@ -188,7 +188,7 @@ def test_not_found_and_invalid_tags() -> None:
             for bad in ("/players/%23ABC", "/players/2PP", "/players/%232"):
                 status, body, headers = await fetch(sim, bad)
                 assert (status, body) == (404, {"reason": "notFound"})
-                assert headers["Cache-Control"] == "max-age=60"
+                assert headers["Cache-Control"] == "public max-age=600"  # as the API's 404s say
 
     asyncio.run(scenario())
 
@@ -616,3 +616,74 @@ def test_command_line_serves_until_killed() -> None:
             r" tightest_span_of_31_calls_s=none",
             process.stdout.read().strip(),
         )
+
+
+# --- freshness: Cache-Control, Age, bodies that change over time ------------------------------
+
+
+def test_cache_control_and_age_headers_are_the_ones_asked_for() -> None:
+    async def scenario() -> None:
+        async with running() as sim:
+            for kind, path in (("player", "/players/%232PP"), ("war", "/clans/%232PP/currentwar")):
+                _, _, headers = await fetch(sim, path)
+                assert headers["Cache-Control"] == CACHE_CONTROL[kind] and "Age" not in headers
+            sim.age = 7
+            sim.tag_age["#2PQ"] = 59
+            sim.cache_control["clan"] = "public max-age=600"
+            _, _, headers = await fetch(sim, "/players/%232PP")
+            assert headers["Age"] == "7"
+            _, _, headers = await fetch(sim, "/players/%232PQ")
+            assert headers["Age"] == "59"
+            _, _, headers = await fetch(sim, "/clans/%232PP")
+            assert headers["Cache-Control"] == "public max-age=600"
+            sim.cache_control["player"] = None
+            _, _, headers = await fetch(sim, "/players/%232PP")
+            assert "Cache-Control" not in headers
+            sim.reset_faults()
+            _, _, headers = await fetch(sim, "/players/%232PP")
+            assert headers["Cache-Control"] == "max-age=60" and "Age" not in headers
+
+    asyncio.run(scenario())
+
+
+def test_bodies_change_at_each_tags_own_period_and_calls_are_counted_per_tag() -> None:
+    now = [1000.0]
+
+    async def scenario() -> None:
+        async with running(clock=lambda: now[0]) as sim:
+            sim.change_every["#2PP"] = 30.0
+            sim.change_period = lambda kind, tag: 100.0 if tag == "#2PQ" else None
+            first = {tag: (await fetch(sim, f"/players/%23{tag[1:]}"))[1] for tag in ("#2PP", "#2PQ", "#2PR")}
+            assert first["#2PP"] == simulated_body("player", "#2PP")
+            now[0] += 30.0  # #2PP's first change; #2PQ's comes at 100 s, #2PR never changes
+            second = {
+                tag: (await fetch(sim, f"/players/%23{tag[1:]}"))[1] for tag in ("#2PP", "#2PQ", "#2PR")
+            }
+            assert second["#2PP"] != first["#2PP"]
+            assert second["#2PP"]["trophies"] == first["#2PP"]["trophies"] + 1
+            assert second["#2PQ"] == first["#2PQ"] and second["#2PR"] == first["#2PR"]
+            now[0] += 70.0
+            assert (await fetch(sim, "/players/%232PQ"))[1] != first["#2PQ"]
+            assert sim.calls_per_tag() == {"#2PP": 2, "#2PQ": 3, "#2PR": 2}
+            assert sim.calls_per_tag("clan") == {}
+
+    asyncio.run(scenario())
+
+
+def test_the_api_cache_serves_one_version_per_max_age_and_says_how_old_it_is() -> None:
+    now = [1000.0]
+
+    async def scenario() -> None:
+        async with running(clock=lambda: now[0]) as sim:
+            sim.api_cache = True
+            sim.change_every["#2PP"] = 10.0
+            _, first, headers = await fetch(sim, "/players/%232PP")
+            assert headers["Age"] == "0" and first == simulated_body("player", "#2PP")
+            now[0] += 15.0  # the body changed at 10 s, but the API's copy lives 60 s
+            _, second, headers = await fetch(sim, "/players/%232PP")
+            assert second == first and headers["Age"] == "15"
+            now[0] += 45.0  # 60 s: the copy expired, the next call gets the body of now
+            _, third, headers = await fetch(sim, "/players/%232PP")
+            assert third["trophies"] == first["trophies"] + 6 and headers["Age"] == "0"
+
+    asyncio.run(scenario())

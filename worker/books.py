@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from coclib.queue import RefreshQueue
 from coclib.reasons import Reason
 from ledger.outcomes import LedgerRow, Outcome
-from ledger.writer import Entry, LedgerWriter, Written, row_dict
+from ledger.writer import Entry, LedgerWriter, SummaryOrMaker, Written, row_dict
 from worker.stopping import Stopping
 from worker.tracker import FINAL, AccountingError, Item, Stage, Tracker
 
@@ -41,12 +40,14 @@ class Books:
         run_id: str,
         counts: dict[str, int],
         on_progress: Callable[[Counter[str]], None] | None = None,
+        changes: dict[str, dict[str, int]] | None = None,
     ) -> None:
         self.queue = queue
         self.writer = writer
         self.stopping = stopping  # a Postgres fault stops the run
         self.run_id = run_id
         self.counts = counts  # the run summary's: committed rows per outcome
+        self.changes = {} if changes is None else changes  # per kind: fetched, and changed of those
         self.items = Tracker()
         self._on_progress = on_progress
 
@@ -70,7 +71,7 @@ class Books:
         item.entry = Entry((row,), snapshot, owner=item)
         self.items.move(item, Stage.RECORDING)
 
-    async def flush(self, *, run_summary: dict[str, Any] | None = None) -> Written | None:
+    async def flush(self, *, run_summary: SummaryOrMaker | None = None) -> Written | None:
         """Write every RECORDING item's batch entry; acknowledge, put back or dead-letter each."""
         batch = self.items.in_stage(Stage.RECORDING)
         if not batch and run_summary is None:
@@ -143,18 +144,14 @@ class Books:
         for entry in entries:
             for row in entry.rows:
                 counts[row.outcome] = counts.get(row.outcome, 0) + 1
+                if row.changed is not None and row.kind is not None:
+                    change = self.changes.setdefault(row.kind, {"fetched": 0, "changed": 0})
+                    change["fetched"] += 1
+                    change["changed"] += row.changed
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("outcome", extra={"ledger": row_dict(row), "run_id": self.run_id})
         if entries and self._on_progress is not None:
             self._on_progress(Counter(counts))
-
-    def pending_counts(self) -> Counter[str]:
-        """Rows per outcome waiting in the next batch."""
-        pending: Counter[str] = Counter()
-        for item in self.items.in_stage(Stage.RECORDING):
-            for row in item.entry.rows:
-                pending[row.outcome] += 1
-        return pending
 
     async def put_back_unrecorded(self, *, checks: bool) -> None:
         """Return what could not be recorded to the queue; anything else unfinished stays in flight.

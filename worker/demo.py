@@ -5,7 +5,11 @@ is the simulator unless credentials are set. It enqueues a realistic mix (player
 some unknown tags, private war logs and malformed items), drains it with a progress bar, and
 prints the outcome table and the failure audit. A "site" pushes one more refresh last and waits
 for it the way a site does (`coclib.completions.RefreshWaiter`: LISTEN refresh_done); the demo
-prints the notification when it arrives.
+prints the notification when it arrives. Then the site asks again for some of the tags it just
+got: most are still inside the API's max-age and are settled `skipped-fresh` without a call; a
+few came through a shared cache that had held them for their whole max-age (`Age`), so they are
+called again, and come back unchanged (`fetched`, changed false) or, for the few whose bodies
+move every second, changed.
 
 The demo pushes test requests and writes snapshots and ledger rows, so it does not run on real
 services by accident: with `DATABASE_URL` set it runs only if `--scratch-database` repeats the
@@ -136,6 +140,12 @@ def _enqueue_mix(client: SyncRedis, keys: QueueKeys, sim: CocApiSimulator | None
             sim.not_found.add(tag)  # a tag that no longer exists
         if sim is not None and kind == "war" and rng.random() < 0.2:
             sim.private_war_log.add(tag)
+        if sim is not None and rng.random() < 0.1:
+            # Served through a shared cache that held the copy its whole max-age: not fresh,
+            # so the second wave calls it again; half of these change every second.
+            sim.tag_age[tag] = 120 if kind == "war" else 60
+            if rng.random() < 0.5:
+                sim.change_every[tag] = 1.0
         # Producers send tags as users type them: lower case, letter O for zero.
         typed = tag.lower().replace("0", "o") if rng.random() < 0.2 else tag
         count += enqueue(client, kind, typed, keys=keys) is not None
@@ -143,25 +153,36 @@ def _enqueue_mix(client: SyncRedis, keys: QueueKeys, sim: CocApiSimulator | None
     return count + len(MALFORMED_ITEMS)
 
 
-async def _report(worker: Worker, run_id: str) -> None:
+def _second_wave(sim: CocApiSimulator | None, fetched: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The tags the site asks for again after the first run: 30 fetched ones, and (simulated) up
+    to 10 of those whose answers came with an `Age` as old as their max-age."""
+    rng = random.Random(time.time_ns())
+    aged = [f for f in fetched if sim is not None and f[1] in sim.tag_age]
+    rest = [f for f in fetched if f not in aged]
+    return rng.sample(rest, min(30, len(rest))) + rng.sample(aged, min(10, len(aged)))
+
+
+async def _report(worker: Worker, run_id: str, *, failures: bool = True) -> None:
     db = await worker.db()
     counts = await db.fetch_all(
-        "SELECT outcome, coalesce(reason, '') AS reason, count(*) AS requests FROM refresh_ledger "
-        "WHERE run_id = %(run)s GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT outcome, coalesce(reason, '') AS reason, coalesce(changed::text, '') AS changed, "
+        "count(*) AS requests FROM refresh_ledger WHERE run_id = %(run)s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         {"run": run_id},
     )
     print(
-        "\nOutcomes of this run (refresh_ledger):\n" + render_table(["outcome", "reason", "requests"], counts)
+        "\nOutcomes of this run (refresh_ledger):\n"
+        + render_table(["outcome", "reason", "changed", "requests"], counts)
     )
-    failures = await db.fetch_all(
-        "SELECT coalesce(kind, '?') AS kind, coalesce(tag, '?') AS tag, reason, left(detail, 70) AS detail "
-        "FROM refresh_failures WHERE run_id = %(run)s ORDER BY occurred_at",
-        {"run": run_id},
-    )
-    print(
-        "\nFailure audit (SELECT … FROM refresh_failures):\n"
-        + render_table(["kind", "tag", "reason", "detail"], failures)
-    )
+    if failures:
+        failed = await db.fetch_all(
+            "SELECT coalesce(kind, '?') AS kind, coalesce(tag, '?') AS tag, reason, "
+            "left(detail, 70) AS detail FROM refresh_failures WHERE run_id = %(run)s ORDER BY occurred_at",
+            {"run": run_id},
+        )
+        print(
+            "\nFailure audit (SELECT … FROM refresh_failures):\n"
+            + render_table(["kind", "tag", "reason", "detail"], failed)
+        )
     health = await db.fetch_one("SELECT * FROM refresh_health")
     print("\nrefresh_health: " + ", ".join(f"{k}={v}" for k, v in (health or {}).items() if v is not None))
 
@@ -222,7 +243,18 @@ def run_demo(
                 f"The last is a site's refresh of {site.kind} {site.tag}: the site LISTENs on refresh_done.\n"
             )
             site.listen(waiter)
-            return asyncio.run(_drain_and_report(worker, queued + 1, site))
+            status, fetched = asyncio.run(_drain_and_report(worker, queued + 1, site))
+        if status != 0 or not fetched:
+            return status
+        again = _second_wave(sim, fetched)
+        with sync_client(settings.queue) as client:
+            queued = sum(enqueue(client, kind, tag, keys=worker.keys) is not None for kind, tag in again)
+        gate = "on" if settings.freshness else "off (FRESHNESS=off)"
+        print(
+            f"\nThe site asks again for {queued} of the tags it just got (the freshness gate is {gate}) …\n"
+        )
+        status, _ = asyncio.run(_drain_and_report(worker, queued, failures=False))
+        return status
     finally:
         if thread is not None:
             thread.__exit__(None, None, None)
@@ -258,7 +290,10 @@ class _SiteRequest:
             self._thread.join(timeout)
 
 
-async def _drain_and_report(worker: Worker, queued: int, site: _SiteRequest | None = None) -> int:
+async def _drain_and_report(
+    worker: Worker, queued: int, site: _SiteRequest | None = None, *, failures: bool = True
+) -> tuple[int, list[tuple[str, str]]]:
+    """Drain once and print what happened; the exit status and the (kind, tag)s fetched."""
     bar = tqdm(total=queued, unit="req", desc="settled")
 
     def progress(counts: Counter[str]) -> None:
@@ -278,7 +313,12 @@ async def _drain_and_report(worker: Worker, queued: int, site: _SiteRequest | No
             await asyncio.to_thread(site.join, 10.0)  # the notification is sent at the commit
             if site.waited is None or not site.waited.complete:
                 print(f"The site heard nothing for {site.kind} {site.tag} (request id {site.request_id}).")
-        await _report(worker, summary.run_id)
-        return 0 if summary.stopped in ("queue_empty", "max_requests") else 1
+        await _report(worker, summary.run_id, failures=failures)
+        rows = await (await worker.db()).fetch_all(
+            "SELECT kind, tag FROM refresh_ledger WHERE run_id = %(run)s AND outcome = 'fetched'",
+            {"run": summary.run_id},
+        )
+        status = 0 if summary.stopped in ("queue_empty", "max_requests") else 1
+        return status, [(row["kind"], row["tag"]) for row in rows]
     finally:
         await worker.close()

@@ -29,7 +29,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +51,11 @@ from coclib.reasons import Reason
 from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
 from ledger import recovery
-from ledger.outcomes import SETTLING, Outcome
+from ledger.outcomes import SETTLING, LedgerRow, Outcome
 from ledger.partitions import ensure_partitions
-from ledger.writer import Entry, LedgerWriter, Written
+from ledger.writer import Entry, LedgerWriter, SummaryOrMaker, Written
 from worker.books import Books
+from worker.freshness import FreshnessGate
 from worker.recovery import recover
 from worker.stopping import Stop, StopCode, Stopping
 from worker.tracker import AccountingError, Item, Stage
@@ -85,6 +86,7 @@ class DrainPolicy:
     interrupted_limit: int = 2  # a request found interrupted this many times is `failed`
     unexpected_limit: int = 2  # a request whose call stopped this many runs is `failed`
     takeover_wait: float = 15.0  # a successor waits this long for the running drain to hand over
+    freshness: bool = True  # settle requests for fresh snapshots `skipped-fresh` (FRESHNESS)
     checks: bool = False  # check the tracker's books after every step (tests)
 
 
@@ -106,6 +108,8 @@ class RunSummary:
     queue_size: int | None = None
     inflight_size: int | None = None
     took_over_from: str | None = None  # the run that handed the lease to this one
+    # Per kind: committed `fetched` rows and how many of them found the body changed.
+    fetch_changes: dict[str, dict[str, int]] = field(default_factory=dict)
     error: BaseException | None = field(default=None, repr=False)  # for `internal_error`
     handover_failed: bool = False  # stopped to hand over, but the successor was gone
 
@@ -115,7 +119,7 @@ class RunSummary:
 
     @property
     def processed_requests(self) -> int:
-        """Requests settled in this run (rows with a settling outcome: fetched, failed)."""
+        """Requests settled in this run (rows with a settling outcome: fetched, failed, skipped-fresh)."""
         return sum(self.counts.get(outcome, 0) for outcome in SETTLING)
 
     def as_dict(self) -> dict[str, Any]:
@@ -139,6 +143,11 @@ class RunSummary:
             # Over at least a second: one call in a 30 ms run is not a rate of 33/s.
             "api_requests_per_second": round(self.api_requests / max(duration, 1.0), 2),
             "took_over_from": self.took_over_from,
+            # The useful refreshes per call, per kind: the share of fetches that changed the body.
+            "fetch_changes": {
+                kind: {**c, "share": round(c["changed"] / c["fetched"], 4) if c["fetched"] else None}
+                for kind, c in sorted(self.fetch_changes.items())
+            },
         }
 
 
@@ -218,8 +227,10 @@ class _Run:
             run_id=self.summary.run_id,
             counts=self.summary.counts,
             on_progress=drain.on_progress,
+            changes=self.summary.fetch_changes,
         )
         self.items = self.books.items
+        self.gate = FreshnessGate(drain.db, self.books, enabled=policy.freshness)
         self.last_flush = _now()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
         self.queue_seen_empty = False
@@ -400,6 +411,15 @@ class _Run:
                 error = item.taken.error
                 self.books.record(item, self.books.row(item, Outcome.FAILED, error.reason, error.detail))
         await self._fail_repeat_offenders([i for i in items if i.stage is Stage.BUFFERED])
+        await self._skip_fresh(items)
+
+    async def _skip_fresh(self, items: list[Item]) -> None:
+        """Settle, without a call, requests whose snapshot the API would only repeat."""
+        try:
+            await self.gate.skip_fresh(items)
+        except DatabaseUnavailable as exc:
+            self.items.move_all([i for i in items if i.stage is Stage.BUFFERED], Stage.UNRECORDED)
+            self.stopping.database_fault(exc)
 
     async def _fail_repeat_offenders(self, items: list[Item]) -> None:
         """Fail, without calling the API again, requests whose calls kept stopping runs."""
@@ -437,6 +457,10 @@ class _Run:
             return  # no call could finish before the deadline
         group = ready[:free]
         group += self.items.oldest(Stage.BUFFERED, free - len(group))
+        busy = self.items.in_stage(Stage.CALLING) + self.items.in_stage(Stage.ANSWERED)
+        group = self.gate.hold_or_skip(group, calling=busy)
+        if not group:
+            return
 
         entries = [Entry((self.books.row(item, Outcome.ATTEMPTED),), owner=item) for item in group]
         written = await self.books.writer.write(entries)
@@ -536,7 +560,14 @@ class _Run:
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         request = item.taken.request
         try:
-            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at, fetched.raw)
+            snapshot = snapshot_of(
+                request.kind,
+                request.tag,
+                fetched.data,
+                fetched.fetched_at,
+                fetched.raw,
+                fresh_until=fetched.fresh_until,
+            )
         except RequestError as exc:
             row = self.books.row(
                 item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status
@@ -547,6 +578,7 @@ class _Run:
             item, Outcome.FETCHED, http_status=fetched.http_status, latency_ms=fetched.latency_ms
         )
         self.books.record(item, row, snapshot)
+        self.gate.note(request.kind, request.tag, fetched.fresh_until)
 
     # -- the API's health: the streak of transient errors -------------------------------------
 
@@ -595,7 +627,7 @@ class _Run:
 
     # -- winding down -------------------------------------------------------------------------
 
-    async def _flush(self, *, run_summary: dict[str, Any] | None = None) -> Written | None:
+    async def _flush(self, *, run_summary: SummaryOrMaker | None = None) -> Written | None:
         self.last_flush = _now()
         return await self.books.flush(run_summary=run_summary)
 
@@ -634,7 +666,9 @@ class _Run:
                 # trying would cost the pool's timeout, which the deadline may not have left.
                 self.items.move_all(self.items.in_stage(Stage.RECORDING), Stage.UNRECORDED)
             else:
-                written = await self._flush(run_summary=self._summary_dict(pending=True))
+                # The summary goes in the last batch's transaction, counting that batch's rows as
+                # written (a fetch's `changed` is known only once its snapshot is upserted).
+                written = await self._flush(run_summary=lambda rows: self._summary_dict(pending=rows))
                 if not written.summary_written and not self.stopping.database_lost:
                     await self.books.writer.write_summary(self._summary_dict())
         except DatabaseUnavailable as exc:
@@ -655,12 +689,21 @@ class _Run:
         except RedisError:
             log.warning("could not stash the run summary in Redis either", exc_info=True)
 
-    def _summary_dict(self, *, pending: bool = False) -> dict[str, Any]:
-        """The summary as stored: counts of committed rows, plus the last batch's if `pending`."""
-        summary = self._fill(RunSummary(**{**self.summary.__dict__, "counts": dict(self.summary.counts)}))
-        if pending:
-            for outcome, n in self.books.pending_counts().items():
-                summary.counts[outcome] = summary.counts.get(outcome, 0) + n
+    def _summary_dict(self, *, pending: Sequence[LedgerRow] = ()) -> dict[str, Any]:
+        """The summary as stored: counts of committed rows, plus those of `pending` (the rows
+        committed with it)."""
+        changes = {kind: dict(c) for kind, c in self.summary.fetch_changes.items()}
+        summary = self._fill(
+            RunSummary(
+                **{**self.summary.__dict__, "counts": dict(self.summary.counts), "fetch_changes": changes}
+            )
+        )
+        for row in pending:
+            summary.counts[row.outcome] = summary.counts.get(row.outcome, 0) + 1
+            if row.changed is not None and row.kind is not None:
+                change = summary.fetch_changes.setdefault(row.kind, {"fetched": 0, "changed": 0})
+                change["fetched"] += 1
+                change["changed"] += row.changed
         return summary.as_dict()
 
     def _fill(self, summary: RunSummary) -> RunSummary:

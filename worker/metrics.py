@@ -7,11 +7,12 @@ permission. Metric names:
 
 | metric | unit | value |
 | --- | --- | --- |
-| `processed_requests` | Count | requests settled in the run (`fetched` + `failed`) |
+| `processed_requests` | Count | requests settled in the run (`fetched` + `failed` + `skipped-fresh`) |
 | `queue_size` | Count | length of the queue list when the run ended |
 | `inflight_size` | Count | length of the in-flight list when the run ended |
 | `api_requests_per_second` | Count/Second | API calls made / run duration |
-| `fetched`, `failed`, `deferred`, `skipped_deadline`, `attempted` | Count | the run's rows per outcome |
+| `fetched`, `failed`, `deferred`, `skipped_deadline`, `skipped_fresh`, `attempted` | Count | rows each |
+| `changed_share_player`, `_clan`, `_war` | Percent | fetches of the kind that changed the body (1) |
 | `run_duration_ms` | Milliseconds | how long the run took |
 | `ledger_bytes` | Bytes | the ledger's size on disk after retention (its partitions and indexes) |
 | `halted` | Count | 1 when the run stopped on a systemic fault (`circuit_open`, `lease_lost`,
@@ -23,6 +24,9 @@ alarm can tell the causes apart. The `<function>-halted` alarm pages when every 
 for a cause other than `maintenance` (the API's own downtime, nothing to do): a drain that
 fails without failing the invocation (Postgres down, a rotated password, a refused key, a
 missing migration) would otherwise be seen by no Lambda metric.
+
+(1) The useful refreshes per call: of the run's fetches of that kind, the share whose body
+differed from the stored one. Sent only for the kinds the run fetched.
 
 The same line carries, as searchable non-metric keys, the run's `run_id`, why it
 `stopped`, its `cause` and what `trigger`ed it (scheduled, http, operator).
@@ -86,6 +90,13 @@ class RunMetrics:
         for name in ("queue_size", "inflight_size"):
             if summary.get(name) is not None:
                 m.add_metric(name=name, unit=MetricUnit.Count, value=summary[name])
+        for kind, change in (summary.get("fetch_changes") or {}).items():
+            if change.get("share") is not None:
+                m.add_metric(
+                    name=f"changed_share_{kind}",
+                    unit=MetricUnit.Percent,
+                    value=round(change["share"] * 100, 2),
+                )
         if summary.get("ledger_bytes") is not None:
             m.add_metric(name="ledger_bytes", unit=MetricUnit.Bytes, value=summary["ledger_bytes"])
         m.add_metric(

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from coclib.coc_api import CocApi
@@ -87,12 +87,16 @@ class Worker:
         self._on_reread = on_reread
         self.keys = QueueKeys(settings.queue.refresh_queue_key)
         self.limiter = RateLimiter(settings.api.coc_reqs_per_sec)
-        self.policy = policy or DrainPolicy()
+        self.policy = self._with_settings(policy or DrainPolicy())
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()
         self._db: Database | None = None
         self._api: CocApi | None = None
         self._api_lock = asyncio.Lock()
+
+    def _with_settings(self, policy: DrainPolicy) -> DrainPolicy:
+        # FRESHNESS=off turns the gate off whatever policy a caller passes.
+        return policy if self.settings.freshness else replace(policy, freshness=False)
 
     async def db(self) -> Database:
         if self._db is None:
@@ -141,6 +145,8 @@ class Worker:
         """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
         then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
         self.settings.api.require_credentials()
+        if policy is not None:
+            policy = self._with_settings(policy)
         deadline = time.monotonic() + seconds
         drain = await self._drain(on_progress)
         summary = await drain.run(deadline, policy=policy, scheduled=scheduled)

@@ -15,7 +15,7 @@
 \if :{?until} \else \set until '' \endif
 
 SELECT r.started_at, r.finished_at, r.run_id, r.stopped, r.attempted, r.fetched, r.failed,
-       r.skipped_deadline, r.deferred, r.api_requests, r.cause, r.took_over_from
+       r.skipped_deadline, r.deferred, r.skipped_fresh, r.api_requests, r.cause, r.took_over_from
 FROM refresh_runs_between(
          coalesce(nullif(:'since', '')::timestamptz, now() - interval '24 hours'),
          coalesce(nullif(:'until', '')::timestamptz, now())) r

@@ -11,7 +11,9 @@ absence is how clients (and DESIGN.md) tell it from a credentials fault.
 Headers, verbatim from the captures: `Content-Type: application/json; charset=utf-8`, and
 `Cache-Control` "max-age=60" (players/player/FOUND.json, clans/clans/CLAN.json), "max-age=120"
 (clans/currentwar/{PREPARATION,INWAR,ENDED}.json), "public max-age=600"
-(leagues/leaguetier/BADREQUEST.json: the API uses both forms; coc.py strips either prefix).
+(leagues/leaguetier/BADREQUEST.json: the API uses both forms; coc.py strips either prefix),
+which the simulator sends with its 404s. An `Age` header is never sent unless a test asks for
+one (`age`, `tag_age`): the API itself sends none, a shared cache in between would.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import NamedTuple
 import orjson
 
 CACHE_CONTROL = {"player": "max-age=60", "clan": "max-age=60", "war": "max-age=120"}
+NOT_FOUND_CACHE_CONTROL = "public max-age=600"  # a 404's, as captured
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
 
@@ -50,12 +53,14 @@ def invalid_ip_body(ip: str) -> dict[str, str]:
 
 
 class Answer(NamedTuple):
-    """One HTTP answer: status, body bytes and the two headers the API sets."""
+    """One HTTP answer: status, body bytes, the two headers the API sets, and the `Age` a shared
+    cache in between would add (None: no such header)."""
 
     status: int
     body: bytes
     cache_control: str | None = None
     content_type: str = JSON_CONTENT_TYPE
+    age: int | None = None
 
 
 def error(status: int, body: dict[str, str], cache_control: str | None = None) -> Answer:

@@ -332,3 +332,18 @@ def body_bytes(kind: str, tag: str, seed: int, war_log_public: bool, player_byte
 def simulated_body(kind: str, tag: str, *, seed: int = 0, war_log_public: bool = True) -> dict:
     """The 200 body the simulator serves for `kind` ("player", "clan", "war") and a valid tag."""
     return orjson.loads(body_bytes(kind, tag, seed, war_log_public))
+
+
+def changed_body(kind: str, body: bytes, version: int) -> bytes:
+    """`body` as it reads after `version` changes: a player's trophies and donations, a clan's
+    points, a running war's attacks move on. A clan not in war has nothing to change."""
+    data = orjson.loads(body)
+    if kind == "player":
+        data["trophies"] += version
+        data["donations"] = data.get("donations", 0) + version
+    elif kind == "clan":
+        data["clanPoints"] += version
+        data["clanCapitalPoints"] = data.get("clanCapitalPoints", 0) + version
+    elif "clan" in data:
+        data["clan"]["attacks"] += version
+    return orjson.dumps(data)

@@ -7,13 +7,14 @@ import math
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from coclib.freshness import max_age
 from coclib.tags import TAG_PATTERN, normalise_tag
 from coclib.testing.simulator import calls as call_measures
 from coclib.testing.simulator.answers import (
@@ -22,6 +23,7 @@ from coclib.testing.simulator.answers import (
     INVALID_AUTHORIZATION,
     MAINTENANCE,
     NOT_FOUND,
+    NOT_FOUND_CACHE_CONTROL,
     PRIVATE_WAR_LOG,
     THROTTLED,
     UNKNOWN_EXCEPTION,
@@ -32,7 +34,7 @@ from coclib.testing.simulator.answers import (
     forced,
     invalid_ip_body,
 )
-from coclib.testing.simulator.bodies import body_bytes
+from coclib.testing.simulator.bodies import body_bytes, changed_body
 from coclib.testing.simulator.calls import Call
 from coclib.testing.simulator.developer_portal import DeveloperPortal
 
@@ -81,6 +83,16 @@ class CocApiSimulator:
     what would be a 200 answer is sent with that body instead; `huge_body_bytes` sizes the
     `huge` one). `player_bytes` grows player bodies to about that size with more achievements
     (the benchmarks use real players' 23-35 KB; the templates alone make about 3.7 KB).
+
+    Freshness: `cache_control` (kind -> the `Cache-Control` of its 200 answers, the captured
+    values by default; None sends none), `age` (an `Age` header on every 200 answer, as a
+    shared cache in between would add) and `tag_age` (tag -> its own `Age`). Bodies that change
+    over time: `change_every` (tag -> seconds; the tag's body changes every that many seconds
+    of the simulator's clock, counted from `change_epoch`) or `change_period` (a function of
+    (kind, tag) giving the period, None for never, for many tags at once). `api_cache` serves
+    each URL's 200 body from a cache of the API's own, as the real API does: the version of
+    the first call after the copy expired, for its max-age, with an `Age` saying how long the
+    copy has been held. `calls_per_tag()` counts the calls each tag received.
     """
 
     def __init__(
@@ -110,6 +122,14 @@ class CocApiSimulator:
         self.tag_status: dict[str, int] = {}
         self.bad_body: BadBodies = BadBodies()
         self.huge_body_bytes = HUGE_BODY_BYTES
+        self.cache_control: dict[str, str | None] = dict(CACHE_CONTROL)
+        self.age: int | None = None
+        self.tag_age: dict[str, int] = {}
+        self.change_every: dict[str, float] = {}
+        self.change_period: Callable[[str, str], float | None] | None = None
+        self.change_epoch = clock()
+        self.api_cache = False
+        self._cached: dict[tuple[str, str], tuple[float, int]] = {}  # (kind, tag) -> made at, version
         self.calls: list[Call] = []
         self.base_url = self.portal_url = ""
         self._lock = threading.Lock()
@@ -171,6 +191,28 @@ class CocApiSimulator:
         self.tag_status.clear()
         self.bad_body.clear()
         self.huge_body_bytes = HUGE_BODY_BYTES
+        self.cache_control = dict(CACHE_CONTROL)
+        self.age = None
+        self.tag_age.clear()
+        self.change_every.clear()
+        self.change_period = None
+        self.api_cache = False
+        self._cached.clear()
+
+    def calls_per_tag(self, kind: str | None = None) -> Counter[str]:
+        """How many calls each tag received (of `kind`, if given), whatever their answer."""
+        with self._lock:
+            return Counter(c.tag for c in self.calls if c.tag is not None and kind in (None, c.kind))
+
+    def body_version(self, kind: str, tag: str, at: float | None = None) -> int:
+        """Which version of its body `tag` has at `at` (the simulator's clock; now if None)."""
+        period = self.change_every.get(tag)
+        if period is None and self.change_period is not None:
+            period = self.change_period(kind, tag)
+        if not period or period <= 0:
+            return 0
+        elapsed = (self.clock() if at is None else at) - self.change_epoch
+        return max(0, math.floor(elapsed / period))
 
     def clear_calls(self) -> None:
         """Forget the call log (the rate limiter's memory is kept)."""
@@ -243,6 +285,8 @@ class CocApiSimulator:
         headers = {"Content-Type": answer.content_type}
         if answer.cache_control:
             headers["Cache-Control"] = answer.cache_control
+        if answer.age is not None:
+            headers["Age"] = str(answer.age)
         return web.Response(status=answer.status, body=answer.body, headers=headers)
 
     def _decide(self, at: float, token: str | None, kind: str | None, tag: str | None, remote: str) -> Answer:
@@ -262,9 +306,9 @@ class CocApiSimulator:
             return error(500, UNKNOWN_EXCEPTION)
         if kind is None or tag is None:
             return error(404, NOT_FOUND)
-        cache_control = CACHE_CONTROL[kind]
+        cache_control = self.cache_control.get(kind)
         if not TAG_PATTERN.fullmatch(tag) or tag in self.not_found:
-            return error(404, NOT_FOUND, cache_control)
+            return error(404, NOT_FOUND, NOT_FOUND_CACHE_CONTROL)
         status = self.tag_status.get(tag)
         if status is not None and status != 200:
             return forced(status)
@@ -272,10 +316,26 @@ class CocApiSimulator:
             return error(403, PRIVATE_WAR_LOG, cache_control)
         public = tag not in self.private_war_log
         body = body_bytes(kind, tag, self.seed, public, self.player_bytes)
+        version, age = self._cached_version(kind, tag, at, cache_control)
+        if version:
+            body = changed_body(kind, body, version)
         variant = self.bad_body.get(tag)
         if variant is not None:
-            return bad_answer(variant, body, cache_control, self.huge_body_bytes)
-        return Answer(200, body, cache_control)
+            return bad_answer(variant, body, cache_control or "", self.huge_body_bytes)
+        return Answer(200, body, cache_control, age=self.tag_age.get(tag, self.age if age is None else age))
+
+    def _cached_version(
+        self, kind: str, tag: str, at: float, cache_control: str | None
+    ) -> tuple[int, int | None]:
+        """The body version to serve and, from the API's cache, how long it has held it."""
+        if not self.api_cache:
+            return self.body_version(kind, tag, at), None
+        lifetime = max_age(cache_control) or 0
+        with self._lock:
+            made = self._cached.get((kind, tag))
+            if made is None or at >= made[0] + lifetime:
+                made = self._cached[(kind, tag)] = (at, self.body_version(kind, tag, at))
+        return made[1], math.floor(at - made[0])
 
     def _note_arrival(self, token: str | None, at: float) -> bool:
         """Record a call for its token; True if it makes more than `rate_limit` in (at-1s, at]."""

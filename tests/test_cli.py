@@ -151,6 +151,18 @@ def test_enqueue_reads_only_redis_url_and_the_queue_key(redis_url):
     assert [line.split(": ")[1] for line in done.stdout.splitlines()] == [item["id"] for item in queued]
 
 
+def test_enqueue_priority_queues_in_the_priority_lane(redis_url):
+    env = {"REDIS_URL": redis_url, "REFRESH_QUEUE_KEY": "{cli-lane}:queue"}
+
+    done = run_cli("enqueue", "--priority", "clan", "#2PP", env=env)
+
+    assert done.returncode == 0, done.stderr
+    with redis.Redis.from_url(redis_url) as client:
+        urgent = [orjson.loads(item) for item in client.lrange("{cli-lane}:queue:priority", 0, -1)]
+        assert client.llen("{cli-lane}:queue") == 0
+    assert [(item["kind"], item["tag"]) for item in urgent] == [("clan", "#2PP")]
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

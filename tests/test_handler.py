@@ -37,6 +37,7 @@ SETTING_NAMES = tuple(VARIABLES)
 METRIC_NAMES = {
     "processed_requests", "queue_size", "api_requests_per_second", "fetched", "failed",
     "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
+    "priority_queue_size",
 }  # fmt: skip
 
 

@@ -94,8 +94,10 @@ def simulate(
     overshoot: float = 0.0,
     stall: tuple[float, float] | None = None,
     seed: int = 0,
+    urgent: frozenset[int] = frozenset(),
 ) -> Trace:
-    """Arrival i calls acquire() at virtual time arrivals[i] (sorted, seconds from 0).
+    """Arrival i calls acquire() at virtual time arrivals[i] (sorted, seconds from 0), with
+    `priority=True` if i is in `urgent`.
 
     `overshoot`: the limiter's sleeps last up to this much longer than asked (uniformly), as
     real timers do (epoll rounds up to the millisecond; a busy loop wakes later still).
@@ -117,7 +119,7 @@ def simulate(
             await asyncio.sleep(max(0.0, at - loop.time()))
             asked.append(i)
             ask_time[i] = loop.time()
-            await limiter.acquire()
+            await limiter.acquire(priority=i in urgent)
             granted.append((i, loop.time()))
 
         await asyncio.gather(*(arrive(i, at) for i, at in enumerate(arrivals)))
@@ -177,6 +179,34 @@ def test_no_one_second_window_holds_more_than_the_rate(rate, arrivals, overshoot
     if rate < 1:
         # Below one a second the promise is about the rate itself: at most one in any 1/rate s.
         assert max_in_window(times, 1.0 / rate) <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=rates,
+    arrivals=arrival_patterns,
+    urgent=st.sets(st.integers(0, 119)).map(frozenset),
+    overshoot=st.sampled_from([0.0, 0.005]),
+    seed=st.integers(0, 1000),
+)
+def test_priority_waiters_pass_plain_ones_and_the_rate_still_holds(rate, arrivals, urgent, overshoot, seed):
+    trace = simulate(rate, arrivals, overshoot=overshoot, seed=seed, urgent=urgent)
+
+    times = [t for _, t in trace.granted]
+    assert len(times) == len(arrivals)
+    assert max_in_window(times, 1.0) <= allowed_per_second(rate)
+    order = [i for i, _ in trace.granted]
+    # Each kind is served in the order it asked.
+    assert [i for i in order if i in urgent] == [i for i in trace.asked if i in urgent]
+    assert [i for i in order if i not in urgent] == [i for i in trace.asked if i not in urgent]
+    # No plain waiter is granted while a priority waiter that asked before that grant waits.
+    position = {i: k for k, i in enumerate(order)}
+    for p, t in trace.granted:
+        if p in urgent:
+            continue
+        for u in urgent:
+            if u < len(arrivals) and trace.ask_time[u] < t - EPS:
+                assert position[u] < position[p], (u, p)
 
 
 @settings(max_examples=300, deadline=None)

@@ -337,7 +337,7 @@ def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_e
         "r4",
         b"tail",
     ]
-    assert inflight == [] and sizes == (4, 0)
+    assert inflight == [] and sizes == (4, 0, 0)
     assert markers == [True, False, False, True, True]  # waiting again: de-duplicated again
     with sync_client(settings) as producer:
         assert enqueue(producer, "player", items[0].tag, keys=keys) is None

@@ -137,6 +137,7 @@ class RunSummary:
     items: dict[str, int] = field(default_factory=dict)  # where the taken items ended
     api_requests: int = 0
     queue_size: int | None = None
+    priority_queue_size: int | None = None
     inflight_size: int | None = None
     took_over_from: str | None = None  # the run that handed the lease to this one
     error: BaseException | None = field(default=None, repr=False)  # for `internal_error`
@@ -167,6 +168,7 @@ class RunSummary:
             "recovered": self.recovered,
             "items": self.items,
             "queue_size": self.queue_size,
+            "priority_queue_size": self.priority_queue_size,
             "inflight_size": self.inflight_size,
             "api_requests": self.api_requests,
             # Over at least a second: one call in a 30 ms run is not a rate of 33/s.
@@ -806,7 +808,9 @@ class _Run:
     async def _summarise(self) -> RunSummary:
         summary = self._fill(self.summary)
         try:
-            summary.queue_size, summary.inflight_size = await self.queue.sizes()
+            sizes = await self.queue.sizes()
+            summary.queue_size, summary.priority_queue_size = sizes.queued, sizes.priority
+            summary.inflight_size = sizes.inflight
         except Exception:  # the summary is still worth returning without the sizes
             log.warning("could not read the queue length", exc_info=True)
         return summary

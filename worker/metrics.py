@@ -7,6 +7,7 @@ dimension `environment`; no API call, no extra permission. Metric names:
 | --- | --- | --- |
 | `processed_requests` | Count | requests settled in the run (`fetched` + `failed`) |
 | `queue_size` | Count | length of the queue list when the run ended |
+| `priority_queue_size` | Count | length of the priority lane when the run ended |
 | `inflight_size` | Count | length of the in-flight list when the run ended |
 | `api_requests_per_second` | Count/Second | API calls made / run duration |
 | `fetched`, `failed`, `deferred`, `skipped_deadline`, `attempted` | Count | the run's rows per outcome |
@@ -62,7 +63,7 @@ class RunMetrics:
         )
         for outcome, name in OUTCOME_METRICS.items():
             m.add_metric(name=name, unit=MetricUnit.Count, value=counts.get(outcome, 0))
-        for name in ("queue_size", "inflight_size"):
+        for name in ("queue_size", "priority_queue_size", "inflight_size"):
             if summary.get(name) is not None:
                 m.add_metric(name=name, unit=MetricUnit.Count, value=summary[name])
         if summary.get("ledger_bytes") is not None:

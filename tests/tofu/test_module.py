@@ -824,6 +824,7 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
     text = json.dumps(widgets)
     for metric in (
         "queue_size",
+        "priority_queue_size",
         "inflight_size",
         "processed_requests",
         "api_requests_per_second",
@@ -849,7 +850,13 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
     assert mod.locals["emf"] == ["CocRefreshWorker"]
     assert mod.locals["emf_dims"] == ["environment", "${var.environment}"]
     emitted = (REPO / "worker" / "metrics.py").read_text()
-    for name in ("inflight_size", "ledger_bytes", "queue_size", "api_requests_per_second"):
+    for name in (
+        "inflight_size",
+        "ledger_bytes",
+        "queue_size",
+        "priority_queue_size",
+        "api_requests_per_second",
+    ):
         assert f'"{name}"' in emitted
 
 

@@ -11,9 +11,9 @@ from coclib.reasons import Reason
 class Outcome(StrEnum):
     """What happened to a request, as written in `refresh_ledger.outcome`.
 
-    `fetched` and `failed` settle a request for good; `skipped-deadline` and `deferred` end
-    its story for one run and put it back at the head of the queue; `attempted` only says an
-    API call is about to be made.
+    The outcomes in `SETTLING` settle a request for good; `skipped-deadline` and `deferred`
+    end its story for one run and put it back at the head of the queue; `attempted` only says
+    an API call is about to be made.
     """
 
     ATTEMPTED = "attempted"
@@ -21,6 +21,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED_DEADLINE = "skipped-deadline"
     DEFERRED = "deferred"
+
+    @property
+    def settles(self) -> bool:
+        """Whether a row with this outcome settles its request for good."""
+        return self in SETTLING
+
+
+# The one definition of what settles a request: the drain, crash recovery (through the
+# queries it parameterises) and the tests all read it from here.
+SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED})
 
 
 @dataclass(frozen=True, slots=True)

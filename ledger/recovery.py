@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 from coclib.db import Database
 from coclib.sqlfiles import load_queries
+from ledger.outcomes import SETTLING
 
 
 async def settled(db: Database, request_ids: Sequence[str]) -> set[str]:
-    """The requests among these that already have a `fetched` or `failed` row."""
-    rows = await db.fetch_all(load_queries()["settled_requests"], {"ids": list(request_ids)})
+    """The requests among these that already have a settling row."""
+    params = {"ids": list(request_ids), "settling": sorted(SETTLING)}
+    rows = await db.fetch_all(load_queries()["settled_requests"], params)
     return {row["request_id"] for row in rows}
 
 

@@ -50,10 +50,10 @@ INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cau
 VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
 
 -- name: settled_requests
--- Which of these requests already have a settling row (fetched or failed).
+-- Which of these requests already have a settling row (`settling`: ledger.outcomes.SETTLING).
 SELECT DISTINCT request_id
 FROM refresh_ledger
-WHERE request_id = ANY(%(ids)s) AND outcome IN ('fetched', 'failed');
+WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s::text[]);
 
 -- name: interruptions
 -- How many runs attempted each request and ended without writing any terminal row for it:

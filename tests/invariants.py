@@ -28,9 +28,9 @@ from coclib.keys import QueueKeys
 from coclib.queue import parse_item, request_id_for
 from coclib.testing.simulator import Call, simulated_body
 from coclib.testing.tags import numbered_tag
+from ledger.outcomes import SETTLING, Outcome
 
-TERMINAL = ("fetched", "failed", "skipped-deadline", "deferred")
-SETTLING = ("fetched", "failed")
+TERMINAL = tuple(o for o in Outcome if o is not Outcome.ATTEMPTED)
 KINDS = ("player", "clan", "war")
 TABLES = {"player": ("players", "tag"), "clan": ("clans", "tag"), "war": ("wars", "clan_tag")}
 # Failure reasons that need no API call: a malformed item fails on its own.

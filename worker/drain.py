@@ -53,10 +53,12 @@ from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
 from coclib.storable import storable_text
 from ledger import recovery
-from ledger.outcomes import LedgerRow, Outcome
+from ledger.outcomes import SETTLING, Outcome
 from ledger.partitions import ensure_partitions
-from ledger.writer import Entry, LedgerWriter, Written, row_dict
-from worker.tracker import FINAL, AccountingError, Item, Stage, Tracker
+from ledger.writer import Entry, LedgerWriter, Written
+from worker.books import Books
+from worker.recovery import recover
+from worker.tracker import AccountingError, Item, Stage
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +151,8 @@ class RunSummary:
 
     @property
     def processed_requests(self) -> int:
-        """Requests settled in this run: fetched plus failed."""
-        return self.counts.get(Outcome.FETCHED, 0) + self.counts.get(Outcome.FAILED, 0)
+        """Requests settled in this run (rows with a settling outcome: fetched, failed)."""
+        return sum(self.counts.get(outcome, 0) for outcome in SETTLING)
 
     def as_dict(self) -> dict[str, Any]:
         duration = self.duration_s
@@ -235,7 +237,6 @@ class _Run:
         self.soft_deadline = deadline - policy.finish_reserve
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
-        self.writer = LedgerWriter(drain.db, self.run_id)
         self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
         self.api: CocApi | None = None
         self.granted_at_start = drain.limiter.granted
@@ -245,7 +246,15 @@ class _Run:
         self.dispatch_batch = min(policy.dispatch_batch, max(1, math.ceil(rate / 4)))
         self.max_in_flight = min(policy.max_in_flight, math.ceil(rate / 2) + 2 * self.dispatch_batch)
 
-        self.items = Tracker()
+        self.books = Books(
+            drain.queue,
+            LedgerWriter(drain.db, self.run_id),
+            run_id=self.summary.run_id,
+            counts=self.summary.counts,
+            on_database_lost=self._database_lost,
+            on_progress=drain.on_progress,
+        )
+        self.items = self.books.items
         self.calls: dict[asyncio.Task[Fetched], Item] = {}
         self.last_flush = self.clock()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
@@ -253,7 +262,6 @@ class _Run:
         self.stop: Stop | None = None
         self.prepared = False
         self.database_up = False  # Postgres answered at the start…
-        self.database_lost = False  # …and then stopped answering
         self._done: deque[asyncio.Task[Fetched]] = deque()
         self._wake = asyncio.Event()
 
@@ -414,7 +422,7 @@ class _Run:
         for item in items:
             if item.taken.error is not None:
                 error = item.taken.error
-                self._record(item, self._row(item, Outcome.FAILED, error.reason, error.detail))
+                self.books.record(item, self.books.row(item, Outcome.FAILED, error.reason, error.detail))
         await self._fail_repeat_offenders([i for i in items if i.stage is Stage.BUFFERED])
 
     async def _fail_repeat_offenders(self, items: list[Item]) -> None:
@@ -425,14 +433,14 @@ class _Run:
             runs = await recovery.unexpected_errors(self.db, [i.taken.request_id for i in items])
         except DatabaseUnavailable as exc:
             self.items.move_all(items, Stage.UNRECORDED)  # never called: back as they are
-            self._database_lost(exc)
+            self.books.lose_database(exc)
             return
         limit = self.policy.unexpected_limit
         for item in items:
             count = runs.get(item.taken.request_id, 0)
             if count >= limit:
                 detail = f"its API call stopped {count} runs with an unexpected error; not tried again"
-                self._record(item, self._row(item, Outcome.FAILED, Reason.UNEXPECTED_ERROR, detail))
+                self.books.record(item, self.books.row(item, Outcome.FAILED, Reason.UNEXPECTED_ERROR, detail))
 
     async def _dispatch(self) -> None:
         now = self.clock()
@@ -453,18 +461,18 @@ class _Run:
         group = ready[:free]
         group += self.items.oldest(Stage.BUFFERED, free - len(group))
 
-        entries = [Entry((self._row(item, Outcome.ATTEMPTED),), owner=item) for item in group]
-        written = await self.writer.write(entries)
-        self._count(written.committed)
+        entries = [Entry((self.books.row(item, Outcome.ATTEMPTED),), owner=item) for item in group]
+        written = await self.books.writer.write(entries)
+        self.books.count(written.committed)
         for entry, why in written.refused:
             item = entry.owner
-            self._record(
-                item, self._row(item, Outcome.FAILED, Reason.UNSTORABLE, f"attempted row refused: {why}")
+            self.books.record(
+                item, self.books.row(item, Outcome.FAILED, Reason.UNSTORABLE, f"attempted row refused: {why}")
             )
         if written.unavailable is not None:
             # Never called: back to the queue as they are, no row needed.
             self.items.move_all([e.owner for e in written.unwritten], Stage.UNRECORDED)
-            self._database_lost(written.unavailable)
+            self.books.lose_database(written.unavailable)
             return
         assert self.api is not None
         for entry in written.committed:
@@ -527,8 +535,10 @@ class _Run:
                 self._fetched(item, task.result())
             elif isinstance(exc, RequestError):
                 self._api_answered()
-                row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
-                self._record(item, row)
+                row = self.books.row(
+                    item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status
+                )
+                self.books.record(item, row)
             elif isinstance(exc, TransientError):
                 self._transient(item, exc)
             elif isinstance(exc, SystemicError):
@@ -548,11 +558,15 @@ class _Run:
         try:
             snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at)
         except RequestError as exc:
-            row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status)
-            self._record(item, row)
+            row = self.books.row(
+                item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status
+            )
+            self.books.record(item, row)
             return
-        row = self._row(item, Outcome.FETCHED, http_status=fetched.http_status, latency_ms=fetched.latency_ms)
-        self._record(item, row, snapshot)
+        row = self.books.row(
+            item, Outcome.FETCHED, http_status=fetched.http_status, latency_ms=fetched.latency_ms
+        )
+        self.books.record(item, row, snapshot)
 
     def _api_answered(self) -> None:
         # The API is up: whoever ran out of tries failed on its own account.
@@ -580,34 +594,15 @@ class _Run:
                 self.items.move(item, Stage.UNFINISHED)
             else:
                 exc = item.last_error
-                row = self._row(item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status)
-                self._record(item, row)
+                row = self.books.row(
+                    item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status
+                )
+                self.books.record(item, row)
         if parked and api_down and self.stop is None:
             detail = f"{len(self.streak)} requests in a row failed transiently"
             self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
 
-    def _row(
-        self,
-        item: Item,
-        outcome: Outcome,
-        reason: Reason | None = None,
-        detail: str | None = None,
-        *,
-        http_status: int | None = None,
-        latency_ms: int | None = None,
-    ) -> LedgerRow:
-        taken = item.taken
-        request = taken.request
-        kind, tag = (request.kind, request.tag) if request else (None, None)
-        return LedgerRow(taken.request_id, outcome, kind, tag, reason, detail, http_status, latency_ms)
-
-    def _record(self, item: Item, row: LedgerRow, snapshot=None) -> None:
-        """Queue an item's terminal row (and snapshot) for the next batch."""
-        item.entry = Entry((row,), snapshot, owner=item)
-        self.items.move(item, Stage.RECORDING)
-
     def _database_lost(self, exc: DatabaseUnavailable) -> None:
-        self.database_lost = True
         self._fault(exc.reason, exc.detail)
 
     def _fault(self, cause: Reason, detail: str) -> None:
@@ -642,83 +637,8 @@ class _Run:
     # -- writing ------------------------------------------------------------------------------
 
     async def _flush(self, *, run_summary: dict[str, Any] | None = None) -> Written | None:
-        """Write every RECORDING item's batch entry; acknowledge, put back or dead-letter each."""
         self.last_flush = self.clock()
-        batch = self.items.in_stage(Stage.RECORDING)
-        if not batch and run_summary is None:
-            return None
-        written = await self.writer.write([item.entry for item in batch], run_summary=run_summary)
-        self._count(written.committed)
-        done = [e.owner for e in written.committed]
-        dead: list[Item] = []
-        if written.refused:
-            done += await self._record_unstorable(written, dead)
-        if written.unavailable is not None:
-            for entry in written.unwritten:
-                # A settling row may have committed (the connection can die after COMMIT
-                # reached the server): leave the item for recovery, which reads the ledger.
-                # A closing row changes nothing if lost: the item goes back as it is.
-                settles = entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)
-                self.items.move(entry.owner, Stage.LEFT if settles else Stage.UNRECORDED)
-            self._database_lost(written.unavailable)
-        await self._release(done, dead)
-        return written
-
-    async def _record_unstorable(self, written: Written, dead: list[Item]) -> list[Item]:
-        """Fail each request whose data Postgres refused, on a row of its own; dead-letter any
-        whose `failed` row is refused too. Returns the items now recorded."""
-        unstorable = []
-        for entry, why in written.refused:
-            item: Item = entry.owner
-            log.warning("Postgres refused the data of %s: %s", item.taken.request_id, why)
-            what = entry.rows[-1].outcome
-            detail = f"Postgres refused its {what} row{' and snapshot' if entry.snapshot else ''}: {why}"
-            item.entry = Entry((self._row(item, Outcome.FAILED, Reason.UNSTORABLE, detail),), owner=item)
-            unstorable.append(item.entry)
-        second = await self.writer.write(unstorable)
-        self._count(second.committed)
-        for entry, why in second.refused:
-            dead.append(entry.owner)
-            log.error(
-                "Postgres refused even a `failed` row for %s (%s); moving it to the dead-letter list %s",
-                entry.owner.taken.request_id,
-                why,
-                self.queue.keys.dead_letter,
-                extra={"payload": entry.owner.taken.raw[:200].decode("utf-8", "backslashreplace")},
-            )
-        if second.unavailable is not None:
-            written.unavailable = written.unavailable or second.unavailable
-            self.items.move_all([e.owner for e in second.unwritten], Stage.LEFT)
-        return [e.owner for e in second.committed]
-
-    async def _release(self, recorded: list[Item], dead: list[Item]) -> None:
-        """Take recorded items off the in-flight list: settled ones for good, the rest back to the
-        head of the queue; dead letters aside. Whatever Redis fails to do is left for recovery."""
-        settled = [i for i in recorded if i.entry.rows[-1].outcome in (Outcome.FETCHED, Outcome.FAILED)]
-        closed = [i for i in recorded if i.entry.rows[-1].outcome not in (Outcome.FETCHED, Outcome.FAILED)]
-        for items, act, stage in (
-            (settled, self.queue.ack, Stage.ACKED),
-            (closed, self.queue.put_back, Stage.RETURNED),
-            (dead, self.queue.dead_letter, Stage.DEAD_LETTERED),
-        ):
-            if not items:
-                continue
-            try:
-                await act([i.taken for i in items])
-            except RedisError:
-                self.items.move_all(items, Stage.LEFT)
-                raise
-            self.items.move_all(items, stage)
-
-    def _count(self, entries: list[Entry]) -> None:
-        counts = self.summary.counts
-        for entry in entries:
-            for row in entry.rows:
-                counts[row.outcome] = counts.get(row.outcome, 0) + 1
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("outcome", extra={"ledger": row_dict(row), "run_id": self.summary.run_id})
-        if entries and self.drain.on_progress is not None:
-            self.drain.on_progress(Counter(counts))
+        return await self.books.flush(run_summary=run_summary)
 
     async def _finish(self) -> None:
         """Stop every call, write the last rows and the summary, put the unfinished back in order.
@@ -747,17 +667,17 @@ class _Run:
                 key=lambda i: i.seq,
             )
             for item in leftover:
-                self._record(item, self._row(item, outcome, item.blame or reason, stop.detail))
-            if self.database_lost:
+                self.books.record(item, self.books.row(item, outcome, item.blame or reason, stop.detail))
+            if self.books.database_lost:
                 # Postgres went away during the run: what is left cannot be recorded either, and
                 # trying would cost the pool's timeout, which the deadline may not have left.
                 self.items.move_all(self.items.in_stage(Stage.RECORDING), Stage.UNRECORDED)
             else:
                 written = await self._flush(run_summary=self._summary_dict(pending=True))
-                if not written.summary_written and not self.database_lost:
-                    await self.writer.write_summary(self._summary_dict())
+                if not written.summary_written and not self.books.database_lost:
+                    await self.books.writer.write_summary(self._summary_dict())
         except DatabaseUnavailable as exc:
-            self._database_lost(exc)
+            self.books.lose_database(exc)
         except RedisError as exc:
             self._fault(Reason.REDIS_UNAVAILABLE, describe(exc))
         except Exception as exc:  # a bug in the finish itself: leave the rest to recovery
@@ -765,36 +685,19 @@ class _Run:
         await self._put_back_unrecorded()
 
     async def _put_back_unrecorded(self) -> None:
-        """Return what could not be recorded to the queue; anything else unfinished stays in flight."""
-        unrecorded = self.items.in_stage(Stage.UNRECORDED)
-        try:
-            await self.queue.put_back([i.taken for i in unrecorded])
-        except RedisError:
-            log.warning("could not put %d items back; they stay in flight for recovery", len(unrecorded))
-            self.items.move_all(unrecorded, Stage.LEFT)
-        else:
-            self.items.move_all(unrecorded, Stage.RETURNED)
-        stranded = [item for item in self.items if item.stage not in FINAL]
-        if stranded:
-            log.warning("%d items could not be recorded; they stay in flight for recovery", len(stranded))
-            self.items.move_all(stranded, Stage.LEFT)
-            stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
-            explained = (
-                self.database_lost
-                or stop.cause is Reason.REDIS_UNAVAILABLE
-                or stop.code in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED)
-            )
-            if self.policy.checks and not explained:
-                # No fault explains it: the drain lost track of these (a bug, loud in tests).
-                raise AccountingError(f"stranded by a run: {[i.taken.request_id for i in stranded]}")
+        stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
+        explained = stop.cause is Reason.REDIS_UNAVAILABLE or stop.code in (
+            StopCode.INTERNAL_ERROR,
+            StopCode.CANCELLED,
+        )
+        await self.books.put_back_unrecorded(explained=explained, checks=self.policy.checks)
 
     def _summary_dict(self, *, pending: bool = False) -> dict[str, Any]:
         """The summary as stored: counts of committed rows, plus the last batch's if `pending`."""
         summary = self._fill(RunSummary(**{**self.summary.__dict__, "counts": dict(self.summary.counts)}))
         if pending:
-            for item in self.items.in_stage(Stage.RECORDING):
-                for row in item.entry.rows:
-                    summary.counts[row.outcome] = summary.counts.get(row.outcome, 0) + 1
+            for outcome, n in self.books.pending_counts().items():
+                summary.counts[outcome] = summary.counts.get(outcome, 0) + n
         return summary.as_dict()
 
     def _fill(self, summary: RunSummary) -> RunSummary:
@@ -818,50 +721,7 @@ class _Run:
     # -- crash recovery -------------------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Settle or requeue what a dead run left in the in-flight list.
-
-        Anything there now belongs to a run that died: we hold the lease. A request with a
-        settling row is done; a malformed one fails; one a run attempted and abandoned
-        `interrupted_limit` times is `failed`; the rest go back to the head of the queue, in
-        order. Rows Postgres refuses are narrowed down like any batch's: a poisoned in-flight
-        list cannot stop a run.
-        """
-        found = await self.queue.inflight()
-        if not found:
-            return
-        items = [self.items.add(t, Stage.UNFINISHED) for t in found]
-        ids = [t.request_id for t in found]
-        try:
-            done = await recovery.settled(self.db, ids)
-            interrupted = await recovery.interruptions(self.db, ids)
-        except DatabaseUnavailable as exc:
-            self.items.move_all(items, Stage.LEFT)
-            self._database_lost(exc)
-            return
-        stats: Counter[str] = Counter()
-        acked, requeue = [], []
-        for item in items:
-            taken = item.taken
-            if taken.request_id in done:
-                acked.append(item)
-                stats["already_settled"] += 1
-            elif taken.error is not None:
-                self._record(item, self._row(item, Outcome.FAILED, taken.error.reason, taken.error.detail))
-                stats["failed"] += 1
-            elif interrupted.get(taken.request_id, 0) >= self.policy.interrupted_limit:
-                detail = f"interrupted in {interrupted[taken.request_id]} runs"
-                self._record(item, self._row(item, Outcome.FAILED, Reason.INTERRUPTED, detail))
-                stats["failed"] += 1
-            else:
-                requeue.append(item)
-                stats["requeued"] += 1
-        await self._flush()
-        if self.database_lost:  # leave the rest for the next run
-            self.items.move_all(acked + requeue, Stage.LEFT)
-            return
-        await self.queue.ack([i.taken for i in acked])
-        self.items.move_all(acked, Stage.ACKED)
-        await self.queue.put_back([i.taken for i in requeue])
-        self.items.move_all(requeue, Stage.RETURNED)
-        self.summary.recovered = dict(stats)
-        log.warning("recovered %d in-flight items from a dead run: %s", len(items), dict(stats))
+        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
+        self.last_flush = self.clock()
+        if recovered is not None:
+            self.summary.recovered = recovered

@@ -81,9 +81,9 @@ end
 return 0
 """
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane; ARGV[1] how many from the priority
-# lane, ARGV[2] how many from the queue, ARGV[3] the priority mark. Returns {priority items,
-# queue items}, each from the head. A priority item is pushed (marked) to the in-flight list
-# before it leaves its lane: a failed push loses nothing.
+# lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many in all.
+# Returns {priority items, queue items}, each from the head. A priority item is pushed (marked)
+# to the in-flight list before it leaves its lane: a failed push loses nothing.
 _TAKE = """
 local urgent, plain = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -93,7 +93,7 @@ for _ = 1, tonumber(ARGV[1]) do
     redis.call('LPOP', KEYS[3])
     urgent[#urgent + 1] = item
 end
-for _ = 1, tonumber(ARGV[2]) do
+for _ = 1, math.min(tonumber(ARGV[2]), tonumber(ARGV[4]) - #urgent) do
     local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
     if not item then break end
     plain[#plain + 1] = item
@@ -316,15 +316,17 @@ class RefreshQueue:
         self.dedupe_ttl = dedupe_ttl
         self._seq = 0
 
-    async def take(self, n: int, *, priority: int = 0) -> list[Taken]:
+    async def take(self, n: int, *, priority: int = 0, most: int | None = None) -> list[Taken]:
         """Move up to `priority` items from the head of the priority lane, then up to `n` from
-        the head of the queue, to the in-flight list (one script). Priority items come first."""
+        the head of the queue, `most` in all, to the in-flight list (one script). Priority items
+        come first."""
         n, priority = max(0, n), max(0, priority)
-        if not n and not priority:
+        most = n + priority if most is None else max(0, most)
+        if not most or (not n and not priority):
             return []
         keys = self.keys
         urgent, plain = await self.redis.eval(
-            _TAKE, 3, keys.queue, keys.inflight, keys.priority, priority, n, PRIORITY_MARK
+            _TAKE, 3, keys.queue, keys.inflight, keys.priority, min(priority, most), n, PRIORITY_MARK, most
         )
         taken = self._parse(urgent, Lane.PRIORITY) + self._parse(plain, Lane.QUEUE)
         markers = [self._marker(t) for t in taken if t.request]

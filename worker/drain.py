@@ -46,7 +46,7 @@ from coclib.errors import (
 )
 from coclib.errortext import describe
 from coclib.lease import Lease
-from coclib.queue import RefreshQueue
+from coclib.queue import Lane, RefreshQueue
 from coclib.ratelimit import RateLimiter, Withheld
 from coclib.reasons import Reason
 from coclib.snapshots import snapshot_of
@@ -57,6 +57,7 @@ from ledger.outcomes import SETTLING, Outcome
 from ledger.partitions import ensure_partitions
 from ledger.writer import Entry, LedgerWriter, Written
 from worker.books import Books
+from worker.lanes import LaneShare
 from worker.recovery import recover
 from worker.tracker import AccountingError, Item, Stage
 
@@ -258,7 +259,10 @@ class _Run:
         self.calls: dict[asyncio.Task[Fetched], Item] = {}
         self.last_flush = self.clock()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
-        self.queue_seen_empty = False
+        self.queue_seen_empty = False  # both lanes, at the last look at each
+        self.seen_empty = {Lane.QUEUE: False, Lane.PRIORITY: False}
+        self.lanes = LaneShare()
+        self._look_again = False
         self.stop: Stop | None = None
         self.prepared = False
         self.database_up = False  # Postgres answered at the start…
@@ -388,10 +392,11 @@ class _Run:
                     )
                     self._halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY, None, None)
                     break
-            recording = self.items.count(Stage.RECORDING)
+            recording = self.items.in_stage(Stage.RECORDING)
             if recording and (
-                recording >= self.policy.flush_rows
+                len(recording) >= self.policy.flush_rows
                 or self.clock() - self.last_flush >= self.policy.flush_interval
+                or any(i.taken.lane is Lane.PRIORITY for i in recording)  # someone is waiting
             ):
                 await self._flush()
             if self.policy.checks:
@@ -411,14 +416,32 @@ class _Run:
         )
         if room <= 0:
             self.queue_seen_empty = True  # as far as this run may take, it is
+            self.seen_empty = dict.fromkeys(Lane, True)
             return
-        low = self.items.count(Stage.BUFFERED) < self.max_in_flight
-        if not low or (self.queue_seen_empty and not self._idle()):
+        # The priority lane is looked at every time round, and kept a window's worth ahead:
+        # what is taken from it passes whatever the queue has buffered. The queue is taken from,
+        # a prefetch at a time, when its own buffered items run low.
+        buffered = self.items.in_stage(Stage.BUFFERED)
+        urgent = sum(1 for i in buffered if i.taken.lane is Lane.PRIORITY)
+        want = {Lane.PRIORITY: min(room, max(0, self.max_in_flight - urgent)), Lane.QUEUE: 0}
+        if len(buffered) - urgent < self.max_in_flight and not (
+            self.seen_empty[Lane.QUEUE] and not self._idle()
+        ):
+            want[Lane.QUEUE] = room
+        if not any(want.values()):
             return
-        taken = await self.queue.take(room)
+        # Only a run allowed a number of requests caps the two together.
+        most = None if limit is None else room
+        taken = await self.queue.take(want[Lane.QUEUE], priority=want[Lane.PRIORITY], most=most)
         items = [self.items.add(t) for t in taken]
         self.summary.taken += len(taken)
-        self.queue_seen_empty = len(taken) < room
+        got = {lane: sum(1 for t in taken if t.lane is lane) for lane in Lane}
+        if most is not None:
+            want[Lane.QUEUE] = min(want[Lane.QUEUE], most - got[Lane.PRIORITY])
+        for lane in Lane:
+            if want[lane]:
+                self.seen_empty[lane] = got[lane] < want[lane]
+        self.queue_seen_empty = all(self.seen_empty.values())
         for item in items:
             if item.taken.error is not None:
                 error = item.taken.error
@@ -458,8 +481,17 @@ class _Run:
         within = self.soft_deadline - now
         if within <= 0.2:
             return  # no call could finish before the deadline
-        group = ready[:free]
-        group += self.items.oldest(Stage.BUFFERED, free - len(group))
+        # Each lane in its order (its retries first), the priority lane first, the queue's share kept.
+        waiting = ready + self.items.in_stage(Stage.BUFFERED)
+        urgent = [i for i in waiting if i.taken.lane is Lane.PRIORITY]
+        plain = [i for i in waiting if i.taken.lane is not Lane.PRIORITY]
+        queue_waits = not self.seen_empty[Lane.QUEUE] or any(
+            i.taken.lane is Lane.QUEUE for i in self.items.in_stage(Stage.RETRYING)
+        )
+        group = self.lanes.pick(urgent, plain, free, queue_waits=queue_waits)
+        if not group:
+            self._look_again = True  # the queue's turn, and none of its items at hand: take some
+            return
 
         entries = [Entry((self.books.row(item, Outcome.ATTEMPTED),), owner=item) for item in group]
         written = await self.books.writer.write(entries)
@@ -479,7 +511,13 @@ class _Run:
             item: Item = entry.owner
             item.tries += 1
             request = item.taken.request
-            call = self.api.fetch(request.kind, request.tag, timeout=self.policy.call_timeout, within=within)
+            call = self.api.fetch(
+                request.kind,
+                request.tag,
+                timeout=self.policy.call_timeout,
+                within=within,
+                priority=item.taken.lane is Lane.PRIORITY,
+            )
             task = asyncio.create_task(call)
             task.add_done_callback(self._on_done)
             self.calls[task] = item
@@ -490,15 +528,19 @@ class _Run:
         # Wake the loop for a dispatch group's worth of results (or the last ones), not for
         # each: every wake-up costs CPU, and fewer than a group's free slots start nothing.
         # A fault wakes it at once: it may open the circuit.
+        # So does a priority call's result: someone is waiting for it.
+        item = self.calls.get(task)
         if (
             len(self._done) >= min(self.dispatch_batch, len(self.calls))
+            or (item is not None and item.taken.lane is Lane.PRIORITY)
             or task.cancelled()
             or task.exception() is not None
         ):
             self._wake.set()
 
     async def _wait(self) -> None:
-        if self._done or self._idle():
+        if self._done or self._idle() or self._look_again:
+            self._look_again = False
             return  # results to harvest, or nothing to wait for: go straight back to the queue
         until = self.soft_deadline
         if self.items.count(Stage.RECORDING):

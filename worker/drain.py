@@ -121,6 +121,8 @@ class DrainPolicy:
     interrupted_limit: int = 2  # a request found interrupted this many times is `failed`
     unexpected_limit: int = 2  # a request whose call stopped this many runs is `failed`
     takeover_wait: float = 15.0  # a successor waits this long for the running drain to hand over
+    linger: float = 0.0  # a scheduled run with both lanes empty waits this long for new requests…
+    linger_poll: float = 0.25  # …looking at them this often (one Redis script each time)
     checks: bool = False  # check the tracker's books after every step (tests)
 
 
@@ -262,6 +264,7 @@ class _Run:
         self.queue_seen_empty = False  # both lanes, at the last look at each
         self.seen_empty = {Lane.QUEUE: False, Lane.PRIORITY: False}
         self.lanes = LaneShare()
+        self.idle_since: float | None = None  # both lanes found empty with nothing to do, since
         self._look_again = False
         self.stop: Stop | None = None
         self.prepared = False
@@ -390,6 +393,8 @@ class _Run:
                         self.policy.max_requests is not None
                         and self.summary.taken >= self.policy.max_requests
                     )
+                    if not full and await self._linger():
+                        continue
                     self._halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY, None, None)
                     break
             recording = self.items.in_stage(Stage.RECORDING)
@@ -403,6 +408,33 @@ class _Run:
                 self.items.assert_accounted()
             if self.stop is None:
                 await self._wait()
+
+    async def _linger(self) -> bool:
+        """Both lanes are empty: a scheduled run keeps its lease and looks again shortly, for up
+        to `linger` seconds since it was last busy (and within its deadline); False: stop.
+
+        Waiting is on Redis, a short poll: every `linger_poll` seconds the next refill runs the
+        take script once, so a request pushed meanwhile is taken within that time. A successor
+        announcing itself or a lost lease ends the wait at once (the loop then stops)."""
+        if not self.scheduled or self.policy.linger <= 0:
+            return False
+        now = self.clock()
+        if self.idle_since is None:
+            self.idle_since = now
+        until = min(self.idle_since + self.policy.linger, self.soft_deadline)
+        if now >= until:
+            return False
+        if self.items.count(Stage.RECORDING):
+            await self._flush()  # what the last calls settled is not kept waiting
+        watches = [asyncio.ensure_future(e.wait()) for e in (self.lease.successor_waiting, self.lease.lost)]
+        try:
+            await asyncio.wait(watches, timeout=min(self.policy.linger_poll, until - now))
+        finally:
+            for watch in watches:
+                watch.cancel()
+        self.queue_seen_empty = False
+        self.seen_empty = dict.fromkeys(Lane, False)
+        return True
 
     # -- taking and starting work -----------------------------------------------------------
 
@@ -435,6 +467,8 @@ class _Run:
         taken = await self.queue.take(want[Lane.QUEUE], priority=want[Lane.PRIORITY], most=most)
         items = [self.items.add(t) for t in taken]
         self.summary.taken += len(taken)
+        if taken:
+            self.idle_since = None
         got = {lane: sum(1 for t in taken if t.lane is lane) for lane in Lane}
         if most is not None:
             want[Lane.QUEUE] = min(want[Lane.QUEUE], most - got[Lane.PRIORITY])

@@ -108,6 +108,11 @@ class QueueKeys:
         """Items Postgres would not take even a `failed` row for: kept aside, never retried."""
         return self.derived("dead")
 
+    @property
+    def stashed_summaries(self) -> str:
+        """Summaries of runs that lost Postgres, for the next run to record (newest last)."""
+        return self.derived("summaries")
+
     def pending(self, kind: str, tag: str) -> str:
         """De-duplication marker: a request for this kind and tag is waiting in the queue."""
         return self.derived("pending", kind, tag)

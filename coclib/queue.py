@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # producers import this module alone: no settings (and no psy
     from coclib.redis_client import AsyncRedis, SyncRedis
 
 KINDS = ("player", "clan", "war")
+STASHED_SUMMARIES = 100  # run summaries kept for Postgres's return: a bound on a long outage
 MAX_ITEM_BYTES = 4096
 MAX_ID_CHARS = 128
 DEDUPE_TTL_SECONDS = 3600
@@ -79,6 +80,12 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
     return 1
 end
 return 0
+"""
+# KEYS[1] the stash; ARGV[1] a run summary, ARGV[2] how many to keep (the newest).
+_STASH = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+return 1
 """
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane; ARGV[1] how many from the priority
 # lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many in all.
@@ -378,6 +385,18 @@ class RefreshQueue:
         await self.redis.eval(
             _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.held for t in items]
         )
+
+    async def stash_summary(self, summary: bytes, *, keep: int = STASHED_SUMMARIES) -> None:
+        """Keep a run's summary for the next run to record in Postgres (the newest `keep`)."""
+        key = self.keys.stashed_summaries
+        await self.redis.eval(_STASH, 1, key, summary, keep)
+
+    async def stashed_summaries(self) -> list[bytes]:
+        return await self.redis.lrange(self.keys.stashed_summaries, 0, -1)
+
+    async def drop_stashed_summaries(self, n: int) -> None:
+        """Forget the oldest `n` stashed summaries (recorded; newer ones may have arrived)."""
+        await self.redis.ltrim(self.keys.stashed_summaries, n, -1)
 
     async def inflight(self) -> list[Taken]:
         """Everything in the in-flight list, parsed, each with its lane (for crash recovery)."""

@@ -46,8 +46,11 @@ SELECT * FROM unnest(
 
 -- name: insert_run_summary
 -- Record how a run ended.
+-- A summary stashed in Redis by a run that lost Postgres may be written twice (its commit in
+-- doubt): the first stands.
 INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)
-VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s);
+VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s)
+ON CONFLICT (run_id) DO NOTHING;
 
 -- name: settled_requests
 -- Which of these requests already have a settling row (`settling`: ledger.outcomes.SETTLING).
@@ -56,8 +59,10 @@ FROM refresh_ledger
 WHERE request_id = ANY(%(ids)s) AND outcome = ANY(%(settling)s::text[]);
 
 -- name: interruptions
--- How many runs attempted each request and ended without writing any terminal row for it:
--- runs that died while it was in flight.
+-- How many runs attempted each request and died while it was in flight: they wrote no terminal
+-- row for it and no summary of their own. A run that lived to record its summary (perhaps late,
+-- through the Redis stash, when it had lost Postgres) left the request behind for a fault that
+-- was not the request's: that does not count against it.
 SELECT a.request_id, count(DISTINCT a.run_id) AS interrupted
 FROM refresh_ledger a
 WHERE a.request_id = ANY(%(ids)s)
@@ -66,6 +71,7 @@ WHERE a.request_id = ANY(%(ids)s)
       SELECT 1 FROM refresh_ledger t
       WHERE t.request_id = a.request_id AND t.run_id = a.run_id AND t.outcome <> 'attempted'
   )
+  AND NOT EXISTS (SELECT 1 FROM refresh_run_summaries s WHERE s.run_id = a.run_id)
 GROUP BY a.request_id;
 
 -- name: unexpected_errors

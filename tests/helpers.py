@@ -16,8 +16,11 @@ from coclib.settings import Settings
 from worker.drain import DrainPolicy, RunSummary
 from worker.runtime import Worker
 
+# Every drain a test runs checks the tracker's books after every step.
+CHECKED = DrainPolicy(checks=True)
 
-def drain(settings: Settings, seconds: float = 30.0, policy: DrainPolicy | None = None) -> RunSummary:
+
+def drain(settings: Settings, seconds: float = 30.0, policy: DrainPolicy = CHECKED) -> RunSummary:
     """One complete run with a fresh Worker, as a cold Lambda would do it."""
 
     async def go() -> RunSummary:

@@ -153,3 +153,24 @@ async def _message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[by
     kind = await reader.readexactly(1) if typed else b""
     head = await reader.readexactly(4)
     return kind, head + await reader.readexactly(int.from_bytes(head, "big") - 4)
+
+
+class RedisCommandCutter(RedisProxy):
+    """Redis through a proxy that cuts any connection the moment it carries `marker` (a command,
+    or a script's text), every time: the client's retries meet the same fate. Everything else
+    passes, so the run meets a Redis that fails exactly one kind of command."""
+
+    def __init__(self, url: str, marker: bytes) -> None:
+        super().__init__(url)
+        self.marker = marker
+        self.cuts = 0
+
+    async def relay(self, client: asyncio.StreamReader, server: asyncio.StreamWriter, link: dict) -> None:
+        tail = b""  # the end of the last chunk: a marker may straddle two reads
+        while data := await client.read(65536):
+            if self.marker in tail + data:
+                self.cuts += 1
+                return  # the connection is torn down, the command never reaches the server
+            tail = data[-len(self.marker) :]
+            server.write(data)
+            await server.drain()

@@ -118,7 +118,9 @@ def drained(
         sim.latency = (0.4, 0.4)
         push(client, settings, *[req(f"d{i}", tag="#2PY") for i in range(12)])
         deadline = drain(
-            settings, seconds=1.5, policy=DrainPolicy(finish_reserve=0.4, max_in_flight=2, dispatch_batch=1)
+            settings,
+            seconds=1.5,
+            policy=DrainPolicy(checks=True, finish_reserve=0.4, max_in_flight=2, dispatch_batch=1),
         )
         assert deadline.stopped == "deadline"
         sim.latency = (0.0, 0.0)

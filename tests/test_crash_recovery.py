@@ -155,7 +155,7 @@ def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
             world = read_world(database_url, client, keys, simulator.calls)
             if not world.queue and not world.inflight:
                 break
-            summaries.append(drain(settings, seconds=30, policy=DrainPolicy()))
+            summaries.append(drain(settings, seconds=30, policy=DrainPolicy(checks=True)))
 
         world = read_world(database_url, client, keys, simulator.calls)
         ledger.advance(world)

@@ -131,7 +131,7 @@ def test_dead_postgres_takes_nothing(worker_env, redis_client, simulator):
 
     summary = drain(settings)
 
-    assert summary.stopped == "circuit_open" and "database_unavailable" in summary.cause
+    assert summary.stopped == "circuit_open" and summary.cause == "database_unavailable"
     assert queue_items(redis_client, settings) == before
     assert simulator.calls == []
 
@@ -140,7 +140,7 @@ def test_server_errors_are_retried_then_failed(settings, redis_client, database_
     simulator.tag_status["#2PQ"] = 500
     push(redis_client, settings, req("flaky", tag="#2PQ"), *[req(i, tag="#2PP") for i in range(3)])
 
-    drain(settings, policy=DrainPolicy(max_tries=2, retry_backoff=0.05))
+    drain(settings, policy=DrainPolicy(checks=True, max_tries=2, retry_backoff=0.05))
 
     rows = outcomes(database_url, "flaky")
     assert rows == [("attempted", None), ("attempted", None), ("failed", "upstream_error")]
@@ -158,7 +158,7 @@ def test_many_server_errors_in_a_row_open_the_circuit_and_fail_nothing(
     )
     before = queue_items(redis_client, settings)
 
-    summary = drain(settings, policy=DrainPolicy(transient_streak=3, retry_backoff=0.05))
+    summary = drain(settings, policy=DrainPolicy(checks=True, transient_streak=3, retry_backoff=0.05))
 
     assert summary.stopped == "circuit_open" and summary.cause.startswith("upstream")
     assert "failed" not in {r["outcome"] for r in ledger(database_url)}
@@ -171,7 +171,9 @@ def test_deadline_skips_and_requeues_in_order(settings, redis_client, database_u
     before = queue_items(redis_client, settings)
 
     summary = drain(
-        settings, seconds=2.0, policy=DrainPolicy(finish_reserve=0.5, max_in_flight=4, dispatch_batch=1)
+        settings,
+        seconds=2.0,
+        policy=DrainPolicy(checks=True, finish_reserve=0.5, max_in_flight=4, dispatch_batch=1),
     )
 
     assert summary.stopped == "deadline"
@@ -188,7 +190,7 @@ def test_a_drain_never_exceeds_the_rate_limit(settings, redis_client, simulator)
     push(redis_client, settings, *[req(i, tag="#2PP") for i in range(75)])
 
     async def go() -> RecordingLimiter:
-        worker = Worker(settings)
+        worker = Worker(settings, policy=DrainPolicy(checks=True))
         worker.limiter = RecordingLimiter(settings.coc_reqs_per_sec)  # before the API client binds to it
         try:
             await worker.drain(30)

@@ -140,7 +140,7 @@ class DrainMachine(RuleBasedStateMachine):
         self.missing: set[str] = set()  # valid tags the API now answers 404 for
         self.broken: set[str] = set()  # tags whose answers the worker now fails to process
         self.ever_broken: set[str] = set()
-        self.policy = DrainPolicy()
+        self.policy = DrainPolicy(checks=True)
         sim = self.sim
         sim.reset_faults()
         sim.latency = (0.0, 0.0)
@@ -317,7 +317,7 @@ class DrainMachine(RuleBasedStateMachine):
             if stored.stopped != "cancelled":
                 check_summary(after, stored)
         if dead_postgres:
-            assert summary.stopped == CIRCUIT_OPEN and "database_unavailable" in summary.cause
+            assert summary.stopped == CIRCUIT_OPEN and summary.cause == "database_unavailable"
             assert after.queue == before.queue and after.inflight == before.inflight
             assert after.rows == before.rows
             assert len(after.calls) == calls_before, "a drain without Postgres called the API"
@@ -630,6 +630,7 @@ def test_postgres_dying_right_after_a_commit_neither_loses_nor_repeats_a_request
     client.rpush(keys.queue, *[i.raw for i in items])
     by_id = {i.id: i for i in items}
     policy = DrainPolicy(
+        checks=True,
         max_in_flight=1,
         dispatch_batch=1,
         prefetch=2,
@@ -689,4 +690,4 @@ def test_postgres_dying_right_after_a_commit_neither_loses_nor_repeats_a_request
 
 
 def proxy_cut(summary) -> bool:
-    return summary.stopped == CIRCUIT_OPEN and "database_unavailable" in (summary.cause or "")
+    return summary.stopped == CIRCUIT_OPEN and summary.cause == "database_unavailable"

@@ -87,6 +87,7 @@ policies = st.builds(
     retry_backoff=st.just(0.01),
     finish_reserve=st.just(0.1),
     max_requests=st.one_of(st.none(), st.integers(1, 15)),
+    checks=st.just(True),
 )
 
 

@@ -45,7 +45,7 @@ from coclib.redis_client import async_client, is_cluster, sync_client
 from coclib.settings import Settings
 from coclib.testing.lambda_context import rest_event
 from coclib.testing.services import embedded_redis
-from tests.helpers import drain, query
+from tests.helpers import CHECKED, drain, query
 from tests.redis_servers import Cluster, Node, wait_for
 from tests.test_handler import cold_invoker
 from worker.runtime import Worker
@@ -258,7 +258,7 @@ def test_a_scheduled_drain_takes_over_on_a_cluster(deployment, worker_env, datab
     deployment.check.rpush(deployment.keys.queue, *[encode(i) for i in items])
 
     async def go():
-        first, second = Worker(settings), Worker(settings)
+        first, second = Worker(settings, policy=CHECKED), Worker(settings, policy=CHECKED)
         try:
             running = asyncio.ensure_future(first.drain(60, scheduled=True))
             await asyncio.to_thread(

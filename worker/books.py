@@ -19,11 +19,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from coclib.errors import DatabaseUnavailable
 from coclib.queue import RefreshQueue
 from coclib.reasons import Reason
 from ledger.outcomes import LedgerRow, Outcome
 from ledger.writer import Entry, LedgerWriter, Written, row_dict
+from worker.stopping import Stopping
 from worker.tracker import FINAL, AccountingError, Item, Stage, Tracker
 
 log = logging.getLogger(__name__)
@@ -36,25 +36,19 @@ class Books:
         self,
         queue: RefreshQueue,
         writer: LedgerWriter,
+        stopping: Stopping,
         *,
         run_id: str,
         counts: dict[str, int],
-        on_database_lost: Callable[[DatabaseUnavailable], None],
         on_progress: Callable[[Counter[str]], None] | None = None,
     ) -> None:
         self.queue = queue
         self.writer = writer
+        self.stopping = stopping  # a Postgres fault stops the run
         self.run_id = run_id
         self.counts = counts  # the run summary's: committed rows per outcome
         self.items = Tracker()
-        self.database_lost = False  # Postgres stopped answering during the run
-        self._on_database_lost = on_database_lost
         self._on_progress = on_progress
-
-    def lose_database(self, exc: DatabaseUnavailable) -> None:
-        """Postgres failed a write or a read: nothing more is written in this run."""
-        self.database_lost = True
-        self._on_database_lost(exc)
 
     @staticmethod
     def row(
@@ -94,7 +88,7 @@ class Books:
                 # A closing row changes nothing if lost: the item goes back as it is.
                 settles = entry.rows[-1].outcome.settles
                 self.items.move(entry.owner, Stage.LEFT if settles else Stage.UNRECORDED)
-            self.lose_database(written.unavailable)
+            self.stopping.database_fault(written.unavailable)
         await self.release(done, dead)
         return written
 
@@ -162,11 +156,11 @@ class Books:
                 pending[row.outcome] += 1
         return pending
 
-    async def put_back_unrecorded(self, *, explained: bool, checks: bool) -> None:
+    async def put_back_unrecorded(self, *, checks: bool) -> None:
         """Return what could not be recorded to the queue; anything else unfinished stays in flight.
 
-        `explained`: a fault of the run's (Postgres or Redis lost, a bug, a cancellation) can
-        strand items; with `checks` on, stranded items no fault explains are a bug, and raise.
+        A fault of the run's (Postgres or Redis lost, a bug, a cancellation) can strand items;
+        with `checks` on, stranded items no fault explains are a bug, and raise.
         """
         unrecorded = self.items.in_stage(Stage.UNRECORDED)
         try:
@@ -180,6 +174,6 @@ class Books:
         if stranded:
             log.warning("%d items could not be recorded; they stay in flight for recovery", len(stranded))
             self.items.move_all(stranded, Stage.LEFT)
-            if checks and not (explained or self.database_lost):
+            if checks and not self.stopping.explains_stranded_items:
                 # No fault explains it: the drain lost track of these (a bug, loud in tests).
                 raise AccountingError(f"stranded by a run: {[i.taken.request_id for i in stranded]}")

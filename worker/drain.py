@@ -28,12 +28,12 @@ import logging
 import math
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 
 from coclib.coc_api import CocApi, Fetched
@@ -44,14 +44,12 @@ from coclib.errors import (
     SystemicError,
     TransientError,
 )
-from coclib.errortext import describe
 from coclib.lease import Lease
 from coclib.queue import Lane, RefreshQueue
 from coclib.ratelimit import RateLimiter, Withheld
 from coclib.reasons import Reason
 from coclib.snapshots import snapshot_of
 from coclib.sqlfiles import load_queries
-from coclib.storable import storable_text
 from ledger import recovery
 from ledger.outcomes import SETTLING, Outcome
 from ledger.partitions import ensure_partitions
@@ -59,48 +57,15 @@ from ledger.writer import Entry, LedgerWriter, Written
 from worker.books import Books
 from worker.lanes import LaneShare
 from worker.recovery import recover
+from worker.stopping import Stop, StopCode, Stopping
 from worker.tracker import AccountingError, Item, Stage
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Drain", "DrainPolicy", "RunSummary", "Stop", "StopCode"]
 
-class StopCode(StrEnum):
-    """Why a run stopped (`RunSummary.stopped`)."""
-
-    QUEUE_EMPTY = "queue_empty"
-    MAX_REQUESTS = "max_requests"
-    DEADLINE = "deadline"
-    HANDED_OVER = "handed_over"  # a newer scheduled invocation took over
-    CIRCUIT_OPEN = "circuit_open"  # a systemic fault: see the cause
-    LEASE_HELD = "lease_held"  # another drain was running: nothing done
-    LEASE_LOST = "lease_lost"
-    CANCELLED = "cancelled"
-    INTERNAL_ERROR = "internal_error"  # a bug: the invocation fails
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """A stop: its code, the reason code behind it (for `circuit_open`: which fault), and the story."""
-
-    code: StopCode
-    cause: Reason | None = None
-    detail: str | None = None
-
-    def closing(self) -> tuple[Outcome, Reason]:
-        """The outcome and reason of the rows that put unfinished requests back."""
-        match self.code:
-            case StopCode.CIRCUIT_OPEN:
-                return Outcome.DEFERRED, self.cause or Reason.UPSTREAM
-            case StopCode.LEASE_LOST:
-                return Outcome.DEFERRED, Reason.LEASE_LOST
-            case StopCode.INTERNAL_ERROR:
-                return Outcome.DEFERRED, Reason.INTERNAL_ERROR
-            case StopCode.HANDED_OVER:
-                return Outcome.SKIPPED_DEADLINE, Reason.HANDED_OVER
-            case StopCode.CANCELLED:
-                return Outcome.SKIPPED_DEADLINE, Reason.CANCELLED
-            case _:
-                return Outcome.SKIPPED_DEADLINE, Reason.DEADLINE
+# The run's clock for deadlines, flushes and backoffs: the one the event loop's timeouts use.
+_now = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -197,7 +162,6 @@ class Drain:
         connect_api: Callable[[], Awaitable[CocApi]],
         limiter: RateLimiter,
         policy: DrainPolicy | None = None,
-        clock: Callable[[], float] = time.monotonic,
         on_progress: Callable[[Counter[str]], None] | None = None,
     ) -> None:
         self.queue = queue
@@ -205,13 +169,12 @@ class Drain:
         self.connect_api = connect_api
         self.limiter = limiter
         self.policy = policy or DrainPolicy()
-        self.clock = clock
         self.on_progress = on_progress
 
     async def run(
         self, deadline: float, *, policy: DrainPolicy | None = None, scheduled: bool = False
     ) -> RunSummary:
-        """Drain until the queue is empty or `deadline` (a `clock()` value) draws near.
+        """Drain until the queue is empty or `deadline` (a `time.monotonic()` value) draws near.
 
         A `scheduled` run takes over from a running scheduled drain (which hands the lease
         over within a second or so), and yields in turn to the next scheduled run. Any other
@@ -222,7 +185,7 @@ class Drain:
             summary = await _Run(self, deadline, policy or self.policy, scheduled=scheduled).execute()
             # Stopped for a successor that never came (it died after announcing itself): drain
             # on in a new run rather than leave the queue to the next schedule.
-            if not summary.handover_failed or deadline - self.clock() < RERUN_MIN_SECONDS:
+            if not summary.handover_failed or deadline - _now() < RERUN_MIN_SECONDS:
                 return summary
             log.warning("run %s stopped for a successor that never came; draining on", summary.run_id)
 
@@ -236,7 +199,6 @@ class _Run:
         self.queue = drain.queue
         self.db = drain.db
         self.policy = policy
-        self.clock = drain.clock
         self.soft_deadline = deadline - policy.finish_reserve
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
@@ -249,28 +211,29 @@ class _Run:
         self.dispatch_batch = min(policy.dispatch_batch, max(1, math.ceil(rate / 4)))
         self.max_in_flight = min(policy.max_in_flight, math.ceil(rate / 2) + 2 * self.dispatch_batch)
 
+        self.stopping = Stopping()
         self.books = Books(
             drain.queue,
             LedgerWriter(drain.db, self.run_id),
+            self.stopping,
             run_id=self.summary.run_id,
             counts=self.summary.counts,
-            on_database_lost=self._database_lost,
             on_progress=drain.on_progress,
         )
         self.items = self.books.items
-        self.calls: dict[asyncio.Task[Fetched], Item] = {}
-        self.last_flush = self.clock()
+        self.last_flush = _now()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
         self.queue_seen_empty = False  # both lanes, at the last look at each
         self.seen_empty = {Lane.QUEUE: False, Lane.PRIORITY: False}
         self.lanes = LaneShare()
         self.idle_since: float | None = None  # both lanes found empty with nothing to do, since
         self._look_again = False
-        self.stop: Stop | None = None
         self.prepared = False
-        self.database_up = False  # Postgres answered at the start…
-        self._done: deque[asyncio.Task[Fetched]] = deque()
         self._wake = asyncio.Event()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopping.stopped
 
     # -- the run --------------------------------------------------------------------------
 
@@ -282,44 +245,44 @@ class _Run:
             await asyncio.shield(self.lease.give_up(last_start=None))
             raise
         except RedisError as exc:
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, describe(exc))
+            self.stopping.redis_fault(exc)
             return await self._summarise()
         except Exception as exc:  # before the lease: nothing was taken, nothing is to record
-            self._internal_error(exc)
+            self.stopping.internal_error(exc)
             return await self._summarise()
         if not acquired:
-            if self.stop is None:
+            if not self.stopped:
                 log.info("another drain holds the lease; not draining")
-                self._halt(StopCode.LEASE_HELD, None, "another drain is running")
+                self.stopping.halt(StopCode.LEASE_HELD, None, "another drain is running")
             return await self._summarise()
         try:
             try:
                 await self._follow_the_seam()
                 if not self.prepared:
                     await self._prepare()
-                if self.stop is None:
+                if not self.stopped:
                     await self._recover()
-                if self.stop is None:
+                if not self.stopped:
                     await self._loop()
             except asyncio.CancelledError:
-                self._halt(StopCode.CANCELLED, Reason.CANCELLED, "the run was cancelled")
+                self.stopping.halt(StopCode.CANCELLED, Reason.CANCELLED, "the run was cancelled")
                 # The final writes must happen even though we were cancelled.
                 await asyncio.shield(self._finish())
                 raise
             except RedisError as exc:
                 # Finishing may work (the outage may be brief); if not, what we took stays in
                 # the in-flight list for the next run to recover.
-                self._halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, describe(exc))
+                self.stopping.redis_fault(exc)
             except AccountingError:
                 raise
             except Exception as exc:
-                self._internal_error(exc)
-            if self.database_up:
+                self.stopping.internal_error(exc)
+            if self.stopping.database_up:
                 await self._finish()
             if self.policy.checks:
                 self.items.assert_accounted(finished=True)
         finally:
-            handing_over = self.stop is not None and self.stop.code is StopCode.HANDED_OVER
+            handing_over = self.stopping.is_(StopCode.HANDED_OVER)
             last_start = self.drain.limiter.last_start()
             handed = await self.lease.give_up(last_start=last_start, to_successor=handing_over)
             self.summary.handover_failed = handing_over and not handed
@@ -335,7 +298,7 @@ class _Run:
         # Get ready before announcing: the running drain stops soon after, and the API should
         # not sit idle while this run logs in.
         await self._prepare()
-        if self.stop is not None:
+        if self.stopped:
             return False  # not ready (Postgres, the API): the running drain goes on
         return await self.lease.take_over(wait=self.policy.takeover_wait)
 
@@ -356,57 +319,65 @@ class _Run:
         try:
             await self.db.fetch_one(load_queries()["ping"])
         except DatabaseUnavailable as exc:
-            self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
             return
-        self.database_up = True  # from here on, the run can record its summary
+        self.stopping.database_up = True  # from here on, the run can record its summary
         await ensure_partitions(self.db)  # never raises: the default partition catches rows
         try:
             self.api = await self.drain.connect_api()
         except SystemicError as exc:
-            self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+
+    async def _recover(self) -> None:
+        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
+        self.last_flush = _now()
+        if recovered is not None:
+            self.summary.recovered = recovered
 
     async def _loop(self) -> None:
-        while self.stop is None:
-            if self.clock() >= self.soft_deadline:
-                self._halt(StopCode.DEADLINE, Reason.DEADLINE, "the deadline buffer was reached")
+        while not self.stopped:
+            if _now() >= self.soft_deadline:
+                self.stopping.halt(StopCode.DEADLINE, Reason.DEADLINE, "the deadline buffer was reached")
                 break
             if self.lease.lost.is_set():
-                self._halt(StopCode.LEASE_LOST, Reason.LEASE_LOST, "the drain lease expired or was taken")
+                self.stopping.halt(
+                    StopCode.LEASE_LOST, Reason.LEASE_LOST, "the drain lease expired or was taken"
+                )
                 break
             if self.scheduled and self.lease.successor_waiting.is_set():
                 successor = (self.lease.successor or "").split(" ")[0]
-                self._halt(StopCode.HANDED_OVER, Reason.HANDED_OVER, f"run {successor} takes over")
+                self.stopping.halt(StopCode.HANDED_OVER, Reason.HANDED_OVER, f"run {successor} takes over")
                 break
             self._harvest()
-            if self.stop is None:
+            if not self.stopped:
                 await self._refill()
-            if self.stop is None:
+            if not self.stopped:
                 await self._dispatch()
-            if self.stop is None and self._idle():
+            if not self.stopped and self._idle():
                 if not self.queue_seen_empty:
                     continue  # look at the queue once more before calling it empty
-                # Nothing left to learn from: the requests that ran out of tries fail, unless as
-                # many different requests in a row met transient errors as open the circuit.
-                self._close_parked(api_down=len(self.streak) >= self.policy.transient_streak)
-                if self._idle() and self.stop is None:
+                # Nothing left to learn from: the requests that ran out of tries fail, unless the
+                # API is down.
+                self._close_parked()
+                if self._idle() and not self.stopped:
                     full = (
                         self.policy.max_requests is not None
                         and self.summary.taken >= self.policy.max_requests
                     )
                     if not full and await self._linger():
                         continue
-                    self._halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY, None, None)
+                    self.stopping.halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY)
                     break
             recording = self.items.in_stage(Stage.RECORDING)
             if recording and (
                 len(recording) >= self.policy.flush_rows
-                or self.clock() - self.last_flush >= self.policy.flush_interval
+                or _now() - self.last_flush >= self.policy.flush_interval
                 or any(i.taken.lane is Lane.PRIORITY for i in recording)  # someone is waiting
             ):
                 await self._flush()
             if self.policy.checks:
                 self.items.assert_accounted()
-            if self.stop is None:
+            if not self.stopped:
                 await self._wait()
 
     async def _linger(self) -> bool:
@@ -418,7 +389,7 @@ class _Run:
         announcing itself or a lost lease ends the wait at once (the loop then stops)."""
         if not self.scheduled or self.policy.linger <= 0:
             return False
-        now = self.clock()
+        now = _now()
         if self.idle_since is None:
             self.idle_since = now
         until = min(self.idle_since + self.policy.linger, self.soft_deadline)
@@ -438,8 +409,12 @@ class _Run:
 
     # -- taking and starting work -----------------------------------------------------------
 
+    def _in_flight(self) -> int:
+        """Calls started and not yet harvested."""
+        return self.items.count(Stage.CALLING) + self.items.count(Stage.ANSWERED)
+
     def _idle(self) -> bool:
-        return not (self.calls or self.items.count(Stage.BUFFERED) or self.items.count(Stage.RETRYING))
+        return not (self._in_flight() or self.items.count(Stage.BUFFERED) or self.items.count(Stage.RETRYING))
 
     async def _refill(self) -> None:
         limit = self.policy.max_requests
@@ -490,7 +465,7 @@ class _Run:
             runs = await recovery.unexpected_errors(self.db, [i.taken.request_id for i in items])
         except DatabaseUnavailable as exc:
             self.items.move_all(items, Stage.UNRECORDED)  # never called: back as they are
-            self.books.lose_database(exc)
+            self.stopping.database_fault(exc)
             return
         limit = self.policy.unexpected_limit
         for item in items:
@@ -500,17 +475,18 @@ class _Run:
                 self.books.record(item, self.books.row(item, Outcome.FAILED, Reason.UNEXPECTED_ERROR, detail))
 
     async def _dispatch(self) -> None:
-        now = self.clock()
+        now = _now()
         ready = sorted(
             (i for i in self.items.in_stage(Stage.RETRYING) if i.ready_at <= now), key=lambda i: i.seq
         )
         buffered = self.items.count(Stage.BUFFERED)
         available = len(ready) + buffered
-        free = self.max_in_flight - len(self.calls)
+        in_flight = self._in_flight()
+        free = self.max_in_flight - in_flight
         if not available or free <= 0:
             return
         # Start calls in groups so `attempted` rows share a transaction, unless few are waiting.
-        if free < min(self.dispatch_batch, available) and self.calls:
+        if free < min(self.dispatch_batch, available) and in_flight:
             return
         within = self.soft_deadline - now
         if within <= 0.2:
@@ -532,13 +508,12 @@ class _Run:
         self.books.count(written.committed)
         for entry, why in written.refused:
             item = entry.owner
-            self.books.record(
-                item, self.books.row(item, Outcome.FAILED, Reason.UNSTORABLE, f"attempted row refused: {why}")
-            )
+            detail = f"attempted row refused: {why}"
+            self.books.record(item, self.books.row(item, Outcome.FAILED, Reason.UNSTORABLE, detail))
         if written.unavailable is not None:
             # Never called: back to the queue as they are, no row needed.
             self.items.move_all([e.owner for e in written.unwritten], Stage.UNRECORDED)
-            self.books.lose_database(written.unavailable)
+            self.stopping.database_fault(written.unavailable)
             return
         assert self.api is not None
         for entry in written.committed:
@@ -552,28 +527,30 @@ class _Run:
                 within=within,
                 priority=item.taken.lane is Lane.PRIORITY,
             )
-            task = asyncio.create_task(call)
-            task.add_done_callback(self._on_done)
-            self.calls[task] = item
+            item.call = asyncio.create_task(call)
+            item.call.add_done_callback(lambda _, item=item: self._answered(item))
             self.items.move(item, Stage.CALLING)
 
-    def _on_done(self, task: asyncio.Task[Fetched]) -> None:
-        self._done.append(task)
+    def _answered(self, item: Item) -> None:
+        """A call finished (its task's callback): its result waits in ANSWERED for the harvest."""
+        if item.stage is not Stage.CALLING:
+            return  # harvested already, after a gather that returned before this callback ran
+        self.items.move(item, Stage.ANSWERED)
         # Wake the loop for a dispatch group's worth of results (or the last ones), not for
         # each: every wake-up costs CPU, and fewer than a group's free slots start nothing.
-        # A fault wakes it at once: it may open the circuit.
-        # So does a priority call's result: someone is waiting for it.
-        item = self.calls.get(task)
+        # A fault wakes it at once: it may open the circuit; so does a priority call's result:
+        # someone is waiting for it.
+        task = item.call
         if (
-            len(self._done) >= min(self.dispatch_batch, len(self.calls))
-            or (item is not None and item.taken.lane is Lane.PRIORITY)
+            self.items.count(Stage.ANSWERED) >= min(self.dispatch_batch, self._in_flight())
+            or item.taken.lane is Lane.PRIORITY
             or task.cancelled()
             or task.exception() is not None
         ):
             self._wake.set()
 
     async def _wait(self) -> None:
-        if self._done or self._idle() or self._look_again:
+        if self.items.count(Stage.ANSWERED) or self._idle() or self._look_again:
             self._look_again = False
             return  # results to harvest, or nothing to wait for: go straight back to the queue
         until = self.soft_deadline
@@ -584,7 +561,7 @@ class _Run:
             until = min(until, min(i.ready_at for i in retrying))
         self._wake.clear()
         try:
-            async with asyncio.timeout(max(0.0, until - self.clock())):
+            async with asyncio.timeout(max(0.0, until - _now())):
                 await self._wake.wait()
         except TimeoutError:
             pass
@@ -592,16 +569,16 @@ class _Run:
     # -- results ----------------------------------------------------------------------------
 
     def _harvest(self, *, every_finished: bool = False) -> None:
-        """Give each finished call's item its next stage. Usually the calls whose completion
-        callbacks have run; `every_finished` takes every call that is done, callback or not
+        """Give each answered call's item its next stage, in the order the answers came.
+
+        `every_finished` also takes the calls that are done but whose callbacks have not run
         (after `gather`, which since Python 3.12 can return before the callbacks run)."""
         if every_finished:
-            self._done.extend(task for task in self.calls if task.done())
-        while self._done:
-            task = self._done.popleft()
-            item = self.calls.pop(task, None)
-            if item is None:
-                continue  # harvested already, through the other path
+            for item in self.items.in_stage(Stage.CALLING):
+                if item.call.done():
+                    self.items.move(item, Stage.ANSWERED)
+        for item in self.items.in_stage(Stage.ANSWERED):
+            task, item.call = item.call, None  # the result (a body) is not kept past here
             if task.cancelled():
                 self.items.move(item, Stage.UNFINISHED)
                 continue
@@ -619,7 +596,7 @@ class _Run:
                 self._transient(item, exc)
             elif isinstance(exc, SystemicError):
                 self.items.move(item, Stage.UNFINISHED)
-                self._halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
+                self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
             elif isinstance(exc, Withheld):  # never sent: the run is handing over
                 self.items.move(item, Stage.UNFINISHED)
             else:
@@ -627,7 +604,8 @@ class _Run:
                 # doing it is failed after a few runs instead of stopping every run.
                 item.blame = Reason.UNEXPECTED_ERROR
                 self.items.move(item, Stage.UNFINISHED)
-                self._internal_error(exc, item)
+                request = item.taken.request
+                self.stopping.internal_error(exc, f" fetching {request.kind} {request.tag}")
 
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         request = item.taken.request
@@ -644,27 +622,38 @@ class _Run:
         )
         self.books.record(item, row, snapshot)
 
+    # -- the API's health: the streak of transient errors -------------------------------------
+
+    def _api_down(self) -> bool:
+        """The one definition of "the API is down": an open circuit, or as many different
+        requests in a row as `transient_streak` met transient errors since it last answered."""
+        return self.stopping.is_(StopCode.CIRCUIT_OPEN) or len(self.streak) >= self.policy.transient_streak
+
     def _api_answered(self) -> None:
         # The API is up: whoever ran out of tries failed on its own account.
         self.streak.clear()
-        self._close_parked(api_down=False)
+        self._close_parked()
 
     def _transient(self, item: Item, exc: TransientError) -> None:
         self.streak.add(item.taken.request_id)
-        if len(self.streak) >= self.policy.transient_streak:
+        if self._api_down():
             self.items.move(item, Stage.UNFINISHED)
             detail = f"{len(self.streak)} requests in a row met {exc.reason}: {exc.detail}"
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
         elif item.tries < self.policy.max_tries:
-            item.ready_at = self.clock() + self.policy.retry_backoff * 2 ** (item.tries - 1)
+            item.ready_at = _now() + self.policy.retry_backoff * 2 ** (item.tries - 1)
             self.items.move(item, Stage.RETRYING)
         else:
             item.last_error = exc
             self.items.move(item, Stage.PARKED)
 
-    def _close_parked(self, *, api_down: bool) -> None:
-        """Give the requests that ran out of tries their verdict."""
+    def _close_parked(self) -> None:
+        """Give the requests that ran out of tries their verdict: `failed`, unless the API is down
+        (then they close with the run, deferred)."""
         parked = self.items.in_stage(Stage.PARKED)
+        if not parked:
+            return
+        api_down = self._api_down()
         for item in parked:
             if api_down:
                 self.items.move(item, Stage.UNFINISHED)
@@ -674,67 +663,37 @@ class _Run:
                     item, Outcome.FAILED, exc.reason, exc.detail, http_status=exc.http_status
                 )
                 self.books.record(item, row)
-        if parked and api_down and self.stop is None:
+        if api_down and not self.stopped:
             detail = f"{len(self.streak)} requests in a row failed transiently"
-            self._halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
 
-    def _database_lost(self, exc: DatabaseUnavailable) -> None:
-        self._fault(exc.reason, exc.detail)
-
-    def _fault(self, cause: Reason, detail: str) -> None:
-        """Postgres or Redis failed: the circuit opens, even if the run was already stopping for
-        another reason, because its last writes may not have landed and items may be left for
-        recovery. Only an internal error (the invocation must fail) or a cancellation stays."""
-        previous = self.stop
-        if previous is not None and previous.code not in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED):
-            self.stop = None
-            was = f"{previous.code} {previous.cause}" if previous.cause else str(previous.code)
-            detail = f"{detail} (while stopping: {was})"
-        self._halt(StopCode.CIRCUIT_OPEN, cause, detail)
-
-    def _halt(self, code: StopCode, cause: Reason | None, detail: str | None) -> None:
-        if self.stop is None:
-            self.stop = Stop(code, cause, None if detail is None else storable_text(detail))
-            log.log(
-                logging.INFO if code in (StopCode.QUEUE_EMPTY, StopCode.MAX_REQUESTS) else logging.WARNING,
-                "drain stopping: %s%s%s",
-                code,
-                f" ({cause})" if cause else "",
-                f": {detail}" if detail else "",
-            )
-
-    def _internal_error(self, exc: BaseException, item: Item | None = None) -> None:
-        whose = f" fetching {item.taken.request.kind} {item.taken.request.tag}" if item else ""
-        log.error("unexpected error%s; stopping the run", whose, exc_info=exc)
-        if self.stop is None:
-            self.summary.error = exc
-        self._halt(StopCode.INTERNAL_ERROR, Reason.INTERNAL_ERROR, describe(exc))
-
-    # -- writing ------------------------------------------------------------------------------
+    # -- winding down -------------------------------------------------------------------------
 
     async def _flush(self, *, run_summary: dict[str, Any] | None = None) -> Written | None:
-        self.last_flush = self.clock()
+        self.last_flush = _now()
         return await self.books.flush(run_summary=run_summary)
 
     async def _finish(self) -> None:
         """Stop every call, write the last rows and the summary, put the unfinished back in order.
 
-        Never raises but for cancellation: whatever cannot be done is left for the next run.
+        Whatever cannot be done is left for the next run. Raises only for cancellation, and,
+        with the checks on, for items no fault explains losing track of (`AccountingError`).
         """
         try:
-            if self.stop is not None and self.stop.code is StopCode.HANDED_OVER:
+            calls = [item.call for item in self.items.in_stage(Stage.CALLING)]
+            if self.stopping.is_(StopCode.HANDED_OVER):
                 # Start nothing more; let what the API already has finish (within the deadline),
                 # so that the successor repeats no call.
                 self.drain.limiter.withhold()
-                if self.calls:
-                    await asyncio.wait(list(self.calls), timeout=max(0.0, self.soft_deadline - self.clock()))
-            for task in self.calls:
+                if calls:
+                    await asyncio.wait(calls, timeout=max(0.0, self.soft_deadline - _now()))
+            for task in calls:
                 task.cancel()
-            if self.calls:
-                await asyncio.gather(*self.calls, return_exceptions=True)
+            if calls:
+                await asyncio.gather(*calls, return_exceptions=True)
             self._harvest(every_finished=True)  # calls that completed before the cancel keep their results
-            stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
-            self._close_parked(api_down=stop.code is StopCode.CIRCUIT_OPEN or len(self.streak) > 1)
+            self._close_parked()
+            stop = self.stopping.final
             outcome, reason = stop.closing()
             leftover = sorted(
                 self.items.in_stage(Stage.UNFINISHED)
@@ -744,29 +703,31 @@ class _Run:
             )
             for item in leftover:
                 self.books.record(item, self.books.row(item, outcome, item.blame or reason, stop.detail))
-            if self.books.database_lost:
+            if self.stopping.database_lost:
                 # Postgres went away during the run: what is left cannot be recorded either, and
                 # trying would cost the pool's timeout, which the deadline may not have left.
                 self.items.move_all(self.items.in_stage(Stage.RECORDING), Stage.UNRECORDED)
             else:
                 written = await self._flush(run_summary=self._summary_dict(pending=True))
-                if not written.summary_written and not self.books.database_lost:
+                if not written.summary_written and not self.stopping.database_lost:
                     await self.books.writer.write_summary(self._summary_dict())
         except DatabaseUnavailable as exc:
-            self.books.lose_database(exc)
+            self.stopping.database_fault(exc)
         except RedisError as exc:
-            self._fault(Reason.REDIS_UNAVAILABLE, describe(exc))
+            self.stopping.redis_fault(exc)
         except Exception as exc:  # a bug in the finish itself: leave the rest to recovery
-            self._internal_error(exc)
-        await self._put_back_unrecorded()
+            self.stopping.internal_error(exc)
+        await self.books.put_back_unrecorded(checks=self.policy.checks)
+        if self.stopping.database_lost:
+            await self._stash_summary()
 
-    async def _put_back_unrecorded(self) -> None:
-        stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
-        explained = stop.cause is Reason.REDIS_UNAVAILABLE or stop.code in (
-            StopCode.INTERNAL_ERROR,
-            StopCode.CANCELLED,
-        )
-        await self.books.put_back_unrecorded(explained=explained, checks=self.policy.checks)
+    async def _stash_summary(self) -> None:
+        """Postgres was lost: keep the summary in Redis for the next run to record. It proves
+        this run lived, so what it left in flight is not counted as interrupted."""
+        try:
+            await self.queue.stash_summary(orjson.dumps(self._summary_dict()))
+        except RedisError:
+            log.warning("could not stash the run summary in Redis either", exc_info=True)
 
     def _summary_dict(self, *, pending: bool = False) -> dict[str, Any]:
         """The summary as stored: counts of committed rows, plus the last batch's if `pending`."""
@@ -777,8 +738,9 @@ class _Run:
         return summary.as_dict()
 
     def _fill(self, summary: RunSummary) -> RunSummary:
-        stop = self.stop or Stop(StopCode.QUEUE_EMPTY)
+        stop = self.stopping.final
         summary.stopped, summary.cause, summary.detail = stop.code, stop.cause, stop.detail
+        summary.error = self.stopping.error
         summary.finished_at = time.time()
         summary.api_requests = self.drain.limiter.granted - self.granted_at_start
         summary.items = self.items.final_counts()
@@ -793,11 +755,3 @@ class _Run:
         except Exception:  # the summary is still worth returning without the sizes
             log.warning("could not read the queue length", exc_info=True)
         return summary
-
-    # -- crash recovery -------------------------------------------------------------------------
-
-    async def _recover(self) -> None:
-        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
-        self.last_flush = self.clock()
-        if recovered is not None:
-            self.summary.recovered = recovered

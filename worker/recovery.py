@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+import orjson
+
 from coclib.db import Database
 from coclib.errors import DatabaseUnavailable
+from coclib.errortext import describe
 from coclib.reasons import Reason
 from ledger import recovery
 from ledger.outcomes import Outcome
@@ -25,8 +28,17 @@ log = logging.getLogger(__name__)
 
 async def recover(books: Books, db: Database, *, interrupted_limit: int) -> dict[str, int] | None:
     """Recover the in-flight list; returns what became of its items (None: nothing to do, or
-    Postgres went away and everything was left for the next run)."""
+    Postgres went away and everything was left for the next run).
+
+    First the summaries of runs that lost Postgres are recorded: they prove those runs lived,
+    so what they left in flight is not counted as interrupted.
+    """
     queue = books.queue
+    try:
+        await record_stashed_summaries(books)
+    except DatabaseUnavailable as exc:
+        books.stopping.database_fault(exc)
+        return None
     found = await queue.inflight()
     if not found:
         return None
@@ -37,14 +49,16 @@ async def recover(books: Books, db: Database, *, interrupted_limit: int) -> dict
         interrupted = await recovery.interruptions(db, ids)
     except DatabaseUnavailable as exc:
         books.items.move_all(items, Stage.LEFT)
-        books.lose_database(exc)
+        books.stopping.database_fault(exc)
         return None
     stats: Counter[str] = Counter()
-    acked, requeue = [], []
+    requeue = []
     for item in items:
         taken = item.taken
         if taken.request_id in done:
-            acked.append(item)
+            # Settled for good: only its acknowledgement is left, and whatever happens to the
+            # run from here on, it gets no other row and is never put back.
+            books.items.move(item, Stage.SETTLED)
             stats["already_settled"] += 1
         elif taken.error is not None:
             books.record(item, books.row(item, Outcome.FAILED, taken.error.reason, taken.error.detail))
@@ -57,12 +71,29 @@ async def recover(books: Books, db: Database, *, interrupted_limit: int) -> dict
             requeue.append(item)
             stats["requeued"] += 1
     await books.flush()
-    if books.database_lost:  # leave the rest for the next run
-        books.items.move_all(acked + requeue, Stage.LEFT)
+    if books.stopping.database_lost:  # leave the rest for the next run
+        books.items.move_all(books.items.in_stage(Stage.SETTLED) + requeue, Stage.LEFT)
         return None
-    await queue.ack([i.taken for i in acked])
-    books.items.move_all(acked, Stage.ACKED)
+    settled = books.items.in_stage(Stage.SETTLED)
+    await queue.ack([i.taken for i in settled])  # a Redis fault leaves them SETTLED, then LEFT
+    books.items.move_all(settled, Stage.ACKED)
     await queue.put_back([i.taken for i in requeue])
     books.items.move_all(requeue, Stage.RETURNED)
     log.warning("recovered %d in-flight items from a dead run: %s", len(items), dict(stats))
     return dict(stats)
+
+
+async def record_stashed_summaries(books: Books) -> None:
+    """Write the summaries runs stashed in Redis when they lost Postgres, then forget them."""
+    stashed = await books.queue.stashed_summaries()
+    if not stashed:
+        return
+    for raw in stashed:
+        try:
+            summary = orjson.loads(raw)
+            summary["recorded_by"] = books.run_id  # late, by this run
+            await books.writer.write_summary(summary)
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:  # not a summary of ours
+            log.error("dropping a stashed run summary that cannot be read: %s", describe(exc))
+    await books.queue.drop_stashed_summaries(len(stashed))
+    log.warning("recorded %d run summaries stashed by runs that lost Postgres", len(stashed))

@@ -9,6 +9,7 @@ its checks are on (the tests and the state machine turn them on).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,12 +26,14 @@ class Stage(StrEnum):
 
     # In the run's hands.
     BUFFERED = "buffered"  # taken, its API call not started
-    CALLING = "calling"  # its `attempted` row is written and its API call is running
+    CALLING = "calling"  # its `attempted` row is written and its API call (`Item.call`) is running
+    ANSWERED = "answered"  # its call finished; the result waits for the run to harvest it
     RETRYING = "retrying"  # met a transient error; starts again at `ready_at`
     PARKED = "parked"  # out of tries: `failed`, unless the API turns out to be down
     UNFINISHED = "unfinished"  # to be closed with the run's stop (deferred / skipped-deadline)
     RECORDING = "recording"  # its rows (and snapshot) wait in the next batch
     UNRECORDED = "unrecorded"  # Postgres went away before its row could be written: goes back as is
+    SETTLED = "settled"  # found in flight with its settling row committed: only the ack is left
     # Done with, for this run.
     ACKED = "acked"  # settled, committed, and gone from the in-flight list
     RETURNED = "returned"  # back at the head of the queue
@@ -54,6 +57,7 @@ class Item:
     tries: int = 0  # API calls started for it in this run
     ready_at: float = 0.0  # RETRYING: when it may start again
     last_error: TransientError | None = None  # PARKED: what it met last
+    call: asyncio.Task | None = None  # CALLING, ANSWERED: its API call
     entry: Entry | None = None  # RECORDING: what the next batch writes for it
     blame: Reason | None = None  # its own call stopped the run: the reason its closing row gives
 

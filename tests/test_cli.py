@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALL_VARIABLES = {
     "DATABASE_URL", "REDIS_URL", "REFRESH_QUEUE_KEY", "COC_API_TOKENS", "COC_EMAIL", "COC_PASSWORD",
     "COC_API_BASE_URL", "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "LEDGER_RETENTION_DAYS",
-    "REDIS_CLUSTER", "SSL_CERT_FILE",
+    "REDIS_CLUSTER", "SSL_CERT_FILE", "DRAIN_LINGER_SECONDS",
 }  # fmt: skip
 # Every variable set to something Settings.from_env refuses, so a command that reads one fails.
 BAD_VALUES = {
@@ -43,6 +43,7 @@ BAD_VALUES = {
     "ENVIRONMENT": "moon",
     "LOG_LEVEL": "LOUD",
     "LEDGER_RETENTION_DAYS": "-3",
+    "DRAIN_LINGER_SECONDS": "forever",
 }
 # What asyncio, aiohttp and Python print when a process exits with things left open.
 UNCLEAN_EXIT = (

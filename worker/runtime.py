@@ -58,7 +58,7 @@ class Worker:
         self.settings = settings
         self.keys = QueueKeys(settings.refresh_queue_key)
         self.limiter = RateLimiter(settings.coc_reqs_per_sec)
-        self.policy = policy or DrainPolicy()
+        self.policy = policy or DrainPolicy(linger=settings.drain_linger_seconds)
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()
         self._db: Database | None = None

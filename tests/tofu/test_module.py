@@ -525,8 +525,11 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "REFRESH_QUEUE_KEY",
         "LEDGER_RETENTION_DAYS",
         "REDIS_CLUSTER",
+        "DRAIN_LINGER_SECONDS",
         "PYTHONPATH",
     }
+    assert "DRAIN_LINGER_SECONDS = tostring(var.drain_linger_seconds)" in env
+    assert mod.variables["drain_linger_seconds"]["default"] == 120  # the schedule's period
     assert "local.secret_references" in env  # the *_SECRET_ARN / *_PARAMETER variables
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env
     assert "LOG_LEVEL = var.log_level" in env and mod.variables["log_level"]["default"] == "INFO"

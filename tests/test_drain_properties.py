@@ -37,6 +37,7 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -44,6 +45,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
+from coclib import queue as queue_scripts
 from coclib.coc_api import CocApi
 from coclib.db import Database
 from coclib.keys import QueueKeys
@@ -70,7 +72,7 @@ from tests.invariants import (
     read_world,
     run_rows,
 )
-from tests.proxies import PostgresProxy, RedisProxy
+from tests.proxies import PostgresProxy, RedisCommandCutter, RedisProxy
 from worker.drain import Drain, DrainPolicy, StopCode
 
 CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY = StopCode.CIRCUIT_OPEN, StopCode.DEADLINE, StopCode.QUEUE_EMPTY
@@ -240,6 +242,8 @@ class DrainMachine(RuleBasedStateMachine):
         dead_postgres: bool = False,
         postgres_dies_at_commit: int | None = None,
         redis_dies_after: float | None = None,
+        redis_refuses: bytes | None = None,
+        postgres_refuses: bool = False,
         meanwhile=None,
         scheduled: bool = False,
     ):
@@ -261,6 +265,24 @@ class DrainMachine(RuleBasedStateMachine):
                     await db.close()
 
             summaries = self.runner.run(through_proxy())
+        elif redis_refuses is not None:
+            redis_proxy = RedisCommandCutter(self.redis_url, redis_refuses)
+
+            async def redis_refuses_one_command():
+                client = aioredis.Redis.from_url(await redis_proxy.start(), socket_connect_timeout=0.5)
+                try:
+                    return await self._run(seconds, queue=RefreshQueue(client, self.keys))
+                finally:
+                    await redis_proxy.die()
+                    await client.aclose()
+
+            summaries = self.runner.run(redis_refuses_one_command())
+        elif postgres_refuses:
+            restricted = self.runner.run(Database.open(self.restricted_url(), connect_timeout=0.5))
+            try:
+                summaries = self.runner.run(self._run(seconds, db=restricted))
+            finally:
+                self.runner.run(restricted.close())
         elif redis_dies_after is not None:
             redis_proxy = RedisProxy(self.redis_url)
 
@@ -309,10 +331,15 @@ class DrainMachine(RuleBasedStateMachine):
         # The queue afterwards: the old in-flight list and queue, minus what settled, in order.
         assert after.queue == expected_queue_after(before.inflight, before.queue, after)
         order = [raw_id(r) for r in [*before.inflight, *before.queue]]
-        # Every run that recorded its summary in this step (a hand-over chain has several).
+        # Every run that recorded its summary in this step (a hand-over chain has several). A
+        # summary recorded late, by this step's run, is of a run in an earlier step that lost
+        # Postgres: its counts include rows it never managed to write.
         for run_id in set(after.summaries) - set(before.summaries):
-            check_run_order(after, run_id, order)
             stored = SimpleNamespace(**after.summaries[run_id]["summary"])
+            if getattr(stored, "recorded_by", None) is not None:
+                assert stored.recorded_by in after.summaries, "recorded late by a run with no summary"
+                continue
+            check_run_order(after, run_id, order)
             # A cancelled run cannot know whether a write the cancellation cut short committed.
             if stored.stopped != "cancelled":
                 check_summary(after, stored)
@@ -321,10 +348,10 @@ class DrainMachine(RuleBasedStateMachine):
             assert after.queue == before.queue and after.inflight == before.inflight
             assert after.rows == before.rows
             assert len(after.calls) == calls_before, "a drain without Postgres called the API"
-        elif summary is None or postgres_died or redis_proxy is not None:
+        elif summary is None or postgres_died or postgres_refuses or redis_proxy is not None:
             # A cancelled run, or one whose Postgres or Redis died, may leave items for recovery.
             self.inflight_allowed = True
-            if summary is not None and (postgres_died or summary.stopped == CIRCUIT_OPEN):
+            if summary is not None and (postgres_died or postgres_refuses or summary.stopped == CIRCUIT_OPEN):
                 # An internal error keeps its stop and cause, even when Postgres dies as the run
                 # winds down after it (the invocation must fail); a fault replaces any other stop.
                 assert summary.stopped in (CIRCUIT_OPEN, StopCode.INTERNAL_ERROR), summary
@@ -451,6 +478,30 @@ class DrainMachine(RuleBasedStateMachine):
     @rule(after=st.floats(0.0, 0.6))
     def drain_while_redis_dies(self, after):
         self.drain_step(30.0, redis_dies_after=after)
+
+    @rule(script=st.sampled_from(["_ACK", "_PUT_BACK", "_DEAD_LETTER", "_TAKE"]))
+    def drain_while_redis_refuses_one_command(self, script):
+        """Redis fails one kind of command every time (recovery's included), all else works."""
+        self.drain_step(30.0, redis_refuses=getattr(queue_scripts, script).encode()[:60])
+
+    @rule()
+    def drain_while_postgres_refuses_snapshots(self):
+        """Postgres refuses every snapshot write (privileges revoked): no request may fail for it."""
+        self.drain_step(30.0, postgres_refuses=True)
+
+    def restricted_url(self) -> str:
+        """This database as a role that may not write player snapshots (made once per machine)."""
+        if getattr(self, "_restricted_url", None) is None:
+            role = f"coc_prop_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                conn.execute(f"CREATE ROLE {role} LOGIN")
+                conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+                conn.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+                conn.execute(f"REVOKE INSERT, UPDATE ON players, clans, wars FROM {role}")
+            self._role = role
+            info = psycopg.conninfo.conninfo_to_dict(self.db_url)
+            self._restricted_url = psycopg.conninfo.make_conninfo(**{**info, "user": role})
+        return self._restricted_url
 
     @rule(after=st.floats(0.0, 0.8))
     def drain_whose_lease_is_taken(self, after):
@@ -589,6 +640,9 @@ class DrainMachine(RuleBasedStateMachine):
                 self.redis.delete(*keys)
             self.redis.close()
             drop_database(self.admin_url, self.db_name)
+            if getattr(self, "_role", None) is not None:  # roles outlive their database
+                with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                    conn.execute(f"DROP ROLE IF EXISTS {self._role}")
 
 
 @pytest.mark.slow

@@ -390,9 +390,11 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         )
 
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"on {scratch};" in done.stdout
+        assert f"on {scratch}," in done.stdout
         assert "Outcomes of this run (refresh_ledger):" in done.stdout
         assert "stopped=queue_empty" in done.stdout
+        # The user's refresh, queued last in the priority lane, went before the backlog.
+        assert "the priority lane overtook the backlog" in done.stdout
         # The worker's queue is untouched; the scratch queue and its in-flight list are drained.
         assert client.lrange(DEFAULT_QUEUE_KEY, 0, -1) == [b"the site's own request"]
         scratch_keys = QueueKeys(scratch)

@@ -303,7 +303,9 @@ def test_the_demo_runs_on_it(deployment, database_url, tmp_path):
     assert "stopped=queue_empty" in done.stdout
     enqueued = int(re.search(r"Enqueued (\d+) refresh requests", done.stdout).group(1))
     assert deployment.lists() == ([], [])
-    assert len(settling(database_url)) == enqueued  # each settled, malformed ones included
+    # Each settled, malformed ones included, and the user's priority refresh queued after them.
+    assert len(settling(database_url)) == enqueued + 1
+    assert "the priority lane overtook the backlog" in done.stdout
 
 
 def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_env):

@@ -207,17 +207,37 @@ def run_demo(
 
         with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
             queued = _enqueue_mix(client, worker.keys, sim, requests)
+            # Last of all, a user presses "refresh": the priority lane, taken before the backlog.
+            tag = _tag(random.Random(time.time_ns()))
+            urgent = enqueue(client, "player", tag, keys=worker.keys, priority=True)
         print(
-            f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}; "
+            f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}, then a user's refresh "
+            f"of player {tag} on {worker.keys.priority}; "
             f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"
         )
-        return asyncio.run(_drain_and_report(worker, queued))
+        return asyncio.run(_drain_and_report(worker, queued + 1, urgent))
     finally:
         if thread is not None:
             thread.__exit__(None, None, None)
 
 
-async def _drain_and_report(worker: Worker, queued: int) -> int:
+async def _report_priority(worker: Worker, run_id: str, urgent: str) -> None:
+    """Where the priority refresh, queued last, came among the run's calls."""
+    db = await worker.db()
+    rows = await db.fetch_all(
+        "SELECT request_id, min(id) AS first FROM refresh_ledger WHERE run_id = %(run)s "
+        "AND outcome = 'attempted' GROUP BY request_id ORDER BY 2",
+        {"run": run_id},
+    )
+    order = [r["request_id"] for r in rows]
+    if urgent in order:
+        print(
+            f"\nThe user's refresh, queued after every other request, was call {order.index(urgent) + 1} "
+            f"of the {len(order)} this run made: the priority lane overtook the backlog."
+        )
+
+
+async def _drain_and_report(worker: Worker, queued: int, urgent: str | None = None) -> int:
     bar = tqdm(total=queued, unit="req", desc="settled")
 
     def progress(counts: Counter[str]) -> None:
@@ -234,6 +254,8 @@ async def _drain_and_report(worker: Worker, queued: int) -> int:
             f"{result['api_requests_per_second']} API requests/s over {summary.duration_s:.1f} s"
         )
         await _report(worker, summary.run_id)
+        if urgent is not None:
+            await _report_priority(worker, summary.run_id, urgent)
         return 0 if summary.stopped in ("queue_empty", "max_requests") else 1
     finally:
         await worker.close()

@@ -500,7 +500,9 @@ class _Run:
         )
         group = self.lanes.pick(urgent, plain, free, queue_waits=queue_waits)
         if not group:
-            self._look_again = True  # the queue's turn, and none of its items at hand: take some
+            # The queue's turn, and none of its items at hand: take some at once (or, if all it
+            # has is a retry, `_wait` sleeps until that is due).
+            self._look_again = not self.seen_empty[Lane.QUEUE]
             return
 
         entries = [Entry((self.books.row(item, Outcome.ATTEMPTED),), owner=item) for item in group]

@@ -5,12 +5,15 @@ One run, in order:
 1. take the Redis lease (another drainer holds it: return `lease_held`, touch nothing);
 2. check Postgres (down: dequeue nothing) and log in to the API (refused: dequeue nothing);
 3. recover the in-flight list a dead run left behind;
-4. loop: prefetch items with LMOVE, write `attempted` rows for a group of calls and
-   start them, harvest results, write terminal rows and snapshots in batches (one
-   transaction each) and acknowledge what they settled;
-5. stop on an empty queue, the deadline, an open circuit, a lost lease, cancellation or an
-   internal error; put whatever is unfinished back at the head of the queue in its original
-   order with a `skipped-deadline` or `deferred` row, and record the run's summary.
+4. loop: take items from the priority lane (every time round) and the queue (a prefetch at a
+   time) into the in-flight list, write `attempted` rows for a group of calls and start them,
+   priority first with the queue's tenth kept (`worker.lanes`), harvest results, write
+   terminal rows and snapshots in batches (one transaction each) and acknowledge what they
+   settled;
+5. stop on empty lanes (a scheduled run first lingers, `DrainPolicy.linger`), the deadline, an
+   open circuit, a lost lease, cancellation or an internal error; put whatever is unfinished
+   back at the head of its lane in its original order with a `skipped-deadline` or `deferred`
+   row, and record the run's summary.
 
 Every item taken is in exactly one `worker.tracker.Stage` from the moment it is taken to the
 end of the run. Request faults become `failed` rows and the run goes on. Timeouts, 5xx and

@@ -362,7 +362,9 @@ class DrainMachine(RuleBasedStateMachine):
         elif summary is None or postgres_died or postgres_refuses or redis_proxy is not None:
             # A cancelled run, or one whose Postgres or Redis died, may leave items for recovery.
             self.inflight_allowed = True
-            if summary is not None and (postgres_died or postgres_refuses or summary.stopped == CIRCUIT_OPEN):
+            # A run that attempted nothing (an empty queue) had no snapshot to be refused.
+            refused = postgres_refuses and summary is not None and summary.counts.get("attempted", 0) > 0
+            if summary is not None and (postgres_died or refused or summary.stopped == CIRCUIT_OPEN):
                 # An internal error keeps its stop and cause, even when Postgres dies as the run
                 # winds down after it (the invocation must fail); a fault replaces any other stop.
                 assert summary.stopped in (CIRCUIT_OPEN, StopCode.INTERNAL_ERROR), summary

@@ -42,10 +42,11 @@ class RateLimiter:
     which a limiter on its side that counts shorter windows would refuse.
 
     Waiters marked `priority` (a request from the priority lane: someone is waiting for it)
-    are granted before every plain waiter, each kind in the order it asked. At 30/s about 25
-    plain calls wait here (0.8 s); a priority call passes them all. Plain waiters cannot starve
-    for long: the drain bounds the calls in flight, waiting here included, and keeps the
-    queue's share of them (`worker.lanes`).
+    are granted before plain waiters, each kind in the order it asked. At 30/s about 25 plain
+    calls wait here (0.8 s); a priority call passes them all. But while plain waiters wait, at
+    least one grant in `share_every` goes to them, the share the drain keeps for the queue
+    (`worker.lanes`): without it, a stream of priority calls would hold plain ones here until
+    the run ended, and they would never be sent.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall: Callable[[], float] = time.time,
+        share_every: int = 10,
     ) -> None:
         if not rate > 0:
             raise ValueError("rate must be positive")
@@ -75,7 +77,9 @@ class RateLimiter:
         self._next = -math.inf  # when the next group may start
         self._last_start = -math.inf  # when the latest granted waiter got to run
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._urgent: deque[asyncio.Future[None]] = deque()  # priority waiters, served first
+        self._urgent: deque[asyncio.Future[None]] = deque()  # priority waiters, served first…
+        self._share_every = share_every  # …but plain ones get one grant in this many
+        self._passed_over = 0  # priority grants in a row while plain waiters waited
         self._dispenser: asyncio.Task[None] | None = None
         self._withheld = False
         self.granted = 0
@@ -139,6 +143,15 @@ class RateLimiter:
         # group is spaced from the latest start as well as from its own due time.
         self._last_start = max(self._last_start, self._clock())
 
+    def _next_waiter(self) -> asyncio.Future[None]:
+        """The next waiter to serve: priority first, plain ones their share."""
+        urgent, waiters = self._urgent, self._waiters
+        if urgent and not (waiters and self._passed_over >= self._share_every - 1):
+            self._passed_over = self._passed_over + 1 if waiters else 0
+            return urgent.popleft()
+        self._passed_over = 0
+        return waiters.popleft()
+
     async def _dispense(self) -> None:
         """Grant the waiters, a group at a time, until none is left."""
         waiters, urgent = self._waiters, self._urgent
@@ -154,7 +167,7 @@ class RateLimiter:
                 continue
             granted = 0
             while (urgent or waiters) and granted < self.group:
-                waiter = (urgent or waiters).popleft()
+                waiter = self._next_waiter()
                 # A cancelled waiter gives up its place; so does one an ended event loop left.
                 if not waiter.done() and waiter.get_loop() is loop:
                     waiter.set_result(None)

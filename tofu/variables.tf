@@ -360,7 +360,7 @@ variable "redis_cluster" {
 }
 
 variable "drain_linger_seconds" {
-  description = "DRAIN_LINGER_SECONDS: how long a scheduled run that finds both lanes empty keeps its lease and waits for new requests, picking each up within about a second. The default, the schedule's 2 minutes, keeps one drainer always there (the next scheduled invocation takes over from it): a refresh lands in about a second at any hour, for about 3,600 billed seconds an hour, about $21.60 a month at 512 MB on x86_64 and $17.28 on arm64 (README, \"Linger\"). 0 returns at once: nearly free when idle, but a request made while no run is going waits for the next schedule, up to 2 minutes."
+  description = "DRAIN_LINGER_SECONDS: how long a scheduled run that finds both lanes empty keeps its lease and waits for new requests, picking each up within about a second. The default, the schedule's 2 minutes, keeps one drainer always there (the next scheduled invocation takes over from it): a refresh lands in about a second at any hour, for about 3,650 billed seconds an hour, about $21.92 a month at 512 MB on x86_64 and $17.54 on arm64 (README, \"Linger\"). 0 returns at once: nearly free when idle, but a request made while no run is going waits for the next schedule, up to 2 minutes."
   type        = number
   default     = 120
 

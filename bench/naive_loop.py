@@ -25,7 +25,7 @@ from coclib.keys import QueueKeys
 from coclib.queue import parse_item
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
-from coclib.snapshots import Snapshot
+from coclib.snapshots import Snapshot, snapshot_of
 from ledger.outcomes import LedgerRow, Outcome
 from ledger.writer import LedgerWriter
 
@@ -42,16 +42,16 @@ class NaiveResult:
 
 async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: float) -> NaiveResult:
     """Drain one request at a time until the queue is empty, `max_requests` or `max_seconds`."""
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    keys = QueueKeys(settings.refresh_queue_key)
-    db = await Database.open(settings.database_url)
-    limiter = RateLimiter(settings.coc_reqs_per_sec)
+    redis = aioredis.Redis.from_url(settings.queue.redis_url)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
+    db = await Database.open(settings.database.database_url)
+    limiter = RateLimiter(settings.api.coc_reqs_per_sec)
     api = await CocApi.connect(
-        base_url=settings.coc_api_base_url,
+        base_url=settings.api.coc_api_base_url,
         limiter=limiter,
-        tokens=settings.coc_api_tokens,
-        email=settings.coc_email,
-        password=settings.coc_password,
+        tokens=settings.api.coc_api_tokens,
+        email=settings.api.coc_email,
+        password=settings.api.coc_password,
         max_in_flight=1,
     )
     writer = LedgerWriter(db, uuid.uuid4())
@@ -126,7 +126,9 @@ async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: flo
                     http_status=result.http_status,
                     latency_ms=result.latency_ms,
                 )
-                snapshots.append(Snapshot(request.kind, request.tag, result.data, result.fetched_at))
+                snapshots.append(
+                    snapshot_of(request.kind, request.tag, result.data, result.fetched_at, result.raw)
+                )
                 fetched += 1
             await writer.append([row], snapshots)
             await redis.lrem(keys.inflight, 1, raw)

@@ -1,6 +1,6 @@
 """Secret settings read by reference from AWS: Secrets Manager secrets, SSM SecureString parameters.
 
-`coclib.settings` finds the references (`DATABASE_URL_SECRET_ARN`, `COC_PASSWORD_PARAMETER`, ...);
+`coclib.references` finds the references (`DATABASE_URL_SECRET_ARN`, `COC_PASSWORD_PARAMETER`, ...);
 `resolve_references` reads their values once, when a Lambda container starts, with Powertools'
 parameters utility. Values never sit in the function's configuration (where
 `lambda:GetFunctionConfiguration`, every published version and the tofu state would hold them),
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from coclib.errors import ConfigError
-from coclib.settings import SECRETS_MANAGER, SecretReference
+from coclib.references import SECRETS_MANAGER, SecretReference
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ sessions, error types) and steered where a refresh worker needs something else:
 - each call is bounded by a timeout the caller gives;
 - what comes back must be the JSON object the endpoint returns, as JSON: an HTML page,
   truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
-  when something in front of the API fails) is a transient `bad_response`, never a crash.
+  when something in front of the API fails) is a transient `bad_response`, never a crash;
+- a body is parsed once, from the bytes the API sent, and those bytes are what the snapshot
+  stores (`Fetched.raw`): serialising the parsed body again would cost as much as parsing it.
 """
 
 from __future__ import annotations
@@ -47,21 +49,34 @@ _MAX_RELOGINS = 1
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A successful call: the body without coc.py's injected keys."""
+    """A successful call: the body without coc.py's injected keys, and the JSON text it was
+    parsed from, as the API sent it (None if coc.py parsed it: a call outside `fetch`)."""
 
     data: dict[str, Any]
     http_status: int
     latency_ms: int
     fetched_at: float
+    raw: bytes | None = None
 
 
 class _CallState:
     """What the throttler hook saw during one call (one asyncio task, via a ContextVar)."""
 
-    __slots__ = ("depth", "last_timed_out", "priority", "relogins", "scope", "sends", "sent_at", "timeout")
+    __slots__ = (
+        "body",
+        "depth",
+        "last_timed_out",
+        "priority",
+        "relogins",
+        "scope",
+        "sends",
+        "sent_at",
+        "timeout",
+    )
 
     def __init__(self, timeout: float, priority: bool = False) -> None:
         self.priority = priority  # passes plain calls waiting in the rate limiter
+        self.body: bytes | None = None  # the last JSON body read, as bytes
         self.sends = 0
         self.depth = 0
         self.relogins = 0
@@ -120,6 +135,37 @@ def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
                 state.last_timed_out = exc_type is not None and issubclass(exc_type, TimeoutError)
 
     return WallClockThrottler
+
+
+# aiohttp's test for a JSON Content-Type (`ClientResponse.json`): application/json or +json.
+_JSON_CONTENT_TYPE = re.compile(r"^application/(?:[\w.+-]+?\+)?json")
+_coc_json_or_text = coc.http.json_or_text
+
+
+async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
+    """coc.py's `json_or_text`, reading the body once as bytes and keeping them for the call.
+
+    coc.py has aiohttp decode the body to a str and parse that; the snapshot then had to be
+    serialised again from the parsed dict. Here the bytes are parsed directly and kept, so the
+    snapshot is the API's own text. Outside a `CocApi.fetch` (no call state) coc.py's own
+    function runs. The results are the same: the parsed JSON, the text for another Content-Type,
+    None for an empty body, and the same parse errors.
+    """
+    state = _call.get()
+    if state is None:
+        return await _coc_json_or_text(response)
+    if not _JSON_CONTENT_TYPE.match(response.content_type):
+        return await response.text(encoding="utf-8")
+    body = await response.read()
+    if not body.strip():
+        return None
+    parsed = orjson.loads(body)
+    state.body = body
+    return parsed
+
+
+# coc.py calls this module-level function from `HTTPClient.request` and offers no hook for it.
+coc.http.json_or_text = _json_or_text
 
 
 class _PacedConnector(aiohttp.TCPConnector):
@@ -243,7 +289,7 @@ class CocApi:
         latency = time.monotonic() - state.sent_at
         body = checked_body(data, kind=kind, tag=tag)
         status = data.get("status_code", 200) if isinstance(data, dict) else 200
-        return Fetched(body, status, round(latency * 1000), time.time())
+        return Fetched(body, status, round(latency * 1000), time.time(), state.body)
 
 
 def _bad_response(detail: str) -> TransientError:

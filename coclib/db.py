@@ -1,9 +1,21 @@
-"""Postgres: one pool, one small gateway, and driver errors turned into ours."""
+"""Postgres: one pool, one small gateway, and driver errors turned into ours.
+
+A run has a deadline, and Postgres must not hold it past it: a table locked by someone else
+(a migration, an operator's `LOCK TABLE`) makes a write wait, and the connection's own
+`statement_timeout` (15 s) is longer than a run's last seconds. `Database.bounded(deadline)` is
+the same gateway on the same pool whose transactions all end by `deadline`: each one that has
+less time left than the session's timeout starts with `SET LOCAL statement_timeout` and
+`lock_timeout` set to what is left (one round trip more, in a run's last 15 s only), waits
+for a pooled connection no longer than that, and one with no time left fails at once, without
+a connection: a `DatabaseUnavailable` like any timeout.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +29,8 @@ from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.errortext import describe
 
 log = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_MS = 15_000  # the session's own, for statements with no deadline nearer
 
 # SQLSTATE classes that blame the data sent, not the server or the schema: data exceptions
 # (a NUL byte, a value out of range, too long), integrity violations (a CHECK) and program
@@ -47,14 +61,40 @@ def translate(exc: Exception) -> Exception:
 class Database:
     """The gateway to Postgres: `run`, `fetch_one`, `fetch_all` and `transaction`.
 
-    Every call takes a connection from the pool; `round_trips` counts statements
-    sent, for the benchmark.
+    Every call takes a connection from the pool; `round_trips` counts statements sent, for the
+    benchmark (shared with every `bounded()` view of this gateway). `deadline` (a `clock()`
+    value), when set, bounds every transaction: see the module docstring.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, *, acquire_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        acquire_timeout: float = 5.0,
+        statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pool = pool
         self.acquire_timeout = acquire_timeout
-        self.round_trips = 0
+        self.statement_timeout_ms = statement_timeout_ms
+        self.clock = clock
+        self.deadline: float | None = None
+        self._trips = [0]
+
+    @property
+    def round_trips(self) -> int:
+        return self._trips[0]
+
+    def bounded(self, deadline: float, clock: Callable[[], float] | None = None) -> Database:
+        """This gateway, on the same pool, with every transaction ending by `deadline` on `clock`
+        (by default this gateway's, `time.monotonic`).
+
+        Its `deadline` may be moved later (a run's last writes get the time it kept for them).
+        """
+        view = copy.copy(self)  # shares the pool and the round-trip count
+        view.deadline = deadline
+        view.clock = clock or self.clock
+        return view
 
     @classmethod
     async def open(
@@ -63,7 +103,7 @@ class Database:
         *,
         max_size: int = 4,
         connect_timeout: float = 5.0,
-        statement_timeout_ms: int = 15_000,
+        statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
     ) -> Database:
         """A pool that connects lazily: a dead Postgres surfaces on first use, not here."""
         pool = AsyncConnectionPool(
@@ -83,7 +123,7 @@ class Database:
             },
         )
         await pool.open(wait=False)
-        return cls(pool, acquire_timeout=connect_timeout)
+        return cls(pool, acquire_timeout=connect_timeout, statement_timeout_ms=statement_timeout_ms)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -91,11 +131,24 @@ class Database:
     @asynccontextmanager
     async def transaction(self, *, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
         """A connection inside a transaction: committed on success, rolled back on error."""
+        acquire = timeout or self.acquire_timeout
+        left_ms = None
+        if self.deadline is not None:
+            left = self.deadline - self.clock()
+            if left <= 0.001:
+                raise DatabaseUnavailable("the run's deadline has come: not waiting for Postgres")
+            acquire = min(acquire, left)
+            if left * 1000 < self.statement_timeout_ms:
+                left_ms = max(1, int(left * 1000))
         try:
             async with (
-                self.pool.connection(timeout=timeout or self.acquire_timeout) as conn,
+                self.pool.connection(timeout=acquire) as conn,
                 conn.transaction(),
             ):
+                if left_ms is not None:
+                    # Local to this transaction: the pooled connection keeps its own timeout.
+                    self._trips[0] += 1
+                    await conn.execute(_BOUND, {"ms": f"{left_ms}ms"})
                 yield conn
         except (psycopg.Error, PoolTimeout, UnicodeEncodeError) as exc:
             raise translate(exc) from exc
@@ -104,7 +157,7 @@ class Database:
         self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
     ) -> None:
         """Execute one statement on a connection from `transaction()`."""
-        self.round_trips += 1
+        self._trips[0] += 1
         await conn.execute(query, params)
 
     async def fetch_all(
@@ -112,7 +165,7 @@ class Database:
     ) -> list[dict[str, Any]]:
         """All rows of one query, as dicts."""
         async with self.transaction(timeout=timeout) as conn:
-            self.round_trips += 1
+            self._trips[0] += 1
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
@@ -122,3 +175,8 @@ class Database:
         """The first row of one query, or None."""
         rows = await self.fetch_all(query, params, timeout=timeout)
         return rows[0] if rows else None
+
+
+# Both timeouts: a statement waiting for a lock counts against statement_timeout too, but
+# lock_timeout names the wait in the error ("canceling statement due to lock timeout").
+_BOUND = "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)"

@@ -68,10 +68,31 @@ PRIORITY_MARK = b"\xffp:"
 # An id is printable text: no control characters (NUL among them) and no lone surrogates.
 _ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 
+# Checks that each key it is given holds a list or nothing, and fails the script before it
+# writes anything otherwise. Every script that moves or pushes items starts with it: Redis does
+# not undo a script's earlier writes when a later command fails, so a WRONGTYPE halfway through
+# (an operator put a hash where the queue was) would lose the item already removed from one
+# list and never pushed to the other. The error names the key and what it holds; it starts with
+# WRONGTYPE like Redis's own, and `coclib.redis_client.redis_fault` reads it as a misconfigured
+# Redis (`redis_wrong_type`). Give it every list the script writes (a priority lane too).
+_LISTS_ONLY = """
+local function lists_only(...)
+    for _, key in ipairs({...}) do
+        local kind = redis.call('TYPE', key)['ok']
+        if kind ~= 'list' and kind ~= 'none' then
+            error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a list; nothing was moved'})
+        end
+    end
+end
+"""
 # KEYS[1] the lane, KEYS[2] its pending marker, KEYS[3] a marker that also makes the request
 # a duplicate (the priority lane's, for a request to the queue; else the same as KEYS[2]);
-# ARGV[1] item, ARGV[2] marker TTL in seconds.
-_ENQUEUE = """
+# ARGV[1] item, ARGV[2] marker TTL in seconds. The lane is checked first: a marker set for a
+# push that then failed would refuse the request for an hour.
+_ENQUEUE = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then
     return 0
 end
@@ -81,6 +102,7 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
 end
 return 0
 """
+)
 # KEYS[1] the stash; ARGV[1] a run summary, ARGV[2] how many to keep (the newest).
 _STASH = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -90,8 +112,11 @@ return 1
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane; ARGV[1] how many from the priority
 # lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many in all.
 # Returns {priority items, queue items}, each from the head. A priority item is pushed (marked)
-# to the in-flight list before it leaves its lane: a failed push loses nothing.
-_TAKE = """
+# to the in-flight list before it leaves its lane.
+_TAKE = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2], KEYS[3])
 local urgent, plain = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
     local item = redis.call('LINDEX', KEYS[3], 0)
@@ -107,6 +132,7 @@ for _ = 1, math.min(tonumber(ARGV[2]), tonumber(ARGV[4]) - #urgent) do
 end
 return {urgent, plain}
 """
+)
 # KEYS[1] in-flight; ARGV items. Returns how many were removed.
 _ACK = """
 local removed = 0
@@ -116,7 +142,10 @@ end
 return removed
 """
 # KEYS[1] in-flight, KEYS[2] dead-letter list; ARGV items. Moves those still in flight.
-_DEAD_LETTER = """
+_DEAD_LETTER = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2])
 local moved = 0
 for i = 1, #ARGV do
     if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
@@ -126,12 +155,17 @@ for i = 1, #ARGV do
 end
 return moved
 """
+)
 # KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane, KEYS[4..] pending markers; ARGV[1]
-# marker TTL, then per item, last to first: the item as held in flight, its lane's KEYS index
-# (1 or 3) and the KEYS index of its marker (0: none). A priority item goes back without its
-# mark. An item no longer in the in-flight list is not pushed: a retried call or a recovery
-# that got there first must not queue it twice. Returns how many were pushed.
-_PUT_BACK = """
+# marker TTL, ARGV[2] the priority mark, then per item, last to first: the item as held in
+# flight, its lane's KEYS index (1 or 3) and the KEYS index of its marker (0: none). A priority
+# item goes back without its mark. An item no longer in the in-flight list is not pushed: a
+# retried call or a recovery that got there first must not queue it twice. Returns how many
+# were pushed.
+_PUT_BACK = (
+    _LISTS_ONLY
+    + """
+lists_only(KEYS[1], KEYS[2], KEYS[3])
 local pushed = 0
 for i = 3, #ARGV, 3 do
     if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
@@ -150,6 +184,7 @@ for i = 3, #ARGV, 3 do
 end
 return pushed
 """
+)
 
 
 class Lane(StrEnum):

@@ -8,12 +8,15 @@ starts on the monotonic clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from coclib.errors import CocLibError
+
+log = logging.getLogger(__name__)
 
 # Two drains' clocks (two Lambda containers, NTP-synced) may disagree by a few milliseconds: a
 # drain that follows another starts this much later than the spacing alone would allow.
@@ -117,7 +120,22 @@ class RateLimiter:
     def start_after(self, unix_time: float) -> None:
         """Follow a limiter elsewhere (another process) whose latest start was at `unix_time`:
         the first start here comes at least a group's spacing, and a margin for the two
-        clocks, after it, as if both were one limiter."""
+        clocks, after it, as if both were one limiter.
+
+        A start cannot lie in the future: a note further ahead of this clock than a spacing and
+        the margin comes from a clock that is wrong (a container's, or a jump), and is taken as
+        that far ahead, no further. Followed to the letter, a note an hour ahead would hold
+        every call back for an hour, run after run."""
+        ahead = unix_time - self._wall()
+        most = self.spacing + SEAM_MARGIN_SECONDS
+        if ahead > most:
+            log.warning(
+                "the previous drain's last start is %.3f s ahead of this clock; one of the clocks "
+                "is wrong: following it %.3f s ahead instead",
+                ahead,
+                most,
+            )
+            unix_time -= ahead - most
         there = self._clock() - (self._wall() - unix_time) + SEAM_MARGIN_SECONDS
         self._last_start = max(self._last_start, there)
         self._next = max(self._next, there + self.spacing)

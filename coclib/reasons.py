@@ -36,9 +36,16 @@ class Reason(StrEnum):
     THROTTLED = "throttled"  # 429
     CREDENTIALS = "credentials"  # the developer portal refused the email and password
     LOGIN = "login"  # the developer portal could not be reached or created no key
-    UPSTREAM = "upstream"  # several different requests in a row met transient errors
+    # Several different requests in a row met transient errors (timeouts, 5xx, cut connections):
+    # the API is down, not this request. Written `upstream` before migration 0006 (too close to
+    # `upstream_error`, one request's 5xx); the ledger keeps such rows as they were written.
+    API_DOWN = "api_down"
     DATABASE_UNAVAILABLE = "database_unavailable"
-    REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_UNAVAILABLE = "redis_unavailable"  # unreachable, timed out, a cluster node failing over
+    # Redis answers but refuses: configuration, not an outage (`coclib.redis_client.redis_fault`).
+    REDIS_WRONG_TYPE = "redis_wrong_type"  # a queue key holds something other than a list
+    REDIS_OUT_OF_MEMORY = "redis_out_of_memory"  # maxmemory reached under `noeviction`
+    REDIS_READ_ONLY = "redis_read_only"  # the URL names a replica (READONLY)
     LEASE_LOST = "lease_lost"  # the drain lease expired under a running drain
     INTERNAL_ERROR = "internal_error"  # a bug stopped the run; see the run summary
 
@@ -46,3 +53,14 @@ class Reason(StrEnum):
     DEADLINE = "deadline"
     HANDED_OVER = "handed_over"  # a newer scheduled invocation took over the queue
     CANCELLED = "cancelled"
+
+
+# The Redis errors that mean "Redis answers, and refuses what we asked because of how it is set
+# up", each with what an operator should look at: configuration, which no retry will fix.
+REDIS_CONFIGURATION: dict[Reason, str] = {
+    Reason.REDIS_WRONG_TYPE: "a queue key holds another type than a list: something else wrote it",
+    Reason.REDIS_OUT_OF_MEMORY: "Redis is at maxmemory with the noeviction policy: raise maxmemory",
+    Reason.REDIS_READ_ONLY: "REDIS_URL names a read-only replica, not the primary",
+}
+# Every reason a Redis error can be (`coclib.redis_client.redis_fault`): an outage or configuration.
+REDIS_FAULTS = frozenset({Reason.REDIS_UNAVAILABLE, *REDIS_CONFIGURATION})

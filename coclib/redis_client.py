@@ -33,10 +33,19 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import ClusterError, RedisClusterException, ResponseError
+from redis.exceptions import (
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
 
 from coclib.errors import ConfigError
+from coclib.errortext import describe
+from coclib.reasons import REDIS_CONFIGURATION, Reason
 from coclib.settings import cluster_db_problem, mask_url_password, redis_db
 
 SyncRedis: TypeAlias = redis.Redis | redis.RedisCluster
@@ -55,7 +64,7 @@ _NOT_A_CLUSTER = "cluster support disabled"  # CLUSTER INFO's error on a plain s
 
 
 class RedisSettings(Protocol):
-    """What building a client reads: `coclib.settings.Settings` or `QueueSettings`."""
+    """What building a client reads: `coclib.settings.QueueSettings` (`Settings.queue`)."""
 
     redis_url: str
     redis_cluster: bool | None
@@ -122,6 +131,23 @@ async def async_client(settings: RedisSettings) -> AsyncRedis:
         _check_cluster_url(settings)
         return _AsyncCluster.from_url(_without_db(settings.redis_url), **_options(settings, AsyncRetry))
     return aioredis.Redis.from_url(settings.redis_url, **_options(settings, AsyncRetry))
+
+
+def redis_fault(exc: RedisError) -> tuple[Reason, str]:
+    """The reason code of a Redis error and its detail (`describe(exc)`, with the hint for a
+    configuration fault): `redis_wrong_type`, `redis_out_of_memory`, `redis_read_only`, or for
+    anything else (a dropped connection, a timeout, a cluster node failing over, LOADING) the
+    outage, `redis_unavailable`."""
+    if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM "):
+        reason = Reason.REDIS_OUT_OF_MEMORY
+    elif isinstance(exc, ReadOnlyError) or str(exc).startswith("READONLY "):
+        reason = Reason.REDIS_READ_ONLY
+    elif isinstance(exc, ResponseError) and "WRONGTYPE " in str(exc):  # a pipeline wraps it
+        # Redis's own error, or the queue scripts' check (`coclib.queue`), which names the key.
+        reason = Reason.REDIS_WRONG_TYPE
+    else:
+        return Reason.REDIS_UNAVAILABLE, describe(exc)
+    return reason, f"{describe(exc)} ({REDIS_CONFIGURATION[reason]})"
 
 
 def is_cluster(client: SyncRedis | AsyncRedis) -> bool:

@@ -1,27 +1,36 @@
 """Settings: the only place in the project that reads the environment.
 
-`Settings.from_env()` parses and validates every variable once; everything else
-receives a `Settings` (or the pieces it needs) as an argument. Tools that need less read
-less: `QueueSettings` (a producer: Redis and the queue key) and `DatabaseSettings`
-(Postgres alone). `VARIABLES` says what each variable means, for help texts.
+`Settings.from_env()` parses and validates every variable once; everything else receives a
+`Settings` (or the group of it that it needs) as an argument. `Settings` is composed of groups,
+and a tool that needs less reads one group alone: `DatabaseSettings` (Postgres: `python -m worker
+migrate`, `python -m ledger`), `QueueSettings` (a producer: Redis and the queue key) and
+`ApiSettings` (the CoC API).
+
+`VARIABLES` is the one table of variables: what each means (for help texts), how its text
+becomes a value, and which secrets it holds. A group's field is named after its variable
+(`coc_reqs_per_sec` is `COC_REQS_PER_SEC`), so a new setting is one entry in the table and one
+field in a group; rules across variables live in the group's `_check`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import ClassVar, TypeVar
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from coclib.errors import ConfigError
+from coclib.references import SecretReference, SecretResolver, secret_references, with_references
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +52,368 @@ _UNVERIFIED_TLS = re.compile(
     r"(?i)(?:^|&)(ssl_cert_reqs=(none|optional)|ssl_check_hostname=(false|no|0))(?:&|$)"
 )
 
-# Every variable and its meaning with its default, for `--help`; each settings class names
-# the ones it reads in `VARIABLES`.
-VARIABLES = {
-    "DATABASE_URL": "libpq URI of Postgres (required)",
-    "REDIS_URL": "redis://, rediss:// or unix:// URL of Redis, any node of a cluster (required)",
-    "REDIS_CLUSTER": "true or false: whether Redis is a cluster (default: asked of the server)",
-    "SSL_CERT_FILE": "with rediss://: a CA bundle to trust besides the system's",
-    "REFRESH_QUEUE_KEY": f"the queue's Redis key, any name (default {DEFAULT_QUEUE_KEY})",
-    "COC_API_TOKENS": "comma-separated static API tokens (or COC_EMAIL and COC_PASSWORD)",
-    "COC_EMAIL": "developer-portal login, with COC_PASSWORD (or COC_API_TOKENS)",
-    "COC_PASSWORD": "developer-portal password, with COC_EMAIL",
-    "COC_API_BASE_URL": f"the API's address (default {DEFAULT_API_BASE_URL})",
-    "COC_REQS_PER_SEC": (
-        f"API requests per second (default {DEFAULT_REQS_PER_SEC:g}, at most {MAX_REQS_PER_SEC:g})"
+# How a variable's text becomes its value: (variable name, stripped text or None when unset or
+# blank) -> value, or ConfigError naming the variable.
+Parse = Callable[[str, str | None], Any]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its help text, its parser and the secrets its value holds."""
+
+    help: str
+    parse: Parse
+    # The secret strings in a value, for log redaction. A variable that holds secrets may also
+    # be given by reference (`coclib.references`).
+    secrets: Callable[[Any], Iterable[str | None]] | None = None
+
+
+# --- parsers --------------------------------------------------------------------------------------
+
+
+def _optional(name: str, raw: str | None) -> str | None:
+    return raw
+
+
+def _or(default: str) -> Parse:
+    return lambda name, raw: default if raw is None else raw
+
+
+def _required(name: str, raw: str | None) -> str:
+    if raw is None:
+        raise ConfigError(name, "is required but not set")
+    return raw
+
+
+def _database_url(name: str, raw: str | None) -> str:
+    value = _required(name, raw)
+    if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
+        raise ConfigError(name, "expected a libpq URI (postgresql://…)")
+    return value
+
+
+def _boolean(name: str, raw: str | None) -> bool | None:
+    if raw is None:
+        return None
+    value = _BOOLEANS.get(raw.lower())
+    if value is None:
+        raise ConfigError(name, f"expected true or false, got {raw!r}")
+    return value
+
+
+def _one_of(choices: tuple[str, ...], default: str, normalise: Callable[[str], str]) -> Parse:
+    def parse(name: str, raw: str | None) -> str:
+        value = normalise(raw or default)
+        if value not in choices:
+            raise ConfigError(name, f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _comma_list(name: str, raw: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (raw or "").split(",") if t.strip())
+
+
+def _http_url(name: str, raw: str | None) -> str:
+    value = (raw or DEFAULT_API_BASE_URL).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(name, "expected an http:// or https:// URL")
+    return value
+
+
+def _rate(name: str, raw: str | None) -> float:
+    """Default 10, clamped to 30 with a warning, positive and finite."""
+    if raw is None:
+        return DEFAULT_REQS_PER_SEC
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number of requests per second, got {raw!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(name, f"must be a positive number, got {raw!r}")
+    if rate > MAX_REQS_PER_SEC:
+        log.warning("%s=%s is above the safe maximum; clamped to %s", name, raw, MAX_REQS_PER_SEC)
+        return MAX_REQS_PER_SEC
+    return rate
+
+
+def _linger(name: str, raw: str | None) -> float:
+    """Default 120, from 0 to 900 seconds."""
+    if raw is None:
+        return DEFAULT_LINGER_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number of seconds, got {raw!r}") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_LINGER_SECONDS:
+        raise ConfigError(name, f"must be from 0 to {MAX_LINGER_SECONDS:g} seconds, got {raw!r}")
+    return seconds
+
+
+def _days(name: str, raw: str | None) -> int | None:
+    if raw is not None and (not raw.isdigit() or int(raw) < 1):
+        raise ConfigError(name, "must be a whole number of days, 1 or more")
+    return int(raw) if raw else None
+
+
+# --- secrets in values ----------------------------------------------------------------------------
+
+
+def _itself(value: str | None) -> tuple[str | None, ...]:
+    return (value,)
+
+
+def _each(values: tuple[str, ...]) -> tuple[str, ...]:
+    return values
+
+
+def _url_password(url: str) -> tuple[str, ...]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password,) if password else ()
+
+
+def _database_password(url: str) -> tuple[str | None, ...]:
+    """The password in a URI or a key=value conninfo string."""
+    found: list[str | None] = list(_url_password(url))
+    with contextlib.suppress(psycopg.ProgrammingError):  # not a key=value string either
+        found.append(conninfo_to_dict(url).get("password"))
+    return tuple(found)
+
+
+# Every variable, in the order help texts list them. A group's field `name` reads `NAME`.
+VARIABLES: dict[str, Variable] = {
+    "DATABASE_URL": Variable("libpq URI of Postgres (required)", _database_url, _database_password),
+    "REDIS_URL": Variable(
+        "redis://, rediss:// or unix:// URL of Redis, any node of a cluster (required)",
+        _required,
+        _url_password,
     ),
-    "ENVIRONMENT": f"{', '.join(ENVIRONMENTS)} (default development)",
-    "LOG_LEVEL": "log level (default INFO)",
-    "LEDGER_RETENTION_DAYS": "drop ledger partitions older than this many days (default: keep all)",
-    "DRAIN_LINGER_SECONDS": (
+    "REDIS_CLUSTER": Variable(
+        "true or false: whether Redis is a cluster (default: asked of the server)", _boolean
+    ),
+    "SSL_CERT_FILE": Variable("with rediss://: a CA bundle to trust besides the system's", _optional),
+    "REFRESH_QUEUE_KEY": Variable(
+        f"the queue's Redis key, any name (default {DEFAULT_QUEUE_KEY})", _or(DEFAULT_QUEUE_KEY)
+    ),
+    "COC_API_TOKENS": Variable(
+        "comma-separated static API tokens (or COC_EMAIL and COC_PASSWORD)", _comma_list, _each
+    ),
+    "COC_EMAIL": Variable("developer-portal login, with COC_PASSWORD (or COC_API_TOKENS)", _optional),
+    "COC_PASSWORD": Variable("developer-portal password, with COC_EMAIL", _optional, _itself),
+    "COC_API_BASE_URL": Variable(f"the API's address (default {DEFAULT_API_BASE_URL})", _http_url),
+    "COC_REQS_PER_SEC": Variable(
+        f"API requests per second (default {DEFAULT_REQS_PER_SEC:g}, at most {MAX_REQS_PER_SEC:g})", _rate
+    ),
+    "ENVIRONMENT": Variable(
+        f"{', '.join(ENVIRONMENTS)} (default development)", _one_of(ENVIRONMENTS, "development", str.lower)
+    ),
+    "LOG_LEVEL": Variable("log level (default INFO)", _one_of(LOG_LEVELS, "INFO", str.upper)),
+    "DRAIN_LINGER_SECONDS": Variable(
         f"a scheduled run with both lanes empty waits this long for new requests "
-        f"(default {DEFAULT_LINGER_SECONDS:g}; 0: return at once)"
+        f"(default {DEFAULT_LINGER_SECONDS:g}; 0: return at once)",
+        _linger,
+    ),
+    "LEDGER_RETENTION_DAYS": Variable(
+        "drop ledger partitions older than this many days (default: keep all)", _days
     ),
 }
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    """The one getter: a variable's text, stripped; None when unset or blank."""
+    return (env.get(name) or "").strip() or None
+
+
+# --- groups ---------------------------------------------------------------------------------------
+
+
+class _Group:
+    """A frozen dataclass of settings whose fields are variables (named in lower case) or groups.
+
+    Parsing, references, redaction and `repr` are the same for every group, and written here once.
+    """
+
+    @classmethod
+    def variables(cls) -> tuple[str, ...]:
+        """The variables this group reads, its subgroups' included."""
+        return tuple(
+            name
+            for _, variable, group in _members(cls)
+            for name in (group.variables() if group else (variable,))
+        )
+
+    @classmethod
+    def secret_variables(cls) -> tuple[str, ...]:
+        """Those of `variables()` that hold secrets, and so may be given by reference."""
+        return tuple(name for name in cls.variables() if VARIABLES[name].secrets)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, resolve: SecretResolver | None = None
+    ) -> Self:
+        """Read and validate this group's variables; raise `ConfigError` naming the first bad one.
+
+        A secret setting may be given by reference instead (`DATABASE_URL_SECRET_ARN`,
+        `COC_PASSWORD_PARAMETER`, ...: see `coclib.references`); `resolve` reads the values
+        (`coclib.aws_secrets.resolve_references` in Lambda). Without a resolver, a reference is
+        a configuration error naming it: plain values are the local way.
+        """
+        env = os.environ if environ is None else environ
+        return with_references(env, cls.secret_variables(), resolve, cls._from_values)
+
+    @classmethod
+    def references(cls, environ: Mapping[str, str] | None = None) -> tuple[SecretReference, ...]:
+        """This group's secret settings given by reference, validated; empty when all are plain."""
+        return secret_references(os.environ if environ is None else environ, cls.secret_variables())
+
+    @classmethod
+    def _from_values(cls, env: Mapping[str, str]) -> Self:
+        """Validate plain values (from the environment, or resolved from references)."""
+        values = {}
+        for field, variable, group in _members(cls):
+            if group:
+                values[field] = group._from_values(env)
+            else:
+                values[field] = VARIABLES[variable].parse(variable, _get(env, variable))
+        return cls(**cls._check(values))
+
+    @classmethod
+    def _check(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Rules across this group's variables, once each is parsed; the values to keep."""
+        return values
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value in the group, for log redaction."""
+        found: list[str | None] = []
+        for field, variable, group in _members(type(self)):
+            value = getattr(self, field)
+            if group:
+                found.extend(value.secrets())
+            elif VARIABLES[variable].secrets:
+                found.extend(VARIABLES[variable].secrets(value))
+        return tuple(dict.fromkeys(s for s in found if s))
+
+    def __repr__(self) -> str:
+        """Every field, each secret in it replaced by `***` (the longest first)."""
+        secrets = sorted(self.secrets(), key=len, reverse=True)
+
+        def shown(value: Any) -> Any:
+            if isinstance(value, str):
+                for secret in secrets:
+                    value = value.replace(secret, "***")
+            elif isinstance(value, tuple):
+                value = tuple(map(shown, value))
+            return value
+
+        parts = (f"{f.name}={shown(getattr(self, f.name))!r}" for f in fields(self))
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+@functools.cache
+def _members(cls: type[_Group]) -> tuple[tuple[str, str, type[_Group] | None], ...]:
+    """(field, variable, subgroup) for each field of a group: a variable's, or a subgroup's."""
+    members = []
+    for f in fields(cls):
+        variable = f.name.upper()
+        if variable in VARIABLES:
+            members.append((f.name, variable, None))
+            continue
+        group = typing.get_type_hints(cls)[f.name]
+        if not (isinstance(group, type) and issubclass(group, _Group)):
+            raise TypeError(f"{cls.__name__}.{f.name}: add {variable} to VARIABLES, or make it a group")
+        members.append((f.name, "", group))
+    return tuple(members)
+
+
+@dataclass(frozen=True, repr=False)
+class DatabaseSettings(_Group):
+    """Postgres alone (`python -m worker migrate`, `python -m ledger`)."""
+
+    database_url: str
+
+
+@dataclass(frozen=True, repr=False)
+class QueueSettings(_Group):
+    """What a producer needs and nothing more (`python -m worker enqueue`): Redis and the queue key."""
+
+    redis_url: str
+    redis_cluster: bool | None  # None: detected when connecting
+    ssl_cert_file: str | None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
+    # Any key is accepted: coclib.keys puts the derived keys in its slot, tag or no tag.
+    refresh_queue_key: str
+
+    @classmethod
+    def _check(cls, values: dict[str, Any]) -> dict[str, Any]:
+        url, bundle = values["redis_url"], values["ssl_cert_file"]
+        check_redis_url(url, cluster=values["redis_cluster"])
+        if not url.startswith("rediss://"):
+            bundle = None  # not ours to judge when Redis is not on TLS
+        elif bundle is not None and not os.path.isfile(bundle):
+            raise ConfigError("SSL_CERT_FILE", f"names {bundle!r}, which is not a readable file")
+        return {**values, "ssl_cert_file": bundle}
+
+
+@dataclass(frozen=True, repr=False)
+class ApiSettings(_Group):
+    """The CoC API: credentials (either form), its address and the request rate."""
+
+    coc_email: str | None
+    coc_password: str | None
+    coc_api_tokens: tuple[str, ...]
+    coc_api_base_url: str
+    coc_reqs_per_sec: float
+
+    @classmethod
+    def _check(cls, values: dict[str, Any]) -> dict[str, Any]:
+        email, password = values["coc_email"], values["coc_password"]
+        if (email is None) != (password is None):
+            missing = "COC_PASSWORD" if password is None else "COC_EMAIL"
+            raise ConfigError(missing, "COC_EMAIL and COC_PASSWORD must be set together")
+        return values
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether either credential form (email and password, or tokens) is set."""
+        return bool(self.coc_api_tokens) or self.coc_email is not None
+
+    def require_credentials(self) -> None:
+        """Raise `ConfigError` unless a drain can log in to the API."""
+        if not self.has_credentials:
+            raise ConfigError(
+                "COC_API_TOKENS",
+                "set COC_API_TOKENS, or COC_EMAIL and COC_PASSWORD, to call the CoC API",
+            )
+
+
+@dataclass(frozen=True, repr=False)
+class Settings(_Group):
+    """The whole worker's configuration. `repr` masks every secret."""
+
+    database: DatabaseSettings
+    queue: QueueSettings
+    api: ApiSettings
+    environment: str
+    log_level: str
+    ledger_retention_days: int | None
+    drain_linger_seconds: float
+
+
+# The settings that may be given by reference (tofu's module offers the same).
+SECRET_SETTINGS = Settings.secret_variables()
+
+
+def project_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The project's variables (`VARIABLES`) that are set and not blank, as a new dict.
+
+    For a tool that fills in what is missing and then parses it with `Settings.from_env` (the
+    demo supplies embedded services and the simulator).
+    """
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in VARIABLES if _get(env, name)}
 
 
 def mask_url_password(url: str) -> str:
@@ -81,183 +429,6 @@ def mask_url_password(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{parts.username or ''}:***@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated configuration. `repr` masks every secret."""
-
-    database_url: str = field(repr=False)
-    redis_url: str = field(repr=False)
-    coc_email: str | None = None
-    coc_password: str | None = field(default=None, repr=False)
-    coc_api_tokens: tuple[str, ...] = field(default=(), repr=False)
-    coc_api_base_url: str = DEFAULT_API_BASE_URL
-    coc_reqs_per_sec: float = DEFAULT_REQS_PER_SEC
-    environment: str = "development"
-    log_level: str = "INFO"
-    refresh_queue_key: str = DEFAULT_QUEUE_KEY
-    ledger_retention_days: int | None = None
-    redis_cluster: bool | None = None  # None: detected when connecting
-    ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
-    drain_linger_seconds: float = DEFAULT_LINGER_SECONDS
-
-    VARIABLES: ClassVar[tuple[str, ...]] = tuple(VARIABLES)
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, resolve: SecretResolver | None = None
-    ) -> Settings:
-        """Read and validate every variable; raise `ConfigError` naming the first bad one.
-
-        A secret setting may be given by reference instead (`DATABASE_URL_SECRET_ARN`,
-        `COC_PASSWORD_PARAMETER`, ...: see `secret_references`); `resolve` reads the values
-        (`coclib.aws_secrets.resolve_references` in Lambda). Without a resolver, a reference is
-        a configuration error: plain values are the local way.
-        """
-        env = os.environ if environ is None else environ
-        return _from_values_or_references(env, SECRET_SETTINGS, resolve, cls._from_values)
-
-    @classmethod
-    def _from_values(cls, env: Mapping[str, str]) -> Settings:
-        """Validate plain values (from the environment, or resolved from references)."""
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() else None
-
-        database_url = database_url_from_env(env)
-        queue = QueueSettings._from_values(env)
-
-        email, password = get("COC_EMAIL"), get("COC_PASSWORD")
-        if (email is None) != (password is None):
-            missing = "COC_PASSWORD" if password is None else "COC_EMAIL"
-            raise ConfigError(missing, "COC_EMAIL and COC_PASSWORD must be set together")
-        tokens = tuple(t.strip() for t in (get("COC_API_TOKENS") or "").split(",") if t.strip())
-
-        base_url = (get("COC_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError("COC_API_BASE_URL", "expected an http:// or https:// URL")
-
-        environment = (get("ENVIRONMENT") or "development").lower()
-        if environment not in ENVIRONMENTS:
-            raise ConfigError("ENVIRONMENT", f"expected one of {', '.join(ENVIRONMENTS)}")
-        log_level = (get("LOG_LEVEL") or "INFO").upper()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError("LOG_LEVEL", f"expected one of {', '.join(LOG_LEVELS)}")
-
-        retention = get("LEDGER_RETENTION_DAYS")
-        if retention is not None and (not retention.isdigit() or int(retention) < 1):
-            raise ConfigError("LEDGER_RETENTION_DAYS", "must be a whole number of days, 1 or more")
-
-        return cls(
-            database_url=database_url,
-            redis_url=queue.redis_url,
-            coc_email=email,
-            coc_password=password,
-            coc_api_tokens=tokens,
-            coc_api_base_url=base_url,
-            coc_reqs_per_sec=parse_rate(get("COC_REQS_PER_SEC")),
-            environment=environment,
-            log_level=log_level,
-            refresh_queue_key=queue.refresh_queue_key,
-            ledger_retention_days=int(retention) if retention else None,
-            redis_cluster=queue.redis_cluster,
-            ssl_cert_file=queue.ssl_cert_file,
-            drain_linger_seconds=parse_linger(get("DRAIN_LINGER_SECONDS")),
-        )
-
-    @property
-    def has_credentials(self) -> bool:
-        """Whether either credential form (email and password, or tokens) is set."""
-        return bool(self.coc_api_tokens) or self.coc_email is not None
-
-    def require_credentials(self) -> None:
-        """Raise `ConfigError` unless a drain can log in to the API."""
-        if not self.has_credentials:
-            raise ConfigError(
-                "COC_API_TOKENS",
-                "set COC_API_TOKENS, or COC_EMAIL and COC_PASSWORD, to call the CoC API",
-            )
-
-    def secrets(self) -> tuple[str, ...]:
-        """Every secret value, for log redaction."""
-        found = [self.coc_password, *self.coc_api_tokens]
-        for url in (self.database_url, self.redis_url):
-            try:
-                found.append(urlsplit(url).password)
-            except ValueError:
-                continue
-        with contextlib.suppress(psycopg.ProgrammingError):  # a key=value conninfo string
-            found.append(conninfo_to_dict(self.database_url).get("password"))
-        return tuple(s for s in found if s)
-
-    def __repr__(self) -> str:
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("database_url", "redis_url"):
-                value = mask_url_password(value)
-            elif f.name == "coc_password":
-                value = "***" if value else None
-            elif f.name == "coc_api_tokens":
-                value = f"<{len(value)} token(s)>"
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
-
-    __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """What a producer needs and nothing more (`python -m worker enqueue`): Redis and the queue key."""
-
-    redis_url: str = field(repr=False)
-    refresh_queue_key: str = DEFAULT_QUEUE_KEY
-    redis_cluster: bool | None = None  # None: detected when connecting
-    ssl_cert_file: str | None = None  # CA bundle for rediss:// (the standard SSL_CERT_FILE)
-
-    VARIABLES: ClassVar[tuple[str, ...]] = (
-        "REDIS_URL",
-        "REDIS_CLUSTER",
-        "SSL_CERT_FILE",
-        "REFRESH_QUEUE_KEY",
-    )
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, resolve: SecretResolver | None = None
-    ) -> QueueSettings:
-        """Read and validate the Redis variables and `REFRESH_QUEUE_KEY` alone.
-
-        `REDIS_URL` may be given by reference, read by `resolve`, as in `Settings.from_env`.
-        """
-        env = os.environ if environ is None else environ
-        return _from_values_or_references(env, ("REDIS_URL",), resolve, cls._from_values)
-
-    @classmethod
-    def _from_values(cls, env: Mapping[str, str]) -> QueueSettings:
-        """Validate plain values (from the environment, or resolved from references)."""
-
-        def get(name: str) -> str | None:
-            value = (env.get(name) or "").strip()
-            return value or None
-
-        redis_url = get("REDIS_URL")
-        if redis_url is None:
-            raise ConfigError("REDIS_URL", "is required but not set")
-        redis_cluster = _parse_bool("REDIS_CLUSTER", get("REDIS_CLUSTER"))
-        check_redis_url(redis_url, cluster=redis_cluster)
-        ssl_cert_file = get("SSL_CERT_FILE") if redis_url.startswith("rediss://") else None
-        if ssl_cert_file is not None and not os.path.isfile(ssl_cert_file):
-            raise ConfigError("SSL_CERT_FILE", f"names {ssl_cert_file!r}, which is not a readable file")
-        # Any key is accepted: coclib.keys puts the derived keys in its slot, tag or no tag.
-        queue_key = get("REFRESH_QUEUE_KEY") or DEFAULT_QUEUE_KEY
-        return cls(redis_url, queue_key, redis_cluster, ssl_cert_file)
-
-    def secrets(self) -> tuple[str, ...]:
-        """The Redis password, if the URL has one, for redaction."""
-        return _url_password(self.redis_url)
 
 
 def redis_db(url: str) -> int:
@@ -311,198 +482,3 @@ def cluster_db_problem(db: int) -> str:
         f"names database {db}, but a Redis Cluster has only database 0 (no SELECT): "
         f"take the database (/{db}) out of the URL"
     )
-
-
-def _parse_bool(name: str, raw: str | None) -> bool | None:
-    if raw is None:
-        return None
-    value = _BOOLEANS.get(raw.lower())
-    if value is None:
-        raise ConfigError(name, f"expected true or false, got {raw!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """Postgres alone (`python -m worker migrate`, `python -m ledger`)."""
-
-    database_url: str = field(repr=False)
-
-    VARIABLES: ClassVar[tuple[str, ...]] = ("DATABASE_URL",)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> DatabaseSettings:
-        """Read and validate `DATABASE_URL` alone (a reference to it is refused, saying so)."""
-        env = os.environ if environ is None else environ
-        return _from_values_or_references(
-            env, ("DATABASE_URL",), None, lambda values: cls(database_url=database_url_from_env(values))
-        )
-
-    def secrets(self) -> tuple[str, ...]:
-        """The password in `DATABASE_URL`, as a URI or a key=value string, for redaction."""
-        found = list(_url_password(self.database_url))
-        with contextlib.suppress(psycopg.ProgrammingError):  # not a key=value string either
-            found.append(conninfo_to_dict(self.database_url).get("password"))
-        return tuple(s for s in found if s)
-
-
-def _url_password(url: str) -> tuple[str, ...]:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return ()
-    return (password,) if password else ()
-
-
-def project_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The project's variables (`VARIABLES`) that are set and not blank, as a new dict.
-
-    For a tool that fills in what is missing and then parses it with `Settings.from_env` (the
-    demo supplies embedded services and the simulator).
-    """
-    env = os.environ if environ is None else environ
-    return {name: env[name] for name in VARIABLES if (env.get(name) or "").strip()}
-
-
-def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """Only `DATABASE_URL`, validated: for tools that need Postgres alone (`python -m ledger`)."""
-    env = os.environ if environ is None else environ
-    value = (env.get("DATABASE_URL") or "").strip()
-    if not value:
-        raise ConfigError("DATABASE_URL", "is required but not set")
-    if not value.startswith(("postgres://", "postgresql://")) and "=" not in value:
-        raise ConfigError("DATABASE_URL", "expected a libpq URI (postgresql://…)")
-    return value
-
-
-# Settings that may be given by reference to AWS Secrets Manager or SSM Parameter Store: set
-# NAME_SECRET_ARN (a secret's ARN) or NAME_PARAMETER (a SecureString parameter's name or ARN)
-# instead of NAME. The secret's text is exactly what NAME would hold.
-SECRET_SETTINGS = ("DATABASE_URL", "REDIS_URL", "COC_PASSWORD", "COC_API_TOKENS")
-SECRETS_MANAGER = "secretsmanager"
-PARAMETER_STORE = "ssm"
-_SECRET_ARN = re.compile(r"^arn:aws[a-z-]*:secretsmanager:([a-z0-9-]+):\d{12}:secret:[\w/+=.@-]+$")
-_PARAMETER_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:([a-z0-9-]+):\d{12}:parameter/[\w/.-]+$")
-_PARAMETER_NAME = re.compile(r"^/?[\w.-]+(/[\w.-]+)*$")
-
-
-@dataclass(frozen=True)
-class SecretReference:
-    """Where the value of one secret setting is kept in AWS."""
-
-    setting: str  # the setting it provides, e.g. DATABASE_URL
-    variable: str  # the variable that named it, e.g. DATABASE_URL_SECRET_ARN
-    store: str  # SECRETS_MANAGER or PARAMETER_STORE
-    name: str  # the secret's ARN, or the parameter's name or ARN
-    region: str | None  # from the ARN; None: the function's own region
-
-    def describe(self) -> str:
-        kind = "secret" if self.store == SECRETS_MANAGER else "parameter"
-        return f"{kind} {self.name}"
-
-
-# Reads the values of references: {setting: value}. Raises ConfigError naming the variable.
-SecretResolver = Callable[[Sequence[SecretReference]], Mapping[str, str]]
-_Parsed = TypeVar("_Parsed")
-
-
-def secret_references(
-    environ: Mapping[str, str] | None = None, settings: Sequence[str] = SECRET_SETTINGS
-) -> tuple[SecretReference, ...]:
-    """The `settings` given by reference, validated; empty when every value is plain."""
-    env = os.environ if environ is None else environ
-    found = []
-    for setting in settings:
-        arn_var, param_var = f"{setting}_SECRET_ARN", f"{setting}_PARAMETER"
-        arn = (env.get(arn_var) or "").strip()
-        param = (env.get(param_var) or "").strip()
-        if arn and param:
-            raise ConfigError(param_var, f"set {arn_var} or {param_var}, not both")
-        if not (arn or param):
-            continue
-        variable = arn_var if arn else param_var
-        if (env.get(setting) or "").strip():
-            raise ConfigError(variable, f"{setting} is set too: give the value or a reference, not both")
-        if arn:
-            match = _SECRET_ARN.match(arn)
-            if not match:
-                raise ConfigError(
-                    arn_var,
-                    "expected a Secrets Manager ARN, arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME",
-                )
-            found.append(SecretReference(setting, arn_var, SECRETS_MANAGER, arn, match.group(1)))
-        else:
-            match = _PARAMETER_ARN.match(param)
-            if not match and not _PARAMETER_NAME.match(param):
-                raise ConfigError(param_var, "expected an SSM parameter name (/path/name) or ARN")
-            found.append(
-                SecretReference(setting, param_var, PARAMETER_STORE, param, match.group(1) if match else None)
-            )
-    return tuple(found)
-
-
-def _from_values_or_references(
-    env: Mapping[str, str],
-    settings: Sequence[str],
-    resolve: SecretResolver | None,
-    from_values: Callable[[Mapping[str, str]], _Parsed],
-) -> _Parsed:
-    """`from_values(env)`, with those of `settings` given by reference read by `resolve` first.
-
-    Without a resolver a reference is a configuration error: plain values are the local way
-    (the command line), and "REDIS_URL is required" would hide what is wrong.
-    """
-    references = secret_references(env, settings)
-    if not references:
-        return from_values(env)
-    if resolve is None:
-        ref = references[0]
-        raise ConfigError(
-            ref.variable,
-            f"names a secret, but only the Lambda handler reads secrets by reference; "
-            f"set {ref.setting} itself here",
-        )
-    resolved = resolve(references)
-    try:
-        return from_values({**env, **resolved})
-    except ConfigError as exc:
-        # Blame the reference the operator set, not a variable they never wrote.
-        ref = next((r for r in references if r.setting == exc.variable), None)
-        if ref is None:
-            raise
-        raise ConfigError(
-            ref.variable, f"the value it names is not a valid {ref.setting}: {exc.problem}"
-        ) from None
-
-
-def parse_linger(raw: str | None) -> float:
-    """`DRAIN_LINGER_SECONDS`: default 120, from 0 to 900 seconds."""
-    if raw is None:
-        return DEFAULT_LINGER_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ConfigError("DRAIN_LINGER_SECONDS", f"expected a number of seconds, got {raw!r}") from None
-    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_LINGER_SECONDS:
-        raise ConfigError(
-            "DRAIN_LINGER_SECONDS", f"must be from 0 to {MAX_LINGER_SECONDS:g} seconds, got {raw!r}"
-        )
-    return seconds
-
-
-def parse_rate(raw: str | None) -> float:
-    """`COC_REQS_PER_SEC`: default 10, clamped to 30 with a warning, positive and finite."""
-    if raw is None:
-        return DEFAULT_REQS_PER_SEC
-    try:
-        rate = float(raw)
-    except ValueError:
-        raise ConfigError(
-            "COC_REQS_PER_SEC", f"expected a number of requests per second, got {raw!r}"
-        ) from None
-    if not math.isfinite(rate) or rate <= 0:
-        raise ConfigError("COC_REQS_PER_SEC", f"must be a positive number, got {raw!r}")
-    if rate > MAX_REQS_PER_SEC:
-        log.warning("COC_REQS_PER_SEC=%s is above the safe maximum; clamped to %s", raw, MAX_REQS_PER_SEC)
-        return MAX_REQS_PER_SEC
-    return rate

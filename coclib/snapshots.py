@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -41,7 +41,8 @@ psycopg.adapters.register_dumper(JsonText, _JsonTextBinaryDumper)
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One fetched body. `fetched_at` (unix seconds) orders writers: older never overwrites newer."""
+    """One fetched body. `fetched_at` (unix seconds on this process's clock) orders writers: older
+    never overwrites newer. What is stored is Postgres's time of the fetch (`arrays_by_kind`)."""
 
     kind: str
     tag: str
@@ -49,26 +50,43 @@ class Snapshot:
     fetched_at: float
 
 
-def snapshot_of(kind: str, tag: str, body: dict[str, Any], fetched_at: float) -> Snapshot:
-    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it."""
-    try:
-        document = orjson.dumps(body)
-    except orjson.JSONEncodeError as exc:
-        raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
+def snapshot_of(
+    kind: str, tag: str, body: dict[str, Any], fetched_at: float, raw: bytes | None = None
+) -> Snapshot:
+    """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it.
+
+    `raw` is the JSON text `body` was parsed from, if known: it is stored as it is (orjson
+    parsed it, so it is valid JSON without lone surrogates), instead of serialising `body` again.
+    """
+    if raw is not None:
+        document = raw
+    else:
+        try:
+            document = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise RequestError(Reason.UNSTORABLE, f"the body cannot be written as JSON: {exc}") from None
     problem = json_problem(document)
     if problem is not None:
         raise RequestError(Reason.UNSTORABLE, problem)
     return Snapshot(kind, tag, JsonText(document), fetched_at)
 
 
-def arrays_by_kind(snapshots: Iterable[Snapshot]) -> dict[str, dict[str, list[Any]]]:
-    """The parameters of each kind's upsert: parallel arrays of tags, bodies and fetch times."""
-    by_kind: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"tag": [], "data": [], "fetched_at": []})
+def arrays_by_kind(
+    snapshots: Iterable[Snapshot], *, now: Callable[[], float] = time.time
+) -> dict[str, dict[str, list[Any]]]:
+    """The parameters of each kind's upsert: parallel arrays of tags, bodies and ages.
+
+    An age is how long ago the body was fetched, on this process's clock (`now`, the clock
+    `fetched_at` was read from): Postgres dates the snapshot by its own clock less that age, so
+    a process whose clock is off still dates it right (sql/queries.sql, upsert_players).
+    """
+    by_kind: dict[str, dict[str, list[Any]]] = defaultdict(lambda: {"tag": [], "data": [], "age": []})
+    at = now()
     for snap in snapshots:
         arrays = by_kind[snap.kind]
         arrays["tag"].append(snap.tag)
         arrays["data"].append(snap.data)
-        arrays["fetched_at"].append(datetime.fromtimestamp(snap.fetched_at, UTC))
+        arrays["age"].append(max(0.0, at - snap.fetched_at))
     return by_kind
 
 

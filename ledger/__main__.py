@@ -24,7 +24,7 @@ import psycopg
 
 from coclib.errors import ConfigError
 from coclib.errortext import first_line
-from coclib.settings import database_url_from_env
+from coclib.settings import DatabaseSettings
 from ledger.audit import AuditError, AuditQuery, load_audits, render_table, run_audit
 from ledger.partitions import (
     DAYS_AHEAD,
@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             parser.parse_args(["audit", "--help"])
         return _list(audits)
     try:
-        database_url = database_url_from_env(environ)
+        # A reference (DATABASE_URL_SECRET_ARN, ...) is refused, naming it: only Lambda reads those.
+        database_url = DatabaseSettings.from_env(environ).database_url
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -17,10 +17,13 @@
   - *orphaned attempts*: the view's `orphaned_attempts` (attempts in the last hour that
     nothing settled or ended after the 10-minute grace period, found through
     `refresh_orphaned_attempts_between`) is above `max_orphaned_attempts` (0): a run died
-    between an API call and its commit;
+    between an API call and its commit; the view counts them up to `ORPHANS_COUNTED` (100),
+    so a crash storm that leaves thousands costs health no more than a hundred do;
   - *circuit open*: the last recorded run stopped with `circuit_open` (maintenance, bad
     credentials, throttling, an API outage; a run that finds Postgres down records nothing,
-    and that case is already unhealthy).
+    and that case is already unhealthy). When the cause is Redis configured wrong
+    (`redis_wrong_type`, `redis_out_of_memory`, `redis_read_only`), the reason says so and what
+    to fix: unlike an outage, it will not pass on its own.
 * **healthy** (HTTP 200): none of the above.
 
 `reasons` lists every rule that fired, in words, for the person reading the answer.
@@ -36,8 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from coclib.db import Database
+from coclib.reasons import REDIS_CONFIGURATION
 from coclib.sqlfiles import load_queries
 from ledger.values import plain
+
+# refresh_health counts orphaned attempts up to this many (migration 0008's default).
+ORPHANS_COUNTED = 100
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
@@ -120,13 +127,17 @@ def assess(
 
     orphans = _int(ledger.get("orphaned_attempts"))
     if orphans is not None and orphans > rules.max_orphaned_attempts:
-        reasons.append(f"{orphans} orphaned attempts: a run died between an API call and its commit")
+        many = f"{orphans} or more" if orphans >= ORPHANS_COUNTED else str(orphans)
+        reasons.append(f"{many} orphaned attempts: a run died between an API call and its commit")
 
     if rules.degrade_on_circuit_open and ledger.get("last_run_stopped") == "circuit_open":
         cause = ledger.get("last_run_cause")
-        reasons.append(
-            f"the last run opened the circuit ({cause})" if cause else "the last run opened the circuit"
-        )
+        said = f"the last run opened the circuit ({cause})" if cause else "the last run opened the circuit"
+        hint = REDIS_CONFIGURATION.get(cause) if isinstance(cause, str) else None
+        if hint is not None:
+            # Not an outage that passes: every run will stop the same way until someone fixes it.
+            said += f": Redis configuration, {hint}"
+        reasons.append(said)
 
     return (DEGRADED if reasons else HEALTHY), reasons
 

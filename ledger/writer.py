@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 
 from coclib.db import Database
@@ -27,7 +28,6 @@ from ledger.outcomes import LedgerRow
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("request_id", "kind", "tag", "outcome", "reason", "detail", "http_status", "latency_ms")
 DETAIL_MAX_CHARS = 1000
 
 
@@ -66,18 +66,12 @@ class LedgerWriter:
         self.run_id = run_id
         self._insert = load_queries()["insert_ledger_rows"]
 
-    def _params(self, rows: Sequence[LedgerRow]) -> dict[str, list[Any]]:
-        # Parallel arrays for unnest(): one statement whatever the batch size.
-        params: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        for row in rows:
-            for name in _COLUMNS:
-                params[name].append(getattr(row, name))
-        params["request_id"] = [storable_text(r) for r in params["request_id"]]
-        params["outcome"] = [str(o) for o in params["outcome"]]
-        params["reason"] = [None if r is None else str(r) for r in params["reason"]]
-        params["detail"] = [storable_detail(d) for d in params["detail"]]
-        params["run_id"] = [self.run_id] * len(rows)
-        return params
+    def _params(self, rows: Sequence[LedgerRow]) -> dict[str, Any]:
+        # The rows as one JSON array for json_to_recordset(): one statement whatever the batch
+        # size, serialised by orjson in one call (parallel arrays cost psycopg ~9 µs a row).
+        # Texts from outside (ids, details) are made storable first: NUL and lone surrogates.
+        document = orjson.dumps([_storable(row) for row in rows])
+        return {"rows": document.decode(), "run_id": self.run_id}
 
     async def append(
         self,
@@ -159,14 +153,27 @@ class LedgerWriter:
 
 
 def _summary_params(summary: dict[str, Any]) -> dict[str, Any]:
+    started, finished = float(summary["started_at"]), float(summary["finished_at"])
+    # Recorded as the run ends: Postgres dates it. Recorded late (stashed by a run that lost
+    # Postgres, `recorded_by` another run): only the worker's own times can say when it ran.
+    late = "recorded_by" in summary
     return {
         "run_id": summary["run_id"],
-        "started_at": datetime.fromtimestamp(summary["started_at"], UTC),
-        "finished_at": datetime.fromtimestamp(summary["finished_at"], UTC),
+        "started_at": datetime.fromtimestamp(started, UTC) if late else None,
+        "finished_at": datetime.fromtimestamp(finished, UTC) if late else None,
+        "duration_s": max(0.0, finished - started),
         "stopped": summary["stopped"],
         "cause": summary.get("cause"),
         "summary": Jsonb(summary),
     }
+
+
+def _storable(row: LedgerRow) -> LedgerRow:
+    """`row` with its request id and detail as Postgres takes them (the same row if they are)."""
+    request_id, detail = storable_text(row.request_id), storable_detail(row.detail)
+    if request_id is row.request_id and detail is row.detail:
+        return row
+    return replace(row, request_id=request_id, detail=detail)
 
 
 def row_dict(row: LedgerRow) -> dict[str, Any]:

@@ -7,49 +7,61 @@
 -- unless a newer fetch is already stored. DISTINCT ON: a statement may touch a row once.
 -- The bodies go in binary (%(data)b): as a text array literal every quote in every body
 -- would be escaped, which costs ten times the CPU of the rest of the write.
+-- `fetched_at` is on Postgres's clock, the one clock every worker shares: the worker sends each
+-- body's age (seconds since its fetch, on its own clock) and the fetch time is now less that age.
+-- A worker whose clock is off cannot date a snapshot in the future, where it would block every
+-- correct fetch until that time; and one so dated earlier (a stored time ahead of Postgres's
+-- clock cannot be true) is overwritten by the next fetch.
 INSERT INTO players AS p (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
+SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
+ORDER BY tag, age
 ON CONFLICT (tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE p.fetched_at <= EXCLUDED.fetched_at;
+    WHERE p.fetched_at <= EXCLUDED.fetched_at OR p.fetched_at > clock_timestamp();
 
 -- name: upsert_clans
 -- Store clans' snapshots, as upsert_players does players'.
 INSERT INTO clans AS c (tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
+SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
+ORDER BY tag, age
 ON CONFLICT (tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE c.fetched_at <= EXCLUDED.fetched_at;
+    WHERE c.fetched_at <= EXCLUDED.fetched_at OR c.fetched_at > clock_timestamp();
 
 -- name: upsert_wars
 -- Store clans' current wars, as upsert_players does players'.
 INSERT INTO wars AS w (clan_tag, data, fetched_at)
-SELECT DISTINCT ON (tag) tag, data, fetched_at
-FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(fetched_at)s::timestamptz[]) AS s (tag, data, fetched_at)
-ORDER BY tag, fetched_at DESC
+SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age)
+FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[]) AS s (tag, data, age)
+ORDER BY tag, age
 ON CONFLICT (clan_tag) DO UPDATE
     SET data = EXCLUDED.data, fetched_at = EXCLUDED.fetched_at
-    WHERE w.fetched_at <= EXCLUDED.fetched_at;
+    WHERE w.fetched_at <= EXCLUDED.fetched_at OR w.fetched_at > clock_timestamp();
 
 -- name: insert_ledger_rows
--- Append ledger rows given as parallel arrays (one round trip for a whole batch).
+-- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in
+-- the array's order), all of one run.
 INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, detail, http_status, latency_ms)
-SELECT * FROM unnest(
-    %(request_id)s::text[], %(run_id)s::uuid[], %(kind)s::text[], %(tag)s::text[],
-    %(outcome)s::text[], %(reason)s::text[], %(detail)s::text[],
-    %(http_status)s::smallint[], %(latency_ms)s::integer[]
+SELECT r.request_id, %(run_id)s, r.kind, r.tag, r.outcome, r.reason, r.detail, r.http_status, r.latency_ms
+FROM json_to_recordset(%(rows)s::json) AS r (
+    request_id text, outcome text, kind text, tag text, reason text, detail text,
+    http_status smallint, latency_ms integer
 );
 
 -- name: insert_run_summary
--- Record how a run ended.
--- A summary stashed in Redis by a run that lost Postgres may be written twice (its commit in
--- doubt): the first stands.
+-- Record how a run ended, dated by Postgres's clock (now, and its duration before that), the
+-- one clock every worker shares: a worker whose clock is off cannot make its run "the last
+-- run" for health, nor misplace it among the ledger's rows. The summary keeps the worker's times.
+-- A summary stashed in Redis by a run that lost Postgres is recorded late, by the next run: it
+-- comes with its worker's times (%(started_at)s, %(finished_at)s; null otherwise), and may be
+-- written twice (its commit in doubt): the first stands.
 INSERT INTO refresh_run_summaries (run_id, started_at, finished_at, stopped, cause, summary)
-VALUES (%(run_id)s, %(started_at)s, %(finished_at)s, %(stopped)s, %(cause)s, %(summary)s)
+VALUES (%(run_id)s,
+        coalesce(%(started_at)s, clock_timestamp() - make_interval(secs => %(duration_s)s)),
+        coalesce(%(finished_at)s, clock_timestamp()),
+        %(stopped)s, %(cause)s, %(summary)s)
 ON CONFLICT (run_id) DO NOTHING;
 
 -- name: settled_requests

@@ -133,6 +133,7 @@ def simulator(_simulator_thread: CocApiSimulator) -> CocApiSimulator:
     sim.reset_faults()
     sim.latency = (0.0, 0.0)
     sim.rate_limit = None
+    sim.player_bytes = 0
     # Tests may revoke tokens; give back ours and the keys the portal created.
     sim.tokens.clear()
     sim.tokens.update({TEST_TOKEN, *(key["key"] for key in sim.portal_keys)})

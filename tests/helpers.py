@@ -35,16 +35,16 @@ def drain(settings: Settings, seconds: float = 30.0, policy: DrainPolicy = CHECK
 
 def push(client: redis.Redis, settings: Settings, *items: RefreshRequest | bytes) -> None:
     """RPUSH requests (encoded) or raw payloads, as a producer would."""
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     client.rpush(keys.queue, *[i if isinstance(i, bytes) else encode(i) for i in items])
 
 
 def queue_items(client: redis.Redis, settings: Settings) -> list[bytes]:
-    return client.lrange(QueueKeys(settings.refresh_queue_key).queue, 0, -1)
+    return client.lrange(QueueKeys(settings.queue.refresh_queue_key).queue, 0, -1)
 
 
 def inflight_items(client: redis.Redis, settings: Settings) -> list[bytes]:
-    return client.lrange(QueueKeys(settings.refresh_queue_key).inflight, 0, -1)
+    return client.lrange(QueueKeys(settings.queue.refresh_queue_key).inflight, 0, -1)
 
 
 def ledger(url: str, request_id: str | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from coclib.testing.services import bundled_postgres_tool, create_database, drop
 from coclib.testing.simulator import CocApiSimulator
 from ledger.__main__ import main as ledger_main
 from ledger.audit import AUDIT_DIR, AuditError, load_audits, parse_audit, render_table, run_audit
+from ledger.health import DEGRADED, ORPHANS_COUNTED, QueueState, assess
 from ledger.values import plain
 from tests.conftest import ROOT, TEST_TOKEN
 from tests.helpers import drain, push
@@ -369,7 +371,7 @@ def test_health_counts_the_last_hour_exactly(drained: Drained):
 
 
 def test_cli_json_and_table(drained: Drained, capsys):
-    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     assert ledger_main(["audit", "failures_by_reason", "--since", "1d", "--json"], env) == 0
     import orjson
 
@@ -391,7 +393,7 @@ def test_cli_json_and_table(drained: Drained, capsys):
 
 
 def test_cli_bad_input_is_one_line_without_traceback(drained: Drained, capsys):
-    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {"DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     assert ledger_main(["audit", "runs", "--since", "not a time"], env) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -405,8 +407,32 @@ def test_cli_bad_input_is_one_line_without_traceback(drained: Drained, capsys):
     assert capsys.readouterr().err.startswith("error: cannot reach Postgres")
 
 
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/db-AbCdEf"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DATABASE_URL_SECRET_ARN": SECRET_ARN},
+            "DATABASE_URL_SECRET_ARN: names a secret, but only the Lambda handler reads secrets by "
+            "reference; set DATABASE_URL itself here",
+        ),
+        (
+            # Not silently the plain value: the operator meant one of the two.
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", "DATABASE_URL_PARAMETER": "/coc/db"},
+            "DATABASE_URL_PARAMETER: DATABASE_URL is set too: give the value or a reference, not both",
+        ),
+    ],
+    ids=["reference-alone", "reference-and-value"],
+)
+def test_cli_refuses_a_reference_to_database_url_in_one_line_naming_it(env, message, capsys):
+    assert ledger_main(["partitions"], env) == 2
+    assert capsys.readouterr().err == f"configuration error: {message}\n"
+
+
 def test_cli_runs_as_a_module(drained: Drained):
-    env = {**os.environ, "DATABASE_URL": drained.url, "REDIS_URL": drained.settings.redis_url}
+    env = {**os.environ, "DATABASE_URL": drained.url, "REDIS_URL": drained.settings.queue.redis_url}
     done = subprocess.run(
         [sys.executable, "-m", "ledger", "audit", "runs", "--json"],
         cwd=ROOT,
@@ -501,3 +527,26 @@ def test_orphan_search_by_run_agrees_with_the_exact_view(database_url: str):
     assert [r["request_id"] for r in exact] == ["b", "b", "d"]
     assert fast == exact
     assert health["orphaned_attempts"] == 3
+
+
+def test_health_counts_orphaned_attempts_up_to_a_cap_after_a_crash_storm(database_url: str):
+    """Thousands of orphans cost refresh_health what the first hundred do; more than none degrades."""
+    storm = [uuid.uuid4() for _ in range(30)]  # 30 runs died, 100 attempts in flight each
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute(
+            "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, occurred_at) "
+            "SELECT 'storm-' || r || '-' || i, (%s::uuid[])[r], 'player', '#2PP', 'attempted', "
+            "       now() - make_interval(mins => 50 - r) "
+            "FROM generate_series(1, 30) r, generate_series(1, 100) i",
+            ([str(run) for run in storm],),
+        )
+        every = conn.execute("SELECT count(*) AS n FROM refresh_orphaned_attempts").fetchone()["n"]
+        health = conn.execute("SELECT orphaned_attempts FROM refresh_health").fetchone()
+    assert every == 3000
+    assert health["orphaned_attempts"] == ORPHANS_COUNTED
+    status, reasons = assess(plain_stats(health), QueueState(0, 0, None, False), now=time.time())
+    assert status == DEGRADED and f"{ORPHANS_COUNTED} or more orphaned attempts" in reasons[0]
+
+
+def plain_stats(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in row.items()}

@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 
 from coclib.aws_secrets import resolve_references
 from coclib.errors import ConfigError
-from coclib.settings import QueueSettings, Settings, secret_references
+from coclib.settings import QueueSettings, Settings
 from coclib.testing.lambda_context import rest_event, scheduled_event
 from tests.helpers import push
 from tests.test_handler import cold_invoker
@@ -191,9 +191,9 @@ def test_secrets_manager_and_secure_string_values_become_the_settings(aws):
 
     settings = Settings.from_env(env, resolve=resolve_references)
 
-    assert settings.database_url == "postgresql://app:pw@db:5432/coc"
-    assert settings.coc_password == password
-    assert settings.coc_api_tokens == tuple(api_tokens.split(","))
+    assert settings.database.database_url == "postgresql://app:pw@db:5432/coc"
+    assert settings.api.coc_password == password
+    assert settings.api.coc_api_tokens == tuple(api_tokens.split(","))
     assert {password, "pw", *api_tokens.split(",")} <= set(settings.secrets())  # redacted everywhere
     assert password not in repr(settings)
 
@@ -209,7 +209,7 @@ def test_a_redis_url_by_secret_or_secure_string_becomes_the_setting(aws, store):
 
     settings = Settings.from_env(env, resolve=resolve_references)
 
-    assert settings.redis_url == url
+    assert settings.queue.redis_url == url
     assert urlsplit(url).password in settings.secrets()  # redacted everywhere
     assert urlsplit(url).password not in repr(settings)
     # A producer's settings (Redis alone) read it the same way.
@@ -220,7 +220,10 @@ def test_a_secret_in_another_region_is_read_there(aws):
     arn = put_secret(aws, "coc/database-url", "postgresql://app@db:5432/coc", region="us-east-2")
     assert ":us-east-2:" in arn
     env = {**BASE, "DATABASE_URL": "", "DATABASE_URL_SECRET_ARN": arn}
-    assert Settings.from_env(env, resolve=resolve_references).database_url == "postgresql://app@db:5432/coc"
+    assert (
+        Settings.from_env(env, resolve=resolve_references).database.database_url
+        == "postgresql://app@db:5432/coc"
+    )
 
 
 @pytest.mark.parametrize(
@@ -289,7 +292,7 @@ ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:coc/db-AbCdEf"
 )
 def test_bad_references_are_named(changes, variable, message):
     with pytest.raises(ConfigError) as caught:
-        secret_references({**BASE, **changes})
+        Settings.references({**BASE, **changes})
     assert caught.value.variable == variable and message in str(caught.value)
 
 
@@ -315,7 +318,7 @@ def test_without_a_resolver_a_reference_is_a_configuration_error():
 
 
 def test_references_carry_the_region_of_their_arn():
-    refs = secret_references(
+    refs = Settings.references(
         {
             **BASE,
             "DATABASE_URL": "",

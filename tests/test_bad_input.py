@@ -33,7 +33,7 @@ def req(request_id: str, tag: str, kind: str = "player") -> RefreshRequest:
 
 
 def keys_of(settings) -> QueueKeys:
-    return QueueKeys(settings.refresh_queue_key)
+    return QueueKeys(settings.queue.refresh_queue_key)
 
 
 def fetched_ids(database_url: str) -> set[str]:
@@ -405,7 +405,7 @@ def test_html_pages_for_many_requests_in_a_row_open_the_circuit_and_fail_nothing
 
     summary = drain(settings, policy=DrainPolicy(checks=True, transient_streak=3, retry_backoff=0.01))
 
-    assert summary.stopped == "circuit_open" and summary.cause == "upstream"
+    assert summary.stopped == "circuit_open" and summary.cause == "api_down"
     assert "failed" not in {r["outcome"] for r in ledger(database_url)}
     assert queue_items(redis_client, settings) == before
 

@@ -93,7 +93,7 @@ def test_sigkilled_drains_lose_nothing_and_settle_everything_once(
     env = {**worker_env, "REFRESH_QUEUE_KEY": queue_key, "LOG_LEVEL": "WARNING"}
     settings = Settings.from_env(env)
     keys = QueueKeys(queue_key)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.queue.redis_url)
     simulator.latency = (0.05, 0.25)
 
     factory = RequestFactory()

@@ -160,7 +160,7 @@ def test_many_server_errors_in_a_row_open_the_circuit_and_fail_nothing(
 
     summary = drain(settings, policy=DrainPolicy(checks=True, transient_streak=3, retry_backoff=0.05))
 
-    assert summary.stopped == "circuit_open" and summary.cause.startswith("upstream")
+    assert summary.stopped == "circuit_open" and summary.cause == "api_down"
     assert "failed" not in {r["outcome"] for r in ledger(database_url)}
     assert queue_items(redis_client, settings) == before
 
@@ -191,7 +191,7 @@ def test_a_drain_never_exceeds_the_rate_limit(settings, redis_client, simulator)
 
     async def go() -> RecordingLimiter:
         worker = Worker(settings, policy=DrainPolicy(checks=True))
-        worker.limiter = RecordingLimiter(settings.coc_reqs_per_sec)  # before the API client binds to it
+        worker.limiter = RecordingLimiter(settings.api.coc_reqs_per_sec)  # before the API client binds to it
         try:
             await worker.drain(30)
         finally:
@@ -209,7 +209,7 @@ def test_a_drain_never_exceeds_the_rate_limit(settings, redis_client, simulator)
 def test_lease_held_touches_nothing(settings, redis_client, simulator):
     from coclib.keys import QueueKeys
 
-    redis_client.set(QueueKeys(settings.refresh_queue_key).lease, "someone-else", px=10_000)
+    redis_client.set(QueueKeys(settings.queue.refresh_queue_key).lease, "someone-else", px=10_000)
     push(redis_client, settings, req(1))
 
     summary = drain(settings)

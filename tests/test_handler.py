@@ -24,6 +24,7 @@ from coclib.queue import RefreshRequest
 from coclib.settings import VARIABLES
 from coclib.testing.lambda_context import (
     LambdaContext,
+    alb_event,
     http_api_event,
     rest_event,
     scheduled_event,
@@ -325,7 +326,7 @@ def test_post_refresh_rejects_a_bad_body_with_400_and_drains_nothing(
 def test_post_refresh_while_another_drain_holds_the_lease_is_200_lease_held(
     invoke, settings, redis_client, simulator
 ):
-    redis_client.set(QueueKeys(settings.refresh_queue_key).lease, "another-drain", px=30_000)
+    redis_client.set(QueueKeys(settings.queue.refresh_queue_key).lease, "another-drain", px=30_000)
     push(redis_client, settings, req(1))
     before = queue_items(redis_client, settings)
 
@@ -334,7 +335,7 @@ def test_post_refresh_while_another_drain_holds_the_lease_is_200_lease_held(
     assert response["statusCode"] == 200
     assert body(response)["stopped"] == "lease_held"
     assert queue_items(redis_client, settings) == before and simulator.calls == []
-    assert redis_client.get(QueueKeys(settings.refresh_queue_key).lease) == b"another-drain"
+    assert redis_client.get(QueueKeys(settings.queue.refresh_queue_key).lease) == b"another-drain"
 
 
 @pytest.mark.parametrize(
@@ -404,6 +405,7 @@ EC2_STATE_CHANGE = {
         (SQS_EVENT, "unrecognised event"),
         (EC2_STATE_CHANGE, "unrecognised event"),
         (http_api_event("GET", "/health"), "payload 2.0"),
+        (alb_event("GET", "/health"), "Application Load Balancer"),
         ({"action": "explode"}, "unknown action 'explode'"),
         ({"action": "drain", "max_requests": 0}, "positive integer"),
         ({"action": "drain", "seconds": 5}, "unknown field"),
@@ -417,7 +419,10 @@ def test_unknown_events_get_an_error_object_and_never_drain(
 
     answer = invoke(event)
 
-    assert message in answer["error"]
+    # HTTP shapes other than REST (2.0, ALB) are answered in their own shape: a 400 with the error.
+    said = orjson.loads(answer["body"])["error"] if "statusCode" in answer else answer["error"]
+    assert message in said
+    assert answer.get("statusCode", 400) == 400
     assert redis_state(redis_client) == before
     assert ledger(database_url) == [] and simulator.calls == []
 

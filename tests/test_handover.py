@@ -105,7 +105,9 @@ def test_a_scheduled_drain_takes_over_from_a_running_one(settings, redis_client,
     assert second.took_over_from == first.run_id and second.stopped == "deadline"
     assert not first.handover_failed
     check_the_seam(database_url, simulator, first, second)
-    world = read_world(database_url, redis_client, QueueKeys(settings.refresh_queue_key), simulator.calls)
+    world = read_world(
+        database_url, redis_client, QueueKeys(settings.queue.refresh_queue_key), simulator.calls
+    )
     check_nothing_lost_or_repeated(world, ids, before)
     # What the first run took and did not call went back to the head, with its hand-over row.
     closing = {(r["outcome"], r["reason"]) for r in run_rows(world, first.run_id)}
@@ -138,7 +140,7 @@ def test_only_a_scheduled_drain_takes_over_and_only_from_a_scheduled_one(
     """An operator's drain or POST /refresh never preempts, and is never preempted."""
     simulator.latency = (0.05, 0.1)
     backlog(redis_client, settings, BACKLOG)
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
 
     async def go() -> tuple[RunSummary, RunSummary, bool]:
         first, second = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
@@ -164,7 +166,7 @@ def test_a_second_successor_returns_at_once(settings, redis_client, database_url
     simulator.latency = (0.05, 0.1)
     ids = backlog(redis_client, settings, BACKLOG)
     before = queue_items(redis_client, settings)
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
 
     async def go() -> tuple[RunSummary, RunSummary, bool]:
         first, third = Worker(settings, policy=POLICY), Worker(settings, policy=POLICY)
@@ -215,7 +217,7 @@ def test_a_successor_killed_after_announcing_itself_stalls_nothing(
     simulator.latency = (0.05, 0.1)
     ids = backlog(redis_client, settings, BACKLOG)
     before = queue_items(redis_client, settings)
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     env = {**os.environ, **worker_env, "PYTHONPATH": ROOT}
 
     async def go() -> RunSummary:
@@ -264,7 +266,7 @@ class _CancelTurnedIntoError(aioredis.Redis):
 
 
 def test_the_lease_is_given_up_even_when_the_client_swallows_the_renewers_cancellation(redis_url, settings):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
 
     async def go() -> bool:
         client = _CancelTurnedIntoError.from_url(redis_url)
@@ -288,7 +290,7 @@ def test_the_lease_is_given_up_even_when_the_client_swallows_the_renewers_cancel
 def test_a_cancelled_drain_gives_its_lease_up(settings, redis_client, database_url, simulator):
     simulator.latency = (0.05, 0.1)
     backlog(redis_client, settings, BACKLOG)
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
 
     async def go() -> None:
         worker = Worker(settings, policy=POLICY)

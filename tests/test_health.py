@@ -306,7 +306,7 @@ def test_degraded_when_nothing_is_fetched_for_ten_minutes_while_requests_wait(
     push(redis_client, settings, req("fresh", enqueued_at=time.time() - 5))
     assert body(invoke(rest_event("GET", "/health")))["status"] == "healthy"  # it only just arrived
 
-    redis_client.delete(QueueKeys(settings.refresh_queue_key).queue)
+    redis_client.delete(QueueKeys(settings.queue.refresh_queue_key).queue)
     enqueued_at = time.time() - 15 * 60
     push(redis_client, settings, req("waiting", enqueued_at=enqueued_at))
     before = time.time()
@@ -438,7 +438,7 @@ def test_unhealthy_when_the_ledger_view_is_missing(invoke, worker_env, empty_dat
 def test_health_takes_no_lease_and_leaves_redis_exactly_as_it_was(
     invoke, settings, redis_client, monkeypatch
 ):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     enqueued_at = time.time() - 90
     push(redis_client, settings, req(1, enqueued_at=enqueued_at), req(2, tag="#2PQ"), b"not json")
     redis_client.rpush(keys.inflight, b'{"id": "x", "kind": "player", "tag": "#2PP"}')
@@ -477,7 +477,7 @@ def test_health_takes_no_lease_and_leaves_redis_exactly_as_it_was(
 
 
 def test_health_during_a_drain_reports_it_and_leaves_the_lease_alone(invoke, settings, redis_client):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     redis_client.set(keys.lease, b"a-running-drain", px=30_000)
 
     health = body(invoke(rest_event("GET", "/health")))

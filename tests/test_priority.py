@@ -30,7 +30,7 @@ def requests(prefix: str, n: int) -> list[RefreshRequest]:
 
 
 def push_priority(client: redis.Redis, settings, *items: RefreshRequest | bytes) -> None:
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     client.rpush(keys.priority, *[i if isinstance(i, bytes) else encode(i) for i in items])
 
 
@@ -66,7 +66,7 @@ def test_priority_requests_overtake_the_backlog_each_lane_in_order(
     order = first_attempts(database_url)
     assert order[:5] == [r.id for r in urgent]  # the priority lane first, in its order
     assert [r for r in order if r.startswith("q")] == [r.id for r in backlog]
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     assert redis_client.llen(keys.priority) == redis_client.llen(keys.inflight) == 0
 
 
@@ -109,7 +109,7 @@ def test_recovery_returns_each_item_to_its_own_lane_and_the_priority_lane_goes_f
         *requests("q", 1),
         RefreshRequest("p2", "clan", fresh_tag()),
     )
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     redis_client.rpush(keys.inflight, PRIORITY_MARK + encode(p1), encode(q1), PRIORITY_MARK + encode(p2))
     push(redis_client, settings, *requests("q", 3)[1:])
 
@@ -152,7 +152,7 @@ def test_lane_share_keeps_each_lanes_order_and_the_queues_tenth(lanes, groups):
 def test_a_lingering_run_picks_up_a_request_pushed_after_the_lanes_ran_dry_and_still_hands_over(
     settings, redis_client, database_url, simulator
 ):
-    keys = QueueKeys(settings.refresh_queue_key)
+    keys = QueueKeys(settings.queue.refresh_queue_key)
     push(redis_client, settings, RefreshRequest("first", "player", fresh_tag(), 1.0))
     policy = DrainPolicy(checks=True, linger=600.0)
 
@@ -178,7 +178,7 @@ def test_a_lingering_run_picks_up_a_request_pushed_after_the_lanes_ran_dry_and_s
             await until(settled("first"))
             await until(lanes_dry)
             # The lanes are dry and the run has nothing to do. A user presses "refresh".
-            with redis.Redis.from_url(settings.redis_url) as producer:
+            with redis.Redis.from_url(settings.queue.redis_url) as producer:
                 urgent = enqueue(producer, "clan", fresh_tag(), keys=keys, priority=True)
             await until(lambda: settled(urgent)() or running.done())
             still_running = not running.done()

@@ -47,7 +47,7 @@ def test_recovery_keeps_settled_items_settled_when_redis_refuses_the_ack(
     # A run died between committing these and acknowledging them: back in the in-flight list,
     # with five requests it had taken and never attempted.
     fresh = _requests(5)
-    inflight = QueueKeys(settings.refresh_queue_key).inflight
+    inflight = QueueKeys(settings.queue.refresh_queue_key).inflight
     redis_client.rpush(inflight, *[encode(r) for r in settled + fresh])
 
     async def run_a():

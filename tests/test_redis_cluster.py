@@ -99,7 +99,7 @@ def test_a_plain_client_gets_moved_where_ours_follows(redis_cluster, queue_key):
     assert_moved(refused.value)
 
     settings = Settings.from_env(base_env(redis_cluster.url(elsewhere), queue_key))
-    with sync_client(settings) as client:
+    with sync_client(settings.queue) as client:
         assert is_cluster(client)
         assert enqueue(client, "player", "#2PP", keys=keys)
     with redis_cluster.client() as check:
@@ -109,7 +109,7 @@ def test_a_plain_client_gets_moved_where_ours_follows(redis_cluster, queue_key):
 def test_the_override_is_obeyed_both_ways(redis_cluster, queue_key, valkey_server):
     elsewhere = redis_cluster.not_owner(queue_key)
     forced_plain = Settings.from_env(base_env(redis_cluster.url(elsewhere), queue_key, REDIS_CLUSTER="false"))
-    with sync_client(forced_plain) as client:
+    with sync_client(forced_plain.queue) as client:
         assert not is_cluster(client)
         with pytest.raises(redis.exceptions.ResponseError) as refused:
             enqueue(client, "player", "#2PP", keys=QueueKeys(queue_key))
@@ -120,13 +120,13 @@ def test_the_override_is_obeyed_both_ways(redis_cluster, queue_key, valkey_serve
     with pytest.raises(
         ClusterUnavailable, match="Cluster mode is not enabled"
     ):  # redis-py's own exception, as a RedisError
-        sync_client(forced_cluster).llen(queue_key)
+        sync_client(forced_cluster.queue).llen(queue_key)
     with pytest.raises(ClusterUnavailable, match="Cluster mode is not enabled"):
         asyncio.run(_llen(forced_cluster, queue_key))
 
 
 async def _llen(settings: Settings, key: str) -> int:
-    client = await async_client(settings)
+    client = await async_client(settings.queue)
     try:
         return await client.llen(key)
     finally:
@@ -147,7 +147,7 @@ def test_detection_falls_back_to_cluster_info_when_info_is_refused(redis_cluster
 
     async def detect(user: str, password: str) -> bool:
         settings = Settings.from_env(base_env(f"redis://{user}:{password}@127.0.0.1:{port}", queue_key))
-        client = await async_client(settings)
+        client = await async_client(settings.queue)
         try:
             await client.rpush(queue_key, b"x")
             return is_cluster(client)
@@ -172,7 +172,7 @@ def test_a_database_number_is_refused_on_a_cluster_with_the_password_masked(redi
     assert done.stderr.startswith("configuration error: REDIS_URL: names database 3"), done.stderr
     assert "Traceback" not in done.stderr and CLUSTER_PASSWORD not in done.stdout + done.stderr
     with pytest.raises(ConfigError, match="only database 0"):
-        asyncio.run(async_client(Settings.from_env(env)))
+        asyncio.run(async_client(Settings.from_env(env).queue))
 
 
 # -- a node dies mid-run --------------------------------------------------------------------

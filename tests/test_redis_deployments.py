@@ -227,7 +227,7 @@ def test_one_drain_at_a_time_through_the_lease(deployment, worker_env, database_
     deployment.check.rpush(deployment.keys.queue, encode(RefreshRequest("r1", "player", "#2PP")))
 
     async def hold_lease_and_drain() -> tuple[str, bool, bool]:
-        client = await async_client(settings)
+        client = await async_client(settings.queue)
         lease = Lease(client, deployment.keys, owner="an-operators-drain", yields=False)
         try:
             assert await lease.acquire()
@@ -315,7 +315,7 @@ def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_e
     deployment.check.rpush(keys.queue, *[encode(i) for i in items], b"tail")
 
     async def go() -> tuple[list[str], tuple[int, int], list[bool]]:
-        client = await async_client(settings)
+        client = await async_client(settings.queue)
         try:
             queue = RefreshQueue(client, keys)
             taken = await queue.take(5)
@@ -341,7 +341,7 @@ def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_e
     ]
     assert inflight == [] and sizes == (4, 0, 0)
     assert markers == [True, False, False, True, True]  # waiting again: de-duplicated again
-    with sync_client(settings) as producer:
+    with sync_client(settings.queue) as producer:
         assert enqueue(producer, "player", items[0].tag, keys=keys) is None
         assert enqueue(producer, "player", items[1].tag, keys=keys)
 

@@ -17,15 +17,15 @@ BASE = {
 
 def test_defaults():
     s = Settings.from_env(BASE)
-    assert s.coc_reqs_per_sec == 10
-    assert s.coc_api_base_url == "https://api.clashofclans.com/v1"
+    assert s.api.coc_reqs_per_sec == 10
+    assert s.api.coc_api_base_url == "https://api.clashofclans.com/v1"
     assert s.environment == "development" and s.log_level == "INFO"
-    assert s.refresh_queue_key == "{coc:refresh}:queue"
+    assert s.queue.refresh_queue_key == "{coc:refresh}:queue"
     assert s.ledger_retention_days is None
     assert s.drain_linger_seconds == 120
     assert Settings.from_env({**BASE, "DRAIN_LINGER_SECONDS": "0"}).drain_linger_seconds == 0
     assert Settings.from_env({**BASE, "LEDGER_RETENTION_DAYS": "30"}).ledger_retention_days == 30
-    assert not s.has_credentials
+    assert not s.api.has_credentials
 
 
 @pytest.mark.parametrize(
@@ -74,15 +74,15 @@ def test_a_bad_setting_is_one_error_naming_the_variable(changes, variable):
 def test_rate_above_30_is_clamped_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
         s = Settings.from_env({**BASE, "COC_REQS_PER_SEC": "45"})
-    assert s.coc_reqs_per_sec == 30
+    assert s.api.coc_reqs_per_sec == 30
     assert "COC_REQS_PER_SEC" in caplog.text
 
 
 def test_tokens_are_split_and_credentials_required_for_a_drain():
     s = Settings.from_env({**BASE, "COC_API_TOKENS": " tok-a, tok-b ,"})
-    assert s.coc_api_tokens == ("tok-a", "tok-b") and s.has_credentials
+    assert s.api.coc_api_tokens == ("tok-a", "tok-b") and s.api.has_credentials
     with pytest.raises(ConfigError, match="COC_API_TOKENS"):
-        Settings.from_env(BASE).require_credentials()
+        Settings.from_env(BASE).api.require_credentials()
 
 
 def test_repr_masks_every_secret():
@@ -105,7 +105,9 @@ def test_repr_masks_every_secret():
 def test_queue_key_hash_tag_is_kept_by_every_derived_key():
     from coclib.keys import QueueKeys
 
-    keys = QueueKeys(Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "{site-a}:refresh"}).refresh_queue_key)
+    keys = QueueKeys(
+        Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "{site-a}:refresh"}).queue.refresh_queue_key
+    )
     for key in (keys.queue, keys.inflight, keys.lease, keys.dead_letter, keys.pending("player", "#2PP")):
         assert key.startswith("{site-a}")
 
@@ -114,8 +116,8 @@ def test_any_queue_key_is_accepted_and_one_without_a_tag_becomes_the_tag():
     from coclib.keys import QueueKeys
 
     s = Settings.from_env({**BASE, "REFRESH_QUEUE_KEY": "refresh_queue"})
-    assert s.refresh_queue_key == "refresh_queue"
-    keys = QueueKeys(s.refresh_queue_key)
+    assert s.queue.refresh_queue_key == "refresh_queue"
+    keys = QueueKeys(s.queue.refresh_queue_key)
     assert keys.queue == "refresh_queue" and keys.inflight == "{refresh_queue}:inflight"
 
 
@@ -125,11 +127,11 @@ def test_any_queue_key_is_accepted_and_one_without_a_tag_becomes_the_tag():
 )
 def test_redis_cluster_overrides_detection_either_way(raw, expected):
     env = {**BASE, "REDIS_URL": "redis://cache:6379"} | ({} if raw is None else {"REDIS_CLUSTER": raw})
-    assert Settings.from_env(env).redis_cluster is expected
+    assert Settings.from_env(env).queue.redis_cluster is expected
 
 
 def test_a_database_other_than_0_is_fine_until_the_server_is_a_cluster():
-    assert Settings.from_env({**BASE, "REDIS_URL": "redis://cache:6379/3"}).redis_cluster is None
+    assert Settings.from_env({**BASE, "REDIS_URL": "redis://cache:6379/3"}).queue.redis_cluster is None
     assert Settings.from_env({**BASE, "REDIS_URL": "redis://cache:6379/0", "REDIS_CLUSTER": "true"})
     with pytest.raises(ConfigError, match=r"only database 0.*\(/3\) out of the URL"):
         Settings.from_env({**BASE, "REDIS_URL": "redis://:pw-9@cache:6379/3", "REDIS_CLUSTER": "true"})
@@ -139,6 +141,27 @@ def test_ssl_cert_file_is_read_for_rediss_only(tmp_path):
     bundle = tmp_path / "ca.pem"
     bundle.write_text("-----BEGIN CERTIFICATE-----\n")
     tls = Settings.from_env({**BASE, "REDIS_URL": "rediss://cache:6379", "SSL_CERT_FILE": str(bundle)})
-    assert tls.ssl_cert_file == str(bundle)
+    assert tls.queue.ssl_cert_file == str(bundle)
     plain = Settings.from_env({**BASE, "SSL_CERT_FILE": "/nonexistent/ca.pem"})
-    assert plain.ssl_cert_file is None  # not ours to judge when Redis is not on TLS
+    assert plain.queue.ssl_cert_file is None  # not ours to judge when Redis is not on TLS
+
+
+def test_repr_masks_the_password_of_a_key_value_database_url():
+    s = Settings.from_env({**BASE, "DATABASE_URL": "host=db.internal dbname=coc password=kv-s3cr3t"})
+    assert "kv-s3cr3t" in s.secrets()
+    assert "kv-s3cr3t" not in repr(s) and "db.internal" in repr(s)
+
+
+def test_a_group_field_without_a_variable_is_refused_naming_both():
+    """A new setting is an entry in VARIABLES plus a field named after it; a field alone is a
+    mistake, said at import rather than as an AttributeError on first use."""
+    from dataclasses import dataclass
+
+    from coclib.settings import _Group
+
+    @dataclass(frozen=True, repr=False)
+    class Half(_Group):
+        drain_lingr_seconds: float
+
+    with pytest.raises(TypeError, match=r"Half\.drain_lingr_seconds: add DRAIN_LINGR_SECONDS to VARIABLES"):
+        Half.variables()

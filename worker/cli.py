@@ -58,7 +58,7 @@ def environment_help(names: Iterable[str]) -> str:
     """The `environment:` block of a command's --help: each variable it reads, with its default."""
     names = list(names)
     width = max(len(name) for name in names)
-    return "environment:\n" + "\n".join(f"  {name.ljust(width)}  {VARIABLES[name]}" for name in names)
+    return "environment:\n" + "\n".join(f"  {name.ljust(width)}  {VARIABLES[name].help}" for name in names)
 
 
 Command = Callable[[argparse.Namespace, list[str]], int]
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         sub, "drain", _drain,
         "drain the queue once, as the scheduled Lambda does; print the run summary",
         "Drain the queue once, as the scheduled Lambda does, and print the run summary.",
-        environment_help(Settings.VARIABLES),
+        environment_help(Settings.variables()),
     )  # fmt: skip
     drain.add_argument(
         "--seconds",
@@ -103,14 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         sub, "migrate", _migrate,
         "apply pending SQL migrations",
         "Apply pending sql/migrations/NNNN_*.sql (safe to run from several processes at once).",
-        environment_help(DatabaseSettings.VARIABLES),
+        environment_help(DatabaseSettings.variables()),
     )  # fmt: skip
 
     enq = _command(
         sub, "enqueue", _enqueue,
         "queue refresh requests",
         "Queue refresh requests, as a producer does (a tag already waiting is not queued twice).",
-        environment_help(QueueSettings.VARIABLES),
+        environment_help(QueueSettings.variables()),
     )  # fmt: skip
     enq.add_argument("kind", choices=KINDS)
     enq.add_argument("tags", nargs="+", metavar="TAG", help="e.g. '#2PP' (checked before any is queued)")
@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         sub, "serve", _serve,
         "serve the Lambda handler over HTTP, like API Gateway",
         "Serve the Lambda handler over HTTP, like API Gateway (GET /health, POST /refresh).",
-        environment_help(Settings.VARIABLES),
+        environment_help(Settings.variables()),
     )  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="default %(default)s")
     serve.add_argument("--port", type=int, default=8000, help="default %(default)s; 0 picks a free port")

@@ -205,15 +205,15 @@ def run_demo(
         applied = worker.migrate()
         print(f"Migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
-        with sync_client(settings) as client:  # a single node or a cluster, as REDIS_URL says
+        with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
             queued = _enqueue_mix(client, worker.keys, sim, requests)
             # Last of all, a user presses "refresh": the priority lane, taken before the backlog.
             tag = _tag(random.Random(time.time_ns()))
             urgent = enqueue(client, "player", tag, keys=worker.keys, priority=True)
         print(
-            f"Enqueued {queued} refresh requests on {settings.refresh_queue_key}, then a user's refresh "
-            f"of player {tag} on {worker.keys.priority}; "
-            f"draining at {settings.coc_reqs_per_sec:g} requests/s …\n"
+            f"Enqueued {queued} refresh requests on {settings.queue.refresh_queue_key}, then a user's "
+            f"refresh of player {tag} on {worker.keys.priority}; "
+            f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
         )
         return asyncio.run(_drain_and_report(worker, queued + 1, urgent))
     finally:

@@ -200,9 +200,12 @@ class _Run:
         self.drain = drain
         self.scheduled = scheduled
         self.queue = drain.queue
-        self.db = drain.db
         self.policy = policy
+        self.deadline = deadline
         self.soft_deadline = deadline - policy.finish_reserve
+        # Postgres waits no longer than the run may: until the soft deadline while the run takes
+        # work, then (`_finish`) into the reserve kept for the last writes, never past it.
+        self.db = drain.db.bounded(self.soft_deadline)
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
@@ -217,7 +220,7 @@ class _Run:
         self.stopping = Stopping()
         self.books = Books(
             drain.queue,
-            LedgerWriter(drain.db, self.run_id),
+            LedgerWriter(self.db, self.run_id),
             self.stopping,
             run_id=self.summary.run_id,
             counts=self.summary.counts,
@@ -332,10 +335,10 @@ class _Run:
             self.stopping.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
 
     async def _recover(self) -> None:
-        recovered = await recover(self.books, self.db, interrupted_limit=self.policy.interrupted_limit)
+        await recover(
+            self.books, self.db, interrupted_limit=self.policy.interrupted_limit, stats=self.summary.recovered
+        )
         self.last_flush = _now()
-        if recovered is not None:
-            self.summary.recovered = recovered
 
     async def _loop(self) -> None:
         while not self.stopped:
@@ -615,7 +618,7 @@ class _Run:
     def _fetched(self, item: Item, fetched: Fetched) -> None:
         request = item.taken.request
         try:
-            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at)
+            snapshot = snapshot_of(request.kind, request.tag, fetched.data, fetched.fetched_at, fetched.raw)
         except RequestError as exc:
             row = self.books.row(
                 item, Outcome.FAILED, exc.reason, exc.detail, http_status=fetched.http_status
@@ -644,7 +647,7 @@ class _Run:
         if self._api_down():
             self.items.move(item, Stage.UNFINISHED)
             detail = f"{len(self.streak)} requests in a row met {exc.reason}: {exc.detail}"
-            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
         elif item.tries < self.policy.max_tries:
             item.ready_at = _now() + self.policy.retry_backoff * 2 ** (item.tries - 1)
             self.items.move(item, Stage.RETRYING)
@@ -670,7 +673,7 @@ class _Run:
                 self.books.record(item, row)
         if api_down and not self.stopped:
             detail = f"{len(self.streak)} requests in a row failed transiently"
-            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.UPSTREAM, detail)
+            self.stopping.halt(StopCode.CIRCUIT_OPEN, Reason.API_DOWN, detail)
 
     # -- winding down -------------------------------------------------------------------------
 
@@ -684,6 +687,10 @@ class _Run:
         Whatever cannot be done is left for the next run. Raises only for cancellation, and,
         with the checks on, for items no fault explains losing track of (`AccountingError`).
         """
+        # The last writes may use half the reserve; the other half is for Redis (acknowledging,
+        # putting back) and the lease, so that the run returns before its deadline even when
+        # Postgres makes it wait.
+        self.db.deadline = self.deadline - self.policy.finish_reserve / 2
         try:
             calls = [item.call for item in self.items.in_stage(Stage.CALLING)]
             if self.stopping.is_(StopCode.HANDED_OVER):

@@ -7,13 +7,16 @@
 | `{"action": "drain"}`, optional `"max_requests"` | a drain like the scheduled one | run summary |
 | `{"action": "health"}` | health | health body |
 | `{"action": "migrate"}` | apply pending migrations | `{"applied": [...]}` |
-| anything else (unknown action, HTTP API v2, ALB, SQS, `{}`) | nothing | `{"error": "…"}` |
+| HTTP API (payload 2.0), function URL, ALB | nothing | 400 in the event's answer shape, error body |
+| anything else (unknown action, SQS, `{}`) | nothing | `{"error": "…"}` |
 
 A scheduled event has `source` `aws.events` and `detail-type` `Scheduled Event`; a REST proxy
 event has a string `httpMethod` and `path` and a `requestContext` (without `elb`: an ALB event
 looks alike but wants another answer shape).
 
-Nothing but a scheduled event, `POST /refresh` and the drain action ever drains.
+Nothing but a scheduled event, `POST /refresh` and the drain action ever drains. Every event,
+whatever its shape or the types of its fields, gets an answer: an HTTP caller an HTTP status
+(never a 5xx but health's 503), anything else an error object (tests/test_event_fuzz.py).
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def is_rest_proxy(event: Any) -> bool:
     )
 
 
+def is_alb(event: Any) -> bool:
+    """An Application Load Balancer target group event."""
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    return isinstance(context, dict) and "elb" in context
+
+
 def error(message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, **extra}
 
@@ -74,10 +83,29 @@ async def route(actions: Actions, event: Any, context: Any) -> dict[str, Any]:
     if isinstance(event, dict) and "action" in event:
         return await _action(actions, event, context)
     if isinstance(event, dict) and (event.get("version") == "2.0" or "routeKey" in event):
-        return error(
+        # Answered in the 2.0 shape: HTTP API would show a bare object as a 200.
+        message = (
             "API Gateway HTTP API (payload 2.0) and function URL events are not supported: "
             "use a REST API with a Lambda proxy integration"
         )
+        return {
+            "statusCode": 400,
+            "headers": {"Content-Type": "application/json", "Cache-Control": "no-store"},
+            "body": http.dumps(error(message)),
+        }
+    if is_alb(event):
+        # Answered in the ALB's shape: it turns anything else into a 502.
+        message = (
+            "Application Load Balancer events are not supported: "
+            "use a REST API with a Lambda proxy integration"
+        )
+        return {
+            "statusCode": 400,
+            "statusDescription": "400 Bad Request",
+            "headers": {"Content-Type": "application/json", "Cache-Control": "no-store"},
+            "body": http.dumps(error(message)),
+            "isBase64Encoded": False,
+        }
     return error(
         "unrecognised event: expected an EventBridge scheduled event, an API Gateway REST "
         "proxy event or {'action': …}",

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+from redis.exceptions import RedisError
 
 from coclib.db import Database
 from coclib.errors import CocLibError
 from coclib.errortext import describe, first_line
 from coclib.keys import QueueKeys
-from coclib.redis_client import AsyncRedis
+from coclib.redis_client import AsyncRedis, redis_fault
 from ledger.health import UNHEALTHY, HealthRules, QueueState, assess, ledger_stats
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,10 @@ async def _bounded(name: str, probe: Awaitable[T], budget: float) -> tuple[T | N
     exc = task.exception()
     if exc is not None:
         # Our own errors already say what failed; a driver's needs its class to be understood.
-        error = first_line(exc) if isinstance(exc, CocLibError) else describe(exc)
+        if isinstance(exc, RedisError):
+            error = redis_fault(exc)[1]  # with what to fix, when Redis is configured wrong
+        else:
+            error = first_line(exc) if isinstance(exc, CocLibError) else describe(exc)
         return None, {"ok": False, "ms": ms, "error": error}
     return task.result(), {"ok": True, "ms": ms}
 

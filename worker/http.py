@@ -14,12 +14,16 @@ the queue is being drained (by the other run), which is what the caller wanted. 
 meets a dead Postgres or API answers 200 too, with `"stopped": "circuit_open"` and the
 `cause`: the summary is the answer, and GET /health is where outages turn into 503.
 Errors are `{"error": "…"}`.
+
+An event of the REST proxy shape whose fields have impossible types (a `multiValueHeaders`
+that is not an object of lists of strings, a `body` that is not a string, …) is answered 400
+before routing: API Gateway never sends one, but whatever invokes the function gets an answer,
+not a traceback from deep inside the resolver.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import orjson
@@ -36,11 +40,11 @@ ROUTES: dict[str, tuple[str, ...]] = {"/health": ("GET",), "/refresh": ("POST",)
 REFRESH_FIELDS = ("max_requests",)
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-app = APIGatewayRestResolver(debug=False, serializer=_dumps)
+app = APIGatewayRestResolver(debug=False, serializer=dumps)
 
 
 class HttpError(Exception):
@@ -58,7 +62,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(
         status_code=status,
         content_type="application/json",
-        body=_dumps(body),
+        body=dumps(body),
         headers={"Cache-Control": "no-store", **(headers or {})},
     )
 
@@ -73,7 +77,7 @@ def parse_refresh_body(body: str | None, *, base64_encoded: bool = False) -> int
     if base64_encoded and body:
         try:
             body = base64.b64decode(body, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 (UnicodeDecodeError)
             raise HttpError(400, "the body is not valid base64-encoded UTF-8") from None
     if body is None or not body.strip():
         return None
@@ -96,6 +100,45 @@ def parse_refresh_body(body: str | None, *, base64_encoded: bool = False) -> int
         return parse_max_requests(data.get("max_requests"))
     except InvalidInput as exc:
         raise HttpError(400, str(exc)) from None
+
+
+# The REST proxy event's fields that the resolver reads, and the JSON types each may have
+# (null for all of them: API Gateway sends null for an empty map or body).
+_STRING_MAPS = ("headers", "queryStringParameters", "pathParameters", "stageVariables")
+_LIST_MAPS = ("multiValueHeaders", "multiValueQueryStringParameters")
+
+
+def event_problem(event: dict[str, Any]) -> str | None:
+    """What makes a REST-proxy-shaped event impossible to answer as a request, or None."""
+    for name in _STRING_MAPS:
+        value = event.get(name)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            return f"{name!r} must be null or an object of strings"
+    for name in _LIST_MAPS:
+        value = event.get(name)
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in value.values())
+        ):
+            return f"{name!r} must be null or an object of lists of strings"
+    if not isinstance(event.get("body"), str | None):
+        return "'body' must be null or a string"
+    if not isinstance(event.get("isBase64Encoded"), bool | None):
+        return "'isBase64Encoded' must be null or a boolean"
+    return None
+
+
+def proxy_answer(status: int, body: Any) -> dict[str, Any]:
+    """A proxy response built without the resolver, shaped as the resolver shapes its own."""
+    headers = {"Content-Type": ["application/json"], "Cache-Control": ["no-store"]}
+    return {
+        "statusCode": status,
+        "multiValueHeaders": headers,
+        "body": dumps(body),
+        "isBase64Encoded": False,
+    }
 
 
 def _actions() -> Actions:
@@ -141,5 +184,8 @@ async def handle(
     actions: Actions, event: dict[str, Any], context: Any, *, remaining_seconds: float
 ) -> dict[str, Any]:
     """Answer one API Gateway REST proxy event: the proxy response dict."""
+    problem = event_problem(event)
+    if problem is not None:
+        return proxy_answer(400, {"error": f"malformed API Gateway REST proxy event: {problem}"})
     app.append_context(actions=actions, remaining_seconds=remaining_seconds)
     return await app.resolve_async(event, context)

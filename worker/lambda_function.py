@@ -20,7 +20,7 @@ from typing import Any
 
 from coclib.aws_secrets import resolve_references
 from coclib.errors import ConfigError
-from coclib.settings import Settings, secret_references
+from coclib.settings import Settings
 from worker.actions import Actions
 from worker.events import route
 from worker.logs import RedactingFormatter, Redactor, configure_logging, lambda_context_keys
@@ -59,7 +59,7 @@ def _warm() -> _Container:
         formatter = configure_logging(
             settings.log_level, settings.secrets(), static={"environment": settings.environment}
         )
-        references = secret_references()
+        references = Settings.references()
         if references:
             # Where each secret came from (names and ARNs only), for whoever debugs a cold start.
             sources = {r.setting: r.name for r in references}

@@ -26,22 +26,25 @@ from worker.tracker import Stage
 log = logging.getLogger(__name__)
 
 
-async def recover(books: Books, db: Database, *, interrupted_limit: int) -> dict[str, int] | None:
-    """Recover the in-flight list; returns what became of its items (None: nothing to do, or
-    Postgres went away and everything was left for the next run).
+async def recover(books: Books, db: Database, *, interrupted_limit: int, stats: dict[str, int]) -> None:
+    """Recover the in-flight list, counting in `stats` (the run summary's `recovered`) what
+    becomes of its items.
 
     First the summaries of runs that lost Postgres are recorded: they prove those runs lived,
-    so what they left in flight is not counted as interrupted.
+    so what they left in flight is not counted as interrupted. A request to requeue was not
+    attempted by this run: it goes back as it is (UNRECORDED), with no row, whatever happens to
+    the run; a settled one only waits for its acknowledgement (SETTLED). What Redis or Postgres
+    fails to do for either is done by the run's finish, or left in flight for the next run.
     """
     queue = books.queue
     try:
         await record_stashed_summaries(books)
     except DatabaseUnavailable as exc:
         books.stopping.database_fault(exc)
-        return None
+        return
     found = await queue.inflight()
     if not found:
-        return None
+        return
     items = [books.items.add(t, Stage.UNFINISHED) for t in found]
     ids = [t.request_id for t in found]
     try:
@@ -50,37 +53,34 @@ async def recover(books: Books, db: Database, *, interrupted_limit: int) -> dict
     except DatabaseUnavailable as exc:
         books.items.move_all(items, Stage.LEFT)
         books.stopping.database_fault(exc)
-        return None
-    stats: Counter[str] = Counter()
-    requeue = []
+        return
+    counts: Counter[str] = Counter()
     for item in items:
         taken = item.taken
         if taken.request_id in done:
-            # Settled for good: only its acknowledgement is left, and whatever happens to the
-            # run from here on, it gets no other row and is never put back.
             books.items.move(item, Stage.SETTLED)
-            stats["already_settled"] += 1
+            counts["already_settled"] += 1
         elif taken.error is not None:
             books.record(item, books.row(item, Outcome.FAILED, taken.error.reason, taken.error.detail))
-            stats["failed"] += 1
+            counts["failed"] += 1
         elif interrupted.get(taken.request_id, 0) >= interrupted_limit:
             detail = f"interrupted in {interrupted[taken.request_id]} runs"
             books.record(item, books.row(item, Outcome.FAILED, Reason.INTERRUPTED, detail))
-            stats["failed"] += 1
+            counts["failed"] += 1
         else:
-            requeue.append(item)
-            stats["requeued"] += 1
+            books.items.move(item, Stage.UNRECORDED)
+            counts["requeued"] += 1
+    stats.update(counts)
+    log.warning("recovering %d in-flight items from a dead run: %s", len(items), dict(counts))
     await books.flush()
-    if books.stopping.database_lost:  # leave the rest for the next run
-        books.items.move_all(books.items.in_stage(Stage.SETTLED) + requeue, Stage.LEFT)
-        return None
+    if books.stopping.database_lost:
+        return  # the finish puts the requeued back and leaves the settled in flight
     settled = books.items.in_stage(Stage.SETTLED)
-    await queue.ack([i.taken for i in settled])  # a Redis fault leaves them SETTLED, then LEFT
+    await queue.ack([i.taken for i in settled])
     books.items.move_all(settled, Stage.ACKED)
+    requeue = books.items.in_stage(Stage.UNRECORDED)
     await queue.put_back([i.taken for i in requeue])
     books.items.move_all(requeue, Stage.RETURNED)
-    log.warning("recovered %d in-flight items from a dead run: %s", len(items), dict(stats))
-    return dict(stats)
 
 
 async def record_stashed_summaries(books: Books) -> None:

@@ -14,6 +14,7 @@ from coclib.keys import QueueKeys
 from coclib.migrations import migrate
 from coclib.queue import RefreshQueue
 from coclib.ratelimit import RateLimiter
+from coclib.reasons import Reason
 from coclib.redis_client import AsyncRedis, async_client
 from coclib.settings import Settings
 from ledger.health import HealthRules
@@ -56,8 +57,8 @@ class Worker:
 
     def __init__(self, settings: Settings, *, policy: DrainPolicy | None = None) -> None:
         self.settings = settings
-        self.keys = QueueKeys(settings.refresh_queue_key)
-        self.limiter = RateLimiter(settings.coc_reqs_per_sec)
+        self.keys = QueueKeys(settings.queue.refresh_queue_key)
+        self.limiter = RateLimiter(settings.api.coc_reqs_per_sec)
         self.policy = policy or DrainPolicy(linger=settings.drain_linger_seconds)
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()
@@ -67,7 +68,7 @@ class Worker:
 
     async def db(self) -> Database:
         if self._db is None:
-            self._db = await Database.open(self.settings.database_url)
+            self._db = await Database.open(self.settings.database.database_url)
         return self._db
 
     async def redis(self) -> AsyncRedis:
@@ -78,15 +79,15 @@ class Worker:
         """The worker's side of the refresh queue, on the Redis client."""
         async with self._redis_lock:
             if self._queue is None:
-                self._queue = RefreshQueue(await async_client(self.settings), self.keys)
+                self._queue = RefreshQueue(await async_client(self.settings.queue), self.keys)
             return self._queue
 
     async def api(self) -> CocApi:
         """The API client, logged in once and reused (coc.py keeps its keys)."""
         async with self._api_lock:
             if self._api is None:
-                self.settings.require_credentials()
-                s = self.settings
+                self.settings.api.require_credentials()
+                s = self.settings.api
                 self._api = await CocApi.connect(
                     base_url=s.coc_api_base_url,
                     limiter=self.limiter,
@@ -97,17 +98,9 @@ class Worker:
                 )
             return self._api
 
-    async def drain(
-        self,
-        seconds: float,
-        *,
-        policy: DrainPolicy | None = None,
-        scheduled: bool = False,
-        on_progress=None,
-    ) -> RunSummary:
-        """A drain that returns within `seconds` (retention applied after it, as in `run`)."""
-        report = await self.run(seconds, policy=policy, scheduled=scheduled, on_progress=on_progress)
-        return report.summary
+    async def drain(self, seconds: float, **options: Any) -> RunSummary:
+        """`run(seconds, **options)`, and only its run summary (retention still follows the drain)."""
+        return (await self.run(seconds, **options)).summary
 
     async def run(
         self,
@@ -119,7 +112,7 @@ class Worker:
     ) -> RunReport:
         """A drain that returns within `seconds` (a `scheduled` one takes over and hands over),
         then ledger retention (`LEDGER_RETENTION_DAYS`) and the ledger's size."""
-        self.settings.require_credentials()
+        self.settings.api.require_credentials()
         drain = Drain(
             queue=await self.queue(),
             db=await self.db(),
@@ -128,17 +121,24 @@ class Worker:
             policy=self.policy,
             on_progress=on_progress,
         )
-        summary = await drain.run(time.monotonic() + seconds, policy=policy, scheduled=scheduled)
+        deadline = time.monotonic() + seconds
+        summary = await drain.run(deadline, policy=policy, scheduled=scheduled)
         days = self.settings.ledger_retention_days
         if summary.stopped is StopCode.LEASE_HELD:
             # Another run is draining and does the housekeeping; this one did nothing.
             return RunReport(summary, days)
+        if summary.cause == Reason.DATABASE_UNAVAILABLE:
+            # Postgres failed the run (down, or a table locked past the run's time): asking it
+            # again now would only wait again. The next run does the housekeeping.
+            log.warning("Postgres failed this run: no retention or ledger size after it")
+            return RunReport(summary, days)
+        db = drain.db.bounded(deadline)  # within the run's time, like everything before it
         dropped = None
         if days is not None:
-            gone = await apply_retention(drain.db, days)  # never raises: the next run tries again
+            gone = await apply_retention(db, days)  # never raises: the next run tries again
             dropped = None if gone is None else [str(part["partition"]) for part in gone]
         # After retention, so the figure is what stays: the CloudWatch dashboard's ledger size.
-        return RunReport(summary, days, dropped, await ledger_size(drain.db))
+        return RunReport(summary, days, dropped, await ledger_size(db))
 
     async def health(
         self, *, rules: HealthRules | None = None, budget: float = PROBE_BUDGET_SECONDS
@@ -147,7 +147,7 @@ class Worker:
         return await check_health(db=self.db, redis=self.redis, keys=self.keys, rules=rules, budget=budget)
 
     def migrate(self) -> list[str]:
-        return migrate(self.settings.database_url)
+        return migrate(self.settings.database.database_url)
 
     async def close(self) -> None:
         if self._api is not None:

@@ -20,9 +20,12 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
+from redis.exceptions import RedisError
+
 from coclib.errors import DatabaseUnavailable
 from coclib.errortext import describe
-from coclib.reasons import Reason
+from coclib.reasons import REDIS_FAULTS, Reason
+from coclib.redis_client import redis_fault
 from coclib.storable import storable_text
 from ledger.outcomes import Outcome
 
@@ -43,8 +46,9 @@ class StopCode(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug: the invocation fails
 
 
-# Causes of a `circuit_open` that mean the run lost its own storage.
-STORAGE_FAULTS = frozenset({Reason.DATABASE_UNAVAILABLE, Reason.REDIS_UNAVAILABLE})
+# Causes of a `circuit_open` that mean the run lost its own storage (Redis down, or refusing
+# because it is configured wrong: `coclib.redis_client.redis_fault`).
+STORAGE_FAULTS = frozenset({Reason.DATABASE_UNAVAILABLE, *REDIS_FAULTS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,7 @@ class Stop:
         """The outcome and reason of the rows that put unfinished requests back."""
         match self.code:
             case StopCode.CIRCUIT_OPEN:
-                return Outcome.DEFERRED, self.cause or Reason.UPSTREAM
+                return Outcome.DEFERRED, self.cause or Reason.API_DOWN
             case StopCode.LEASE_LOST:
                 return Outcome.DEFERRED, Reason.LEASE_LOST
             case StopCode.INTERNAL_ERROR:
@@ -128,9 +132,10 @@ class Stopping:
         self.database_lost = True
         self.halt(StopCode.CIRCUIT_OPEN, exc.reason, exc.detail)
 
-    def redis_fault(self, exc: Exception) -> None:
-        """Redis failed a command (after the client's own quick retries)."""
-        self.halt(StopCode.CIRCUIT_OPEN, Reason.REDIS_UNAVAILABLE, describe(exc))
+    def redis_fault(self, exc: RedisError) -> None:
+        """Redis failed a command (after the client's own quick retries): down, or refusing it
+        for how it is set up (a key of another type, out of memory, a read-only replica)."""
+        self.halt(StopCode.CIRCUIT_OPEN, *redis_fault(exc))
 
     def internal_error(self, exc: BaseException, whose: str = "") -> None:
         """A bug: the run stops, and the invocation fails once the run is wound down."""

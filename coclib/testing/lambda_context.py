@@ -10,7 +10,8 @@ The event builders follow the shapes AWS documents and sends:
   a `schedule_expression` and no custom input, as tofu/schedule.tf configures it);
 * `rest_event()`: an API Gateway REST API Lambda proxy integration event (payload 1.0), as the
   method resources of tofu/api_gateway.tf send it (`resource` is the path, no `{proxy+}`);
-* `http_api_event()`: an HTTP API / function URL event (payload 2.0), which the worker refuses.
+* `http_api_event()`: an HTTP API / function URL event (payload 2.0), which the worker refuses;
+* `alb_event()`: an Application Load Balancer target group event, which it refuses too.
 """
 
 from __future__ import annotations
@@ -233,5 +234,23 @@ def http_api_event(method: str, path: str) -> dict[str, Any]:
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "timeEpoch": int(now.timestamp() * 1000),
         },
+        "isBase64Encoded": False,
+    }
+
+
+def alb_event(method: str, path: str, *, body: str | None = None) -> dict[str, Any]:
+    """An Application Load Balancer event (a Lambda target group, multi-value headers off)."""
+    group = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/coc/6d0ecf831eec9f09"
+    return {
+        "requestContext": {"elb": {"targetGroupArn": group}},
+        "httpMethod": method,
+        "path": path,
+        "queryStringParameters": {},
+        "headers": {
+            "accept": "*/*",
+            "host": "coc-123.eu-west-1.elb.amazonaws.com",
+            "user-agent": "curl/8.5.0",
+        },
+        "body": body or "",
         "isBase64Encoded": False,
     }

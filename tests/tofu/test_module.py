@@ -694,7 +694,7 @@ def test_each_secret_setting_has_a_secret_arn_and_a_parameter_input_that_become_
             body = mod.variables[name]
             assert body["default"] is None and body["type"] == "string"
             assert body.get("sensitive") is not True, f"{name} is a name, not a secret"
-        # The worker's variable names (coclib.settings.secret_references) from the inputs.
+        # The worker's variable names (coclib.references.secret_references) from the inputs.
         assert f"{setting.upper()}_SECRET_ARN = var.{arn}" in refs
         assert f"{setting.upper()}_PARAMETER = var.{param}" in refs
         # A full secret ARN (with AWS's 6-character suffix), so that IAM matches it exactly.

@@ -87,7 +87,29 @@ def _units(rng: random.Random, units: list[dict[str, Any]], growth: float) -> li
     ]
 
 
-def _player(seed: int, tag: str) -> dict[str, Any]:
+def _more_achievements(rng: random.Random, template: list[dict[str, Any]], room: int) -> list[dict]:
+    """Achievements shaped like the template's, about `room` bytes of them: a player with a long
+    history (real bodies run 25-35 KB, most of it achievements and units)."""
+    extra: list[dict[str, Any]] = []
+    n = 0
+    while room > 0:
+        base = template[n % len(template)]
+        n += 1
+        target = rng.randint(10, 100_000)
+        value = rng.randint(0, 2 * target)
+        achievement = base | {
+            "name": f"{base['name']} {n // len(template) + 2}",
+            "stars": rng.randint(0, 3),
+            "value": value,
+            "target": target,
+            "completionInfo": f"{base['completionInfo'].split(':')[0]}: {value}",
+        }
+        extra.append(achievement)
+        room -= len(orjson.dumps(achievement)) + 1
+    return extra
+
+
+def _player(seed: int, tag: str, size: int = 0) -> dict[str, Any]:
     t, rng = _template("player"), _rng(seed, "player", tag)
     th = rng.randint(6, 17)
     trophies, builder = rng.randint(400, 5600), rng.randint(200, 5000)
@@ -117,7 +139,7 @@ def _player(seed: int, tag: str) -> dict[str, Any]:
     if in_clan:
         body["clan"] = _clan_identity(seed, _new_tag(rng)) | {"badgeUrls": t["clanBadgeUrls"]}
     growth = th / 17
-    return body | {
+    body |= {
         "leagueTier": t["leagueTier"],
         "builderBaseLeague": t["builderBaseLeague"],
         "achievements": t["achievements"],
@@ -128,6 +150,10 @@ def _player(seed: int, tag: str) -> dict[str, Any]:
         "heroEquipment": _units(rng, t["heroEquipment"], growth),
         "spells": _units(rng, t["spells"], growth),
     }
+    room = size - len(orjson.dumps(body))
+    if room > 0:
+        body["achievements"] = t["achievements"] + _more_achievements(rng, t["achievements"], room)
+    return body
 
 
 def _clan_points(trophies: list[int]) -> int:
@@ -293,10 +319,11 @@ def _war(seed: int, tag: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4096)
-def body_bytes(kind: str, tag: str, seed: int, war_log_public: bool) -> bytes:
-    """The 200 body for `kind` and a valid, normalised `tag`, as sent on the wire."""
+def body_bytes(kind: str, tag: str, seed: int, war_log_public: bool, player_bytes: int = 0) -> bytes:
+    """The 200 body for `kind` and a valid, normalised `tag`, as sent on the wire; a player's
+    grown with more achievements to about `player_bytes` if that is more than it has."""
     if kind == "player":
-        return orjson.dumps(_player(seed, tag))
+        return orjson.dumps(_player(seed, tag, player_bytes))
     if kind == "clan":
         return orjson.dumps(_clan(seed, tag, war_log_public))
     return orjson.dumps(_war(seed, tag))

@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--email", default="dev@example.com")
     parser.add_argument("--password", default="portal-password")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--player-bytes",
+        type=int,
+        default=0,
+        help="grow player bodies to about this many bytes (more achievements, as real players have)",
+    )
     return parser
 
 
@@ -72,5 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         latency=args.latency,
         rate_limit=args.rate_limit,
         seed=args.seed,
+        player_bytes=args.player_bytes,
     )
     asyncio.run(_serve(simulator, args.host, args.port))

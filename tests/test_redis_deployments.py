@@ -354,13 +354,13 @@ def test_both_lanes_keep_their_order_and_their_items_on_it(deployment, worker_en
     keys = deployment.keys
     plain = [RefreshRequest(f"q{i}", "player", tag) for i, tag in enumerate(TAGS[:3])]
     deployment.check.rpush(keys.queue, *[encode(i) for i in plain])
-    with sync_client(settings) as producer:
+    with sync_client(settings.queue) as producer:
         urgent = [enqueue(producer, "clan", tag, keys=keys, priority=True) for tag in TAGS[3:6]]
         assert enqueue(producer, "clan", TAGS[3], keys=keys, priority=True) is None  # waiting
         assert enqueue(producer, "clan", TAGS[3], keys=keys) is None  # waits in the priority lane
 
     async def go() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        client = await async_client(settings)
+        client = await async_client(settings.queue)
         try:
             queue = RefreshQueue(client, keys)
             taken = await queue.take(2, priority=2)

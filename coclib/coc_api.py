@@ -75,6 +75,7 @@ class _CallState:
         "cache_control",
         "depth",
         "last_timed_out",
+        "priority",
         "relogins",
         "scope",
         "sends",
@@ -82,7 +83,8 @@ class _CallState:
         "timeout",
     )
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, priority: bool = False) -> None:
+        self.priority = priority  # passes plain calls waiting in the rate limiter
         self.body: bytes | None = None  # the last JSON body read, as bytes
         self.cache_control: str | None = None  # …and its response's freshness headers
         self.ages: list[str] = []
@@ -127,7 +129,7 @@ def throttler_for(limiter: RateLimiter) -> type[coc.BasicThrottler]:
                         raise _ReloginFailed()
                 state.sends += 1
                 state.depth += 1
-            await limiter.acquire()
+            await limiter.acquire(priority=state is not None and state.priority)
             if state is not None and state.scope is not None:
                 state.sent_at = time.monotonic()
                 # The call's own timeout starts now: waiting for the limiter is not the API's
@@ -270,16 +272,19 @@ class CocApi:
     async def close(self) -> None:
         await _close_quietly(self.client)
 
-    async def fetch(self, kind: str, tag: str, *, timeout: float, within: float | None = None) -> Fetched:
+    async def fetch(
+        self, kind: str, tag: str, *, timeout: float, within: float | None = None, priority: bool = False
+    ) -> Fetched:
         """One API call: at most `timeout` seconds once the rate limiter lets it go, and
         everything (the wait for the limiter included) within `within` seconds if given.
+        A `priority` call is let go by the limiter before plain ones.
 
         Raises `RequestError` (this request is bad: 404, private war log, 400),
         `TransientError` (timeout, 5xx: may pass) or `SystemicError` (maintenance,
         credentials, throttling: the circuit should open).
         """
         loop = asyncio.get_running_loop()
-        state = _CallState(timeout)
+        state = _CallState(timeout, priority)
         token = _call.set(state)
         try:
             async with asyncio.timeout(None if within is None else loop.time() + within) as state.scope:

@@ -79,6 +79,11 @@ class QueueKeys:
         return ":".join((self._stem, *parts))
 
     @property
+    def priority(self) -> str:
+        """The priority lane: requests someone is waiting for, taken before the queue's."""
+        return self.derived("priority")
+
+    @property
     def inflight(self) -> str:
         """Items taken by a drain and not yet acknowledged (LMOVE target)."""
         return self.derived("inflight")
@@ -111,6 +116,10 @@ class QueueKeys:
     def pending(self, kind: str, tag: str) -> str:
         """De-duplication marker: a request for this kind and tag is waiting in the queue."""
         return self.derived("pending", kind, tag)
+
+    def pending_priority(self, kind: str, tag: str) -> str:
+        """De-duplication marker: a request for this kind and tag is waiting in the priority lane."""
+        return self.derived("pending", "priority", kind, tag)
 
     def derived_keys(self) -> dict[str, str]:
         """Every fixed key of the family by property name, the queue included (for slot checks)."""

@@ -5,13 +5,28 @@ in-flight list, acknowledges them after the ledger commit, and puts unfinished o
 back at the head in their original order. An item in the in-flight list therefore
 always belongs to a running drain or to one that died: nothing taken is ever lost.
 
-De-duplication: `enqueue()` sets a marker key per kind and tag (SET NX with a TTL)
+Two lanes: the queue (`REFRESH_QUEUE_KEY`, the background sweep) and the priority lane
+(`QueueKeys.priority`, requests someone is waiting for), each FIFO, same item format. The
+worker takes from the priority lane first (the drain keeps the queue's share: see
+`worker.lanes`). Both lanes share the one in-flight list, where an item taken from the
+priority lane is held as `PRIORITY_MARK` + its bytes: crash recovery reads the lane back
+from it, and put-back returns every item to the head of its own lane. 0xFF never occurs in
+UTF-8, so no well-formed item starts with the mark, and in-flight lists written before the
+lanes existed read back as queue items. (A malformed item that happens to start with the
+mark is recovered as a malformed priority item: `failed` all the same.)
+
+De-duplication: `enqueue()` sets a marker key per lane, kind and tag (SET NX with a TTL)
 and pushes only when it was not already set, so a request for a kind and tag that is
-already waiting is not queued twice. The worker deletes the markers of what it takes,
-so a request made while an older one is being fetched is queued again (the fetch in
-flight may predate whatever the caller wants to see). The TTL bounds the damage of
-a marker whose item vanished (say, a flushed queue): at worst that kind and tag
-cannot be enqueued for `dedupe_ttl` seconds.
+already waiting is not queued twice. A request for the queue is also dropped while one waits
+in the priority lane (that one comes sooner). A priority request for a kind and tag that waits
+in the queue is queued in the priority lane all the same, and the queue's copy stays where it
+is: moving it would mean finding it, an O(N) scan of a list of tens of thousands inside Redis's
+one thread, for every press of "refresh". The copy costs little when its turn comes: the
+freshness gate settles it `skipped-fresh` without a call. The worker deletes the markers of
+what it takes, so a request made while an older one is being fetched is queued again (the
+fetch in flight may predate whatever the caller wants to see). The TTL bounds the damage of
+a marker whose item vanished (say, a flushed queue): at worst that kind and tag cannot be
+enqueued for `dedupe_ttl` seconds.
 
 Every operation touches the keys of one `QueueKeys` family, which share a Redis Cluster slot,
 and each that must be atomic is one Lua script (EVAL with every key declared), never a
@@ -30,7 +45,8 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from enum import StrEnum
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
@@ -47,6 +63,8 @@ STASHED_SUMMARIES = 100  # run summaries kept for Postgres's return: a bound on 
 MAX_ITEM_BYTES = 4096
 MAX_ID_CHARS = 128
 DEDUPE_TTL_SECONDS = 3600
+# How an item taken from the priority lane is held in the in-flight list: this, then its bytes.
+PRIORITY_MARK = b"\xffp:"
 # An id is printable text: no control characters (NUL among them) and no lone surrogates.
 _ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 
@@ -67,13 +85,17 @@ local function lists_only(...)
     end
 end
 """
-# KEYS[1] queue, KEYS[2] the pending marker; ARGV[1] item, ARGV[2] marker TTL in seconds.
-# The queue is checked first: a marker set for a push that then failed would refuse the
-# request for an hour.
+# KEYS[1] the lane, KEYS[2] its pending marker, KEYS[3] a marker that also makes the request
+# a duplicate (the priority lane's, for a request to the queue; else the same as KEYS[2]);
+# ARGV[1] item, ARGV[2] marker TTL in seconds. The lane is checked first: a marker set for a
+# push that then failed would refuse the request for an hour.
 _ENQUEUE = (
     _LISTS_ONLY
     + """
 lists_only(KEYS[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    return 0
+end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
     redis.call('RPUSH', KEYS[1], ARGV[1])
     return 1
@@ -87,18 +109,28 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 return 1
 """
-# KEYS[1] queue, KEYS[2] in-flight; ARGV[1] how many. Moves from the head, returns what moved.
+# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane; ARGV[1] how many from the priority
+# lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many in all.
+# Returns {priority items, queue items}, each from the head. A priority item is pushed (marked)
+# to the in-flight list before it leaves its lane.
 _TAKE = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2])
-local taken = {}
+lists_only(KEYS[1], KEYS[2], KEYS[3])
+local urgent, plain = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
+    local item = redis.call('LINDEX', KEYS[3], 0)
+    if not item then break end
+    redis.call('RPUSH', KEYS[2], ARGV[3] .. item)
+    redis.call('LPOP', KEYS[3])
+    urgent[#urgent + 1] = item
+end
+for _ = 1, math.min(tonumber(ARGV[2]), tonumber(ARGV[4]) - #urgent) do
     local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
     if not item then break end
-    taken[#taken + 1] = item
+    plain[#plain + 1] = item
 end
-return taken
+return {urgent, plain}
 """
 )
 # KEYS[1] in-flight; ARGV items. Returns how many were removed.
@@ -124,19 +156,26 @@ end
 return moved
 """
 )
-# KEYS[1] queue, KEYS[2] in-flight, KEYS[3..] pending markers; ARGV[1] marker TTL, then per
-# item, last to first: the item and the KEYS index of its marker (0: none). An item no longer
-# in the in-flight list is not pushed: a retried call or a recovery that got there first
-# must not queue it twice. Returns how many were pushed.
+# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane, KEYS[4..] pending markers; ARGV[1]
+# marker TTL, ARGV[2] the priority mark, then per item, last to first: the item as held in
+# flight, its lane's KEYS index (1 or 3) and the KEYS index of its marker (0: none). A priority
+# item goes back without its mark. An item no longer in the in-flight list is not pushed: a
+# retried call or a recovery that got there first must not queue it twice. Returns how many
+# were pushed.
 _PUT_BACK = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2])
+lists_only(KEYS[1], KEYS[2], KEYS[3])
 local pushed = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
     if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
-        redis.call('LPUSH', KEYS[1], ARGV[i])
-        local marker = tonumber(ARGV[i + 1])
+        local lane = tonumber(ARGV[i + 1])
+        local item = ARGV[i]
+        if lane == 3 then
+            item = string.sub(item, #ARGV[2] + 1)
+        end
+        redis.call('LPUSH', KEYS[lane], item)
+        local marker = tonumber(ARGV[i + 2])
         if marker > 0 then
             redis.call('SET', KEYS[marker], '1', 'NX', 'EX', ARGV[1])
         end
@@ -175,6 +214,21 @@ return results
 )
 
 
+class Lane(StrEnum):
+    """Which list an item came from."""
+
+    QUEUE = "queue"  # REFRESH_QUEUE_KEY: the background sweep
+    PRIORITY = "priority"  # someone is waiting for it
+
+
+class Sizes(NamedTuple):
+    """The lengths of the lists (one round trip)."""
+
+    queued: int  # the queue, `REFRESH_QUEUE_KEY`
+    priority: int  # the priority lane
+    inflight: int  # taken by a drain, or left by one that died
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshRequest:
     """A well-formed refresh request."""
@@ -190,7 +244,7 @@ class Taken:
     """One item as the worker took it: the raw bytes (to acknowledge) and what they mean.
 
     Exactly one of `request` and `error` is set. `seq` is the take order, used to put
-    unfinished items back in their original order.
+    unfinished items back in their original order; `lane` is where it goes back to.
     """
 
     raw: bytes
@@ -198,6 +252,12 @@ class Taken:
     request_id: str
     request: RefreshRequest | None = None
     error: RequestError | None = None
+    lane: Lane = Lane.QUEUE
+
+    @property
+    def held(self) -> bytes:
+        """The item as the in-flight list holds it (what acknowledging removes)."""
+        return PRIORITY_MARK + self.raw if self.lane is Lane.PRIORITY else self.raw
 
 
 def request_id_for(raw: bytes) -> str:
@@ -214,7 +274,7 @@ def encode(request: RefreshRequest) -> bytes:
     return orjson.dumps(item)
 
 
-def parse_item(raw: bytes, seq: int = 0) -> Taken:
+def parse_item(raw: bytes, seq: int = 0, lane: Lane = Lane.QUEUE) -> Taken:
     """Decode one queue item; a malformed one becomes a `Taken` with its `error` set."""
     request_id = request_id_for(raw)
     try:
@@ -222,10 +282,17 @@ def parse_item(raw: bytes, seq: int = 0) -> Taken:
     except RequestError as exc:
         exc.detail = f"{exc.detail}; payload: {excerpt(raw)}"
         found_id = _id_if_any(raw)
-        return Taken(raw, seq, found_id or request_id, error=exc)
+        return Taken(raw, seq, found_id or request_id, error=exc, lane=lane)
     if not request.id:
         request = RefreshRequest(request_id, request.kind, request.tag, request.enqueued_at)
-    return Taken(raw, seq, request.id, request=request)
+    return Taken(raw, seq, request.id, request=request, lane=lane)
+
+
+def parse_held(held: bytes, seq: int = 0) -> Taken:
+    """Decode one entry of the in-flight list, reading its lane from the priority mark."""
+    if held.startswith(PRIORITY_MARK):
+        return parse_item(held[len(PRIORITY_MARK) :], seq, Lane.PRIORITY)
+    return parse_item(held, seq)
 
 
 def _id_if_any(raw: bytes) -> str | None:
@@ -280,9 +347,14 @@ def enqueue(
     tag: str,
     *,
     keys: QueueKeys,
+    priority: bool = False,
     dedupe_ttl: int = DEDUPE_TTL_SECONDS,
 ) -> str | None:
     """Queue a refresh of `kind` and `tag`; return its id, or None if one is already waiting.
+
+    `priority=True` queues it in the priority lane (someone is waiting for it): it is taken
+    before anything in the queue, and is not held back by a request for the same kind and tag
+    waiting there. A request for the queue is dropped while one waits in either lane.
 
     `client` is a plain or a cluster client (`coclib.redis_client.sync_client` picks the
     right one). Raises `InvalidRequestError` or `InvalidTagError` for a bad kind or tag, so
@@ -291,9 +363,13 @@ def enqueue(
     if kind not in KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     request = RefreshRequest(uuid.uuid4().hex, kind, parse_tag(tag), time.time())
-    pushed = client.eval(
-        _ENQUEUE, 2, keys.queue, keys.pending(kind, request.tag), encode(request), dedupe_ttl
-    )
+    if priority:
+        lane = keys.priority
+        marker = also = keys.pending_priority(kind, request.tag)
+    else:
+        lane, marker = keys.queue, keys.pending(kind, request.tag)
+        also = keys.pending_priority(kind, request.tag)
+    pushed = client.eval(_ENQUEUE, 3, lane, marker, also, encode(request), dedupe_ttl)
     return request.id if pushed else None
 
 
@@ -340,53 +416,67 @@ class RefreshQueue:
         self.dedupe_ttl = dedupe_ttl
         self._seq = 0
 
-    async def take(self, n: int) -> list[Taken]:
-        """Move up to `n` items from the head of the queue to the in-flight list."""
-        if n <= 0:
+    async def take(self, n: int, *, priority: int = 0, most: int | None = None) -> list[Taken]:
+        """Move up to `priority` items from the head of the priority lane, then up to `n` from
+        the head of the queue, `most` in all, to the in-flight list (one script). Priority items
+        come first."""
+        n, priority = max(0, n), max(0, priority)
+        most = n + priority if most is None else max(0, most)
+        if not most or (not n and not priority):
             return []
-        raws = await self.redis.eval(_TAKE, 2, self.keys.queue, self.keys.inflight, n)
-        taken = self._parse(raws)
-        markers = [self.keys.pending(t.request.kind, t.request.tag) for t in taken if t.request]
+        keys = self.keys
+        urgent, plain = await self.redis.eval(
+            _TAKE, 3, keys.queue, keys.inflight, keys.priority, min(priority, most), n, PRIORITY_MARK, most
+        )
+        taken = self._parse(urgent, Lane.PRIORITY) + self._parse(plain, Lane.QUEUE)
+        markers = [self._marker(t) for t in taken if t.request]
         if markers:
             await self.redis.delete(*markers)
         return taken
 
+    def _marker(self, taken: Taken) -> str:
+        request = taken.request
+        if taken.lane is Lane.PRIORITY:
+            return self.keys.pending_priority(request.kind, request.tag)
+        return self.keys.pending(request.kind, request.tag)
+
     async def ack(self, items: Iterable[Taken]) -> None:
         """Forget items whose outcome is committed to the ledger."""
-        raws = [item.raw for item in items]
-        if raws:
-            await self.redis.eval(_ACK, 1, self.keys.inflight, *raws)
+        held = [item.held for item in items]
+        if held:
+            await self.redis.eval(_ACK, 1, self.keys.inflight, *held)
 
     async def put_back(self, items: Sequence[Taken]) -> None:
-        """Return unfinished items to the head of the queue, in take order, atomically.
+        """Return unfinished items to the head of their lanes, in take order, atomically.
 
         Only items still in the in-flight list move (so calling it twice is harmless); each
         gets its de-duplication marker back, as if it had never been taken.
         """
         if not items:
             return
-        markers: dict[str, int] = {}  # marker key -> its KEYS index (from 3)
-        argv: list[bytes | str | int] = [self.dedupe_ttl]
-        # LPUSH one by one from the last: the first taken ends up first.
+        markers: dict[str, int] = {}  # marker key -> its KEYS index (from 4)
+        argv: list[bytes | str | int] = [self.dedupe_ttl, PRIORITY_MARK]
+        # LPUSH one by one from the last: the first taken ends up first in its lane.
         for item in sorted(items, key=lambda t: t.seq, reverse=True):
             index = 0
             if item.request:
-                marker = self.keys.pending(item.request.kind, item.request.tag)
-                index = markers.setdefault(marker, len(markers) + 3)
-            argv += [item.raw, index]
+                index = markers.setdefault(self._marker(item), len(markers) + 4)
+            argv += [item.held, 3 if item.lane is Lane.PRIORITY else 1, index]
+        keys = self.keys
         await self.redis.eval(
-            _PUT_BACK, 2 + len(markers), self.keys.queue, self.keys.inflight, *markers, *argv
+            _PUT_BACK, 3 + len(markers), keys.queue, keys.inflight, keys.priority, *markers, *argv
         )
 
     async def dead_letter(self, items: Sequence[Taken]) -> None:
         """Move items from the in-flight list to the dead-letter list, atomically.
 
         As with `put_back`, only items still in the in-flight list move: a repeat moves nothing.
+        They keep their priority mark there: the list is for a person to read, not a lane.
         """
         if not items:
             return
         await self.redis.eval(
-            _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.raw for t in items]
+            _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.held for t in items]
         )
 
     async def stash_summary(self, summary: bytes, *, keep: int = STASHED_SUMMARIES) -> None:
@@ -402,21 +492,26 @@ class RefreshQueue:
         await self.redis.ltrim(self.keys.stashed_summaries, n, -1)
 
     async def inflight(self) -> list[Taken]:
-        """Everything in the in-flight list, parsed (for crash recovery)."""
-        return self._parse(await self.redis.lrange(self.keys.inflight, 0, -1))
+        """Everything in the in-flight list, parsed, each with its lane (for crash recovery)."""
+        found = []
+        for held in await self.redis.lrange(self.keys.inflight, 0, -1):
+            found.append(parse_held(held, self._seq))
+            self._seq += 1
+        return found
 
-    async def sizes(self) -> tuple[int, int]:
-        """(queue length, in-flight length)."""
+    async def sizes(self) -> Sizes:
+        """The lengths of both lanes and the in-flight list."""
         # A pipeline of reads in one slot: one round trip, on a cluster too.
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.llen(self.keys.queue)
+            pipe.llen(self.keys.priority)
             pipe.llen(self.keys.inflight)
-            queued, inflight = await pipe.execute()
-        return queued, inflight
+            queued, priority, inflight = await pipe.execute()
+        return Sizes(queued, priority, inflight)
 
-    def _parse(self, raws: Iterable[bytes]) -> list[Taken]:
+    def _parse(self, raws: Iterable[bytes], lane: Lane) -> list[Taken]:
         taken = []
         for raw in raws:
-            taken.append(parse_item(raw, self._seq))
+            taken.append(parse_item(raw, self._seq, lane))
             self._seq += 1
         return taken

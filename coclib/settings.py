@@ -38,6 +38,11 @@ DEFAULT_API_BASE_URL = "https://api.clashofclans.com/v1"
 DEFAULT_QUEUE_KEY = "{coc:refresh}:queue"
 DEFAULT_REQS_PER_SEC = 10.0
 MAX_REQS_PER_SEC = 30.0
+# A scheduled run lingers this long with both lanes empty: the schedule's period (rate(2
+# minutes)), so one drainer is always there and a request is picked up within about a second.
+# README, "Linger", has what it costs and buys; 0 returns at once, as the seed did.
+DEFAULT_LINGER_SECONDS = 120.0
+MAX_LINGER_SECONDS = 900.0  # Lambda's longest timeout: a run never lingers past its deadline anyway
 ENVIRONMENTS = ("production", "staging", "development")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -141,6 +146,19 @@ def _on_off(name: str, raw: str | None) -> bool:
     return value == "on"
 
 
+def _linger(name: str, raw: str | None) -> float:
+    """Default 120, from 0 to 900 seconds."""
+    if raw is None:
+        return DEFAULT_LINGER_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number of seconds, got {raw!r}") from None
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_LINGER_SECONDS:
+        raise ConfigError(name, f"must be from 0 to {MAX_LINGER_SECONDS:g} seconds, got {raw!r}")
+    return seconds
+
+
 def _days(name: str, raw: str | None) -> int | None:
     if raw is not None and (not raw.isdigit() or int(raw) < 1):
         raise ConfigError(name, "must be a whole number of days, 1 or more")
@@ -202,6 +220,11 @@ VARIABLES: dict[str, Variable] = {
         f"{', '.join(ENVIRONMENTS)} (default development)", _one_of(ENVIRONMENTS, "development", str.lower)
     ),
     "LOG_LEVEL": Variable("log level (default INFO)", _one_of(LOG_LEVELS, "INFO", str.upper)),
+    "DRAIN_LINGER_SECONDS": Variable(
+        f"a scheduled run with both lanes empty waits this long for new requests "
+        f"(default {DEFAULT_LINGER_SECONDS:g}; 0: return at once)",
+        _linger,
+    ),
     "LEDGER_RETENTION_DAYS": Variable(
         "drop ledger partitions older than this many days (default: keep all)", _days
     ),
@@ -389,6 +412,7 @@ class Settings(_Group):
     log_level: str
     ledger_retention_days: int | None
     freshness: bool  # FRESHNESS: the freshness gate (worker.freshness)
+    drain_linger_seconds: float
 
 
 # The settings that may be given by reference (tofu's module offers the same).

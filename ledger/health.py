@@ -71,6 +71,7 @@ class QueueState:
     inflight_size: int
     oldest_queued_age_seconds: float | None
     draining: bool
+    priority_queue_size: int = 0  # the priority lane
 
 
 async def ledger_stats(db: Database, *, timeout: float) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def assess(
                 f"({failed} failed, {fetched} fetched{skipped})"
             )
 
-    if queue.queue_size > 0 and "last_fetched_at" in ledger:
+    waiting = queue.queue_size + queue.priority_queue_size
+    if waiting > 0 and "last_fetched_at" in ledger:
         since_fetch = _age(ledger.get("last_fetched_at"), now)
         stale_fetch = since_fetch is None or since_fetch >= rules.stall_after_seconds
         oldest = queue.oldest_queued_age_seconds
@@ -124,7 +126,7 @@ def assess(
                 if since_fetch is None
                 else (f"nothing fetched for {since_fetch:.0f} s")
             )
-            reasons.append(f"stalled: {last} while {queue.queue_size} requests are queued")
+            reasons.append(f"stalled: {last} while {waiting} requests are queued")
 
     orphans = _int(ledger.get("orphaned_attempts"))
     if orphans is not None and orphans > rules.max_orphaned_attempts:

@@ -161,6 +161,8 @@ def worker_env(database_url: str, redis_url: str, simulator: CocApiSimulator) ->
         "COC_API_TOKENS": TEST_TOKEN,
         "COC_REQS_PER_SEC": "30",
         "LOG_LEVEL": "INFO",
+        # Scheduled runs return when the lanes are empty; tests of linger ask for it.
+        "DRAIN_LINGER_SECONDS": "0",
     }
 
 

@@ -79,6 +79,6 @@ class RecordingLimiter(RateLimiter):
         super().__init__(rate)
         self.starts: list[float] = []
 
-    async def acquire(self) -> None:
-        await super().acquire()
+    async def acquire(self, *, priority: bool = False) -> None:
+        await super().acquire(priority=priority)
         self.starts.append(self._clock())

@@ -25,7 +25,7 @@ import redis
 from psycopg.rows import dict_row
 
 from coclib.keys import QueueKeys
-from coclib.queue import parse_item, request_id_for
+from coclib.queue import PRIORITY_MARK, parse_held, parse_item, request_id_for
 from coclib.testing.simulator import Call, simulated_body
 from coclib.testing.tags import numbered_tag
 from ledger.outcomes import SETTLING, Outcome
@@ -126,6 +126,9 @@ class World:
     snapshots: dict[tuple[str, str], dict[str, Any]]
     summaries: dict[str, dict[str, Any]]
     lease: bytes | None
+    priority: list[bytes] = field(default_factory=list)  # the priority lane
+    # The lane of each in-flight item (`inflight` holds the items themselves, marks removed).
+    inflight_lanes: list[str] = field(default_factory=list)
 
     def rows_of(self, request_id: str) -> list[dict[str, Any]]:
         return self.by_request.get(request_id, [])
@@ -156,11 +159,25 @@ def read_world(database_url: str, client: redis.Redis, keys: QueueKeys, calls: I
         pipe.lrange(keys.queue, 0, -1)
         pipe.lrange(keys.inflight, 0, -1)
         pipe.get(keys.lease)
-        queue, inflight, lease = pipe.execute()
-    return World(rows, queue, inflight, list(calls), snapshots, summaries, lease)
+        pipe.lrange(keys.priority, 0, -1)
+        queue, held, lease, priority = pipe.execute()
+    inflight = [parse_held(h) for h in held]
+    return World(
+        rows,
+        queue,
+        [t.raw for t in inflight],
+        list(calls),
+        snapshots,
+        summaries,
+        lease,
+        priority,
+        [str(t.lane) for t in inflight],
+    )
 
 
 def raw_id(raw: bytes) -> str:
+    if raw.startswith(PRIORITY_MARK):
+        return parse_held(raw).request_id
     return parse_item(raw).request_id
 
 
@@ -187,7 +204,7 @@ def check_conservation(world: World, items: dict[str, Item], *, inflight_allowed
     in the in-flight list only after a run died between its commit and its acknowledgement.
     """
     by_raw = {item.raw: item for item in items.values()}
-    waiting = world.queue + world.inflight
+    waiting = world.queue + world.priority + world.inflight
     dupes = [raw for raw, n in Counter(waiting).items() if n > 1]
     assert not dupes, f"items duplicated in the queue/in-flight lists: {dupes[:3]}"
     unknown = [raw for raw in waiting if raw not in by_raw]
@@ -195,7 +212,7 @@ def check_conservation(world: World, items: dict[str, Item], *, inflight_allowed
     if not inflight_allowed:
         assert world.inflight == [], f"in-flight list not empty after a finished run: {world.inflight[:3]}"
 
-    queued = {by_raw[raw].id for raw in world.queue}
+    queued = {by_raw[raw].id for raw in world.queue + world.priority}
     inflight = {by_raw[raw].id for raw in world.inflight}
     for item in items.values():
         settles = world.settling(item.id)
@@ -381,19 +398,59 @@ def check_outcomes(
     assert not stray, f"snapshots without a fetched request: {sorted(stray)[:3]}"
 
 
-def check_run_order(world: World, run_id: str, expected: Sequence[str]) -> None:
-    """FIFO starts: within a run, first attempts follow the queue's order at the run's start."""
-    position = {request_id: i for i, request_id in enumerate(expected)}
+def first_attempts(world: World, run_id: str) -> list[str]:
+    """The requests a run attempted, in the order of their first attempt in it."""
     firsts: list[str] = []
     seen: set[str] = set()
     for row in world.rows:
         if str(row["run_id"]) == run_id and row["outcome"] == "attempted" and row["request_id"] not in seen:
             seen.add(row["request_id"])
             firsts.append(row["request_id"])
-    missing = [r for r in firsts if r not in position]
+    return firsts
+
+
+def check_run_order(world: World, run_id: str, expected: Sequence[str], *lanes: Sequence[str]) -> None:
+    """FIFO starts: within a run, first attempts follow the queue's order at the run's start.
+
+    With the priority lane's order in `lanes` too, each lane's first attempts follow its own order.
+    """
+    firsts = first_attempts(world, run_id)
+    known = set(expected).union(*lanes)
+    missing = [r for r in firsts if r not in known]
     assert not missing, f"run {run_id} attempted requests that were not queued at its start: {missing}"
-    order = [position[r] for r in firsts]
-    assert order == sorted(order), f"run {run_id} started requests out of queue order: {firsts}"
+    for lane in (expected, *lanes):
+        position = {request_id: i for i, request_id in enumerate(lane)}
+        order = [position[r] for r in firsts if r in position]
+        assert order == sorted(order), f"run {run_id} started requests out of their lane's order: {firsts}"
+
+
+def check_lane_share(world: World, run_id: str, priority: set[str], every: int = 10) -> None:
+    """While the queue has work, it gets at least one call in `every`: in a run's attempts (retries
+    included), no more than `every` - 1 priority attempts in a row come before a first attempt of
+    a queue request."""
+    attempts = [r for r in world.rows if str(r["run_id"]) == run_id and r["outcome"] == "attempted"]
+    firsts = {request_id: None for request_id in first_attempts(world, run_id)}
+    last_queue_first = -1
+    seen: set[str] = set()
+    for k, row in enumerate(attempts):
+        request_id = row["request_id"]
+        if request_id not in priority and request_id not in seen and request_id in firsts:
+            last_queue_first = k
+        seen.add(request_id)
+    stretch = 0
+    for row in attempts[: max(0, last_queue_first)]:
+        stretch = stretch + 1 if row["request_id"] in priority else 0
+        assert stretch < every, f"run {run_id}: {stretch} priority calls in a row while the queue waited"
+
+
+def expected_lanes_after(before: World, after: World) -> tuple[list[bytes], list[bytes]]:
+    """What the queue and the priority lane must hold after a run that started from `before`:
+    each lane as `expected_queue_after` says, the in-flight items going back to their own."""
+    lanes = []
+    for lane, waiting in (("queue", before.queue), ("priority", before.priority)):
+        inflight = [raw for raw, at in zip(before.inflight, before.inflight_lanes, strict=True) if at == lane]
+        lanes.append(expected_queue_after(inflight, waiting, after))
+    return lanes[0], lanes[1]
 
 
 def expected_queue_after(

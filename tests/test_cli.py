@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALL_VARIABLES = {
     "DATABASE_URL", "REDIS_URL", "REFRESH_QUEUE_KEY", "COC_API_TOKENS", "COC_EMAIL", "COC_PASSWORD",
     "COC_API_BASE_URL", "COC_REQS_PER_SEC", "ENVIRONMENT", "LOG_LEVEL", "LEDGER_RETENTION_DAYS",
-    "REDIS_CLUSTER", "SSL_CERT_FILE", "FRESHNESS",
+    "REDIS_CLUSTER", "SSL_CERT_FILE", "FRESHNESS", "DRAIN_LINGER_SECONDS",
 }  # fmt: skip
 # Every variable set to something Settings.from_env refuses, so a command that reads one fails.
 BAD_VALUES = {
@@ -45,6 +45,7 @@ BAD_VALUES = {
     "LOG_LEVEL": "LOUD",
     "LEDGER_RETENTION_DAYS": "-3",
     "FRESHNESS": "sometimes",
+    "DRAIN_LINGER_SECONDS": "forever",
 }
 # What asyncio, aiohttp and Python print when a process exits with things left open.
 UNCLEAN_EXIT = (
@@ -149,6 +150,18 @@ def test_enqueue_reads_only_redis_url_and_the_queue_key(redis_url):
         assert client.llen(DEFAULT_QUEUE_KEY) == 0
     assert [(item["kind"], item["tag"]) for item in queued] == [("player", "#2PP"), ("player", "#8QU8J9LP")]
     assert [line.split(": ")[1] for line in done.stdout.splitlines()] == [item["id"] for item in queued]
+
+
+def test_enqueue_priority_queues_in_the_priority_lane(redis_url):
+    env = {"REDIS_URL": redis_url, "REFRESH_QUEUE_KEY": "{cli-lane}:queue"}
+
+    done = run_cli("enqueue", "--priority", "clan", "#2PP", env=env)
+
+    assert done.returncode == 0, done.stderr
+    with redis.Redis.from_url(redis_url) as client:
+        urgent = [orjson.loads(item) for item in client.lrange("{cli-lane}:queue:priority", 0, -1)]
+        assert client.llen("{cli-lane}:queue") == 0
+    assert [(item["kind"], item["tag"]) for item in urgent] == [("clan", "#2PP")]
 
 
 @pytest.mark.parametrize(
@@ -377,10 +390,12 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         )
 
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"on {scratch};" in done.stdout
+        assert f"on {scratch}," in done.stdout
         assert "Outcomes of this run (refresh_ledger):" in done.stdout
         assert "stopped=queue_empty" in done.stdout
         assert re.search(r"^NOTIFY refresh_done heard by the site: player #\w+ fetched", done.stdout, re.M)
+        # The user's refresh, queued last in the priority lane, went before the backlog.
+        assert "the priority lane overtook the backlog" in done.stdout
         # The worker's queue is untouched; the scratch queue and its in-flight list are drained.
         assert client.lrange(DEFAULT_QUEUE_KEY, 0, -1) == [b"the site's own request"]
         scratch_keys = QueueKeys(scratch)

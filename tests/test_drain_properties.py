@@ -3,9 +3,9 @@
 Each example gets a fresh database (a copy of the session's migrated template), its own
 Redis queue key (its own `{hash tag}`, so no other test's items can mix in) and an empty
 simulator call log. Between steps the machine pushes requests (valid, 404 tags, private
-war logs, malformed payloads), flips faults (latency, tags going missing, maintenance, a
-revoked key, server errors) and runs drains: to completion, with a short deadline,
-cancelled part-way, or against a dead Postgres.
+war logs, malformed payloads) to either lane (the queue or the priority lane), flips faults
+(latency, tags going missing, maintenance, a revoked key, server errors) and runs drains: to
+completion, with a short deadline, cancelled part-way, or against a dead Postgres.
 
 The drains of one example share one `RateLimiter` and one API client, as the runs of a warm
 Lambda container do; each run is a new `Drain.run()` (its own run id and lease).
@@ -20,9 +20,10 @@ After every step (`invariants.py` has the details):
     never for a malformed item; never more than COC_REQS_PER_SEC calls in a 1-second window;
   * outcomes fit the request and the API's answers; snapshots hold the API's body and a
     `fetched_at` between the attempt and the `fetched` row.
-After every drain: the queue is exactly the old in-flight list plus the old queue, minus what
-is now settled (and minus what a cancelled run left in flight), in the same order; first
-attempts in the run follow that order; its summary agrees with the ledger; a maintenance
+After every drain: each lane is exactly the old in-flight list's items of that lane plus the
+old lane, minus what is now settled (and minus what a cancelled run left in flight), in the same
+order; first attempts in the run follow each lane's order; while the queue has work, at most
+nine priority calls in a row pass it; its summary agrees with the ledger; a maintenance
 window, a revoked key and a dead Postgres fail nothing that needed the API (a dead Postgres
 changes nothing at all). At the end of each example every fault is switched off, drains run
 until the queue is empty, and every request must have ended `fetched` or `failed` exactly once.
@@ -63,11 +64,12 @@ from tests.invariants import (
     RequestFactory,
     check_calls,
     check_conservation,
+    check_lane_share,
     check_outcomes,
     check_request_histories,
     check_run_order,
     check_summary,
-    expected_queue_after,
+    expected_lanes_after,
     raw_id,
     read_world,
     run_rows,
@@ -136,6 +138,7 @@ class DrainMachine(RuleBasedStateMachine):
         self.redis = redis.Redis.from_url(self.redis_url)
         self.factory = RequestFactory()
         self.items: dict[str, object] = {}
+        self.priority: set[str] = set()  # ids of the requests pushed to the priority lane
         self.ledger = Ledger()
         self.finished_runs: set[str] = set()
         self.inflight_allowed = False
@@ -221,10 +224,12 @@ class DrainMachine(RuleBasedStateMachine):
     def world(self):
         return read_world(self.db_url, self.redis, self.keys, self.sim.calls)
 
-    def push(self, *items) -> None:
-        self.redis.rpush(self.keys.queue, *[i.raw for i in items])
+    def push(self, *items, priority: bool = False) -> None:
+        self.redis.rpush(self.keys.priority if priority else self.keys.queue, *[i.raw for i in items])
         for item in items:
             self.items[item.id] = item
+            if priority:
+                self.priority.add(item.id)
 
     @property
     def systemic_fault(self) -> bool:
@@ -348,9 +353,13 @@ class DrainMachine(RuleBasedStateMachine):
     def _check_every_step(self, before, after, *, waiting_successor: bool) -> None:
         assert after.lease is None, "the drain left its lease behind"
         assert self.redis.get(self.keys.successor) is None or waiting_successor
-        # The queue afterwards: the old in-flight list and queue, minus what settled, in order.
-        assert after.queue == expected_queue_after(before.inflight, before.queue, after)
-        order = [raw_id(r) for r in [*before.inflight, *before.queue]]
+        # Each lane afterwards: its old in-flight items and the old lane, minus what settled, in order.
+        assert (after.queue, after.priority) == expected_lanes_after(before, after)
+        lanes = {"queue": [], "priority": []}
+        for raw, lane in zip(before.inflight, before.inflight_lanes, strict=True):
+            lanes[lane].append(raw_id(raw))
+        lanes["queue"] += [raw_id(r) for r in before.queue]
+        lanes["priority"] += [raw_id(r) for r in before.priority]
         # Every run that recorded its summary in this step (a hand-over chain has several). A
         # summary recorded late, by this step's run, is of a run in an earlier step that lost
         # Postgres: its counts include rows it never managed to write.
@@ -358,7 +367,8 @@ class DrainMachine(RuleBasedStateMachine):
             stored = SimpleNamespace(**after.summaries[run_id]["summary"])
             if getattr(stored, "recorded_by", None) is not None:
                 continue
-            check_run_order(after, run_id, order)
+            check_run_order(after, run_id, lanes["queue"], lanes["priority"])
+            check_lane_share(after, run_id, self.priority)
             # A cancelled run cannot know whether a write the cancellation cut short committed.
             if stored.stopped != "cancelled":
                 check_summary(after, stored)
@@ -368,6 +378,7 @@ class DrainMachine(RuleBasedStateMachine):
         """Postgres down from the start: nothing taken, written or called."""
         assert summary.stopped == CIRCUIT_OPEN and summary.cause == "database_unavailable"
         assert after.queue == before.queue and after.inflight == before.inflight
+        assert after.priority == before.priority
         assert after.rows == before.rows
         assert len(after.calls) == len(before.calls), "a drain without Postgres called the API"
 
@@ -414,7 +425,7 @@ class DrainMachine(RuleBasedStateMachine):
             # flight) runs out of time first; what is left then waits in the queue, in order.
             assert summary.stopped in (QUEUE_EMPTY, DEADLINE), summary
             assert after.inflight == []
-            assert after.queue == [] or summary.stopped == DEADLINE, summary
+            assert (after.queue == after.priority == []) or summary.stopped == DEADLINE, summary
 
     # -- rules: requests -------------------------------------------------------------------
 
@@ -423,8 +434,8 @@ class DrainMachine(RuleBasedStateMachine):
         self.policy = policy
         self.enqueue(specs)
 
-    @rule(specs=st.lists(request_specs, min_size=1, max_size=6))
-    def enqueue(self, specs):
+    @rule(specs=st.lists(request_specs, min_size=1, max_size=6), priority=st.booleans())
+    def enqueue(self, specs, priority=False):
         items = []
         for category, kind, option in specs:
             if category == "malformed":
@@ -438,11 +449,15 @@ class DrainMachine(RuleBasedStateMachine):
             elif category == "private":
                 self.sim.private_war_log.add(item.tag)
             items.append(item)
-        self.push(*items)
+        self.push(*items, priority=priority)
 
     @rule(n=st.integers(12, 30))
     def enqueue_backlog(self, n):
         self.push(*[self.factory.request("valid", "player") for _ in range(n)])
+
+    @rule(n=st.integers(12, 40))
+    def a_flood_of_priority_requests(self, n):
+        self.push(*[self.factory.request("valid", "clan") for _ in range(n)], priority=True)
 
     # -- rules: faults ---------------------------------------------------------------------
 
@@ -621,11 +636,11 @@ class DrainMachine(RuleBasedStateMachine):
         sim.not_found.difference_update(self.missing)
         for _ in range(6):
             world = self.world()
-            if not world.queue and not world.inflight:
+            if not world.queue and not world.priority and not world.inflight:
                 break
             self.drain_step(30.0)
         world = self.world()
-        assert world.queue == [] and world.inflight == [], "faults off, yet drains did not empty the queue"
+        assert world.queue == world.priority == world.inflight == [], "faults off, yet drains left work"
         self.ledger.advance(world)
         check_conservation(world, self.items, inflight_allowed=False)
         check_request_histories(world, finished_runs=self.finished_runs)

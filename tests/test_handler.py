@@ -40,6 +40,7 @@ METRIC_NAMES = {
     "deferred", "skipped_deadline", "attempted", "run_duration_ms", "inflight_size", "ledger_bytes",
     "halted",
     "skipped_fresh", "changed_share_player",
+    "priority_queue_size",
 }  # fmt: skip
 
 

@@ -443,6 +443,7 @@ def test_health_takes_no_lease_and_leaves_redis_exactly_as_it_was(
     push(redis_client, settings, req(1, enqueued_at=enqueued_at), req(2, tag="#2PQ"), b"not json")
     redis_client.rpush(keys.inflight, b'{"id": "x", "kind": "player", "tag": "#2PP"}')
     redis_client.set(keys.pending("player", "#2PP"), b"1", ex=3600)
+    redis_client.rpush(keys.priority, b'{"id": "y", "kind": "clan", "tag": "#2PP"}')
     before = redis_state(redis_client)
 
     written = []
@@ -466,6 +467,7 @@ def test_health_takes_no_lease_and_leaves_redis_exactly_as_it_was(
     assert redis_state(redis_client) == before
     assert redis_client.get(keys.lease) is None
     assert health["queue_size"] == 3 and health["inflight_size"] == 1
+    assert health["priority_queue_size"] == 1
     age = health["oldest_queued_age_seconds"]
     assert asked - enqueued_at - 0.001 <= age <= answered - enqueued_at + 0.001
     commands = {str(c).upper() for c in written if isinstance(c, str)}

@@ -115,7 +115,7 @@ async def _drain_until_empty(database_url, redis_url, keys, base_url, policy, ma
     summaries, starts = [], []
     try:
         for _ in range(max_runs):
-            queued, inflight = await queue.sizes()
+            queued, _, inflight = await queue.sizes()
             if not queued and not inflight:
                 break
             starts.append(await client.lrange(keys.queue, 0, -1))

@@ -117,3 +117,105 @@ def test_put_back_restores_original_order_at_the_head(redis_base_url, items, dat
     raws, rest, queued, inflight = asyncio.run(go())
     assert queued == [r for r in raws if r in rest] + [b"tail"]
     assert inflight == []
+
+
+# -- the priority lane ------------------------------------------------------------------
+
+
+def lane_ids(client, key: str) -> list[str]:
+    return [orjson.loads(raw)["id"] for raw in client.lrange(key, 0, -1)]
+
+
+def test_priority_requests_go_to_their_lane_and_dedupe_covers_both_lanes(redis_client):
+    waiting = enqueue(redis_client, "player", "#2PP", keys=KEYS)
+    # Someone is waiting for #2PP: it must not wait behind the queue's copy.
+    urgent = enqueue(redis_client, "player", "#2PP", keys=KEYS, priority=True)
+    again = enqueue(redis_client, "player", "#2PP", keys=KEYS, priority=True)
+    other = enqueue(redis_client, "clan", "#2PP", keys=KEYS, priority=True)
+    # A request for the queue while one waits in the priority lane: that one comes sooner.
+    late = enqueue(redis_client, "clan", "#2PP", keys=KEYS)
+
+    assert waiting and urgent and other and again is None and late is None
+    assert lane_ids(redis_client, KEYS.queue) == [waiting]
+    assert lane_ids(redis_client, KEYS.priority) == [urgent, other]
+
+
+def test_take_serves_the_priority_lane_first_and_frees_its_marker(redis_url, redis_client):
+    plain = [enqueue(redis_client, "player", tag, keys=KEYS) for tag in ("#2PP", "#2PQ")]
+    urgent = [enqueue(redis_client, "clan", tag, keys=KEYS, priority=True) for tag in ("#2PP", "#2PR")]
+
+    async def go():
+        client = aioredis.Redis.from_url(redis_url)
+        queue = RefreshQueue(client, KEYS)
+        first = await queue.take(1, priority=1)
+        rest = await queue.take(5, priority=5)
+        found = await queue.inflight()
+        await client.aclose()
+        return first, rest, found
+
+    first, rest, found = asyncio.run(go())
+    assert [(t.request_id, t.lane) for t in first] == [(urgent[0], "priority"), (plain[0], "queue")]
+    assert [(t.request_id, t.lane) for t in rest] == [(urgent[1], "priority"), (plain[1], "queue")]
+    # Recovery reads each item's lane back from the in-flight list.
+    assert [(t.request_id, t.lane) for t in found] == [
+        (urgent[0], "priority"),
+        (plain[0], "queue"),
+        (urgent[1], "priority"),
+        (plain[1], "queue"),
+    ]
+    assert enqueue(redis_client, "clan", "#2PP", keys=KEYS, priority=True)  # taken: no longer waiting
+
+
+def test_a_malformed_priority_item_is_taken_as_malformed_from_its_lane(redis_url, redis_client):
+    redis_client.rpush(KEYS.priority, b"\xff not json")
+
+    async def go():
+        client = aioredis.Redis.from_url(redis_url)
+        queue = RefreshQueue(client, KEYS)
+        taken = await queue.take(0, priority=5)
+        found = await queue.inflight()
+        await client.aclose()
+        return taken, found
+
+    taken, found = asyncio.run(go())
+    assert [(t.raw, t.lane, t.error.reason) for t in taken] == [
+        (b"\xff not json", "priority", "invalid_request")
+    ]
+    assert [(t.raw, t.lane) for t in found] == [(b"\xff not json", "priority")]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 9)), min_size=1, max_size=12), st.data())
+def test_put_back_returns_each_item_to_the_head_of_its_own_lane_in_order(redis_base_url, items, data):
+    async def go():
+        client = aioredis.Redis.from_url(redis_base_url)
+        await client.delete(KEYS.queue, KEYS.priority, KEYS.inflight)
+        raws = {
+            lane: [
+                orjson.dumps({"id": f"r{i}-{n}", "kind": "player", "tag": "#2PP"})
+                for i, (urgent, n) in enumerate(items)
+                if urgent == (lane == "priority")
+            ]
+            for lane in ("queue", "priority")
+        }
+        for lane, key in (("queue", KEYS.queue), ("priority", KEYS.priority)):
+            await client.rpush(key, *raws[lane], b"tail")
+        queue = RefreshQueue(client, KEYS)
+        taken = await queue.take(len(raws["queue"]), priority=len(raws["priority"]))
+        if data.draw(st.booleans()):  # or as crash recovery finds them
+            taken = await queue.inflight()
+        done = data.draw(st.lists(st.sampled_from(taken), unique_by=lambda t: t.seq))
+        await queue.ack(done)
+        rest = [t for t in taken if t not in done]
+        await queue.put_back(list(reversed(rest)))  # order given does not matter: take order wins
+        lanes = {
+            lane: await client.lrange(key, 0, -1)
+            for lane, key in (("queue", KEYS.queue), ("priority", KEYS.priority))
+        }
+        inflight = await client.lrange(KEYS.inflight, 0, -1)
+        await client.aclose()
+        return raws, {t.raw for t in rest}, lanes, inflight
+
+    raws, rest, lanes, inflight = asyncio.run(go())
+    for lane in ("queue", "priority"):
+        assert lanes[lane] == [r for r in raws[lane] if r in rest] + [b"tail"]
+    assert inflight == []

@@ -94,8 +94,10 @@ def simulate(
     overshoot: float = 0.0,
     stall: tuple[float, float] | None = None,
     seed: int = 0,
+    urgent: frozenset[int] = frozenset(),
 ) -> Trace:
-    """Arrival i calls acquire() at virtual time arrivals[i] (sorted, seconds from 0).
+    """Arrival i calls acquire() at virtual time arrivals[i] (sorted, seconds from 0), with
+    `priority=True` if i is in `urgent`.
 
     `overshoot`: the limiter's sleeps last up to this much longer than asked (uniformly), as
     real timers do (epoll rounds up to the millisecond; a busy loop wakes later still).
@@ -117,7 +119,7 @@ def simulate(
             await asyncio.sleep(max(0.0, at - loop.time()))
             asked.append(i)
             ask_time[i] = loop.time()
-            await limiter.acquire()
+            await limiter.acquire(priority=i in urgent)
             granted.append((i, loop.time()))
 
         await asyncio.gather(*(arrive(i, at) for i, at in enumerate(arrivals)))
@@ -177,6 +179,55 @@ def test_no_one_second_window_holds_more_than_the_rate(rate, arrivals, overshoot
     if rate < 1:
         # Below one a second the promise is about the rate itself: at most one in any 1/rate s.
         assert max_in_window(times, 1.0 / rate) <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=rates,
+    arrivals=arrival_patterns,
+    urgent=st.sets(st.integers(0, 119)).map(frozenset),
+    overshoot=st.sampled_from([0.0, 0.005]),
+    seed=st.integers(0, 1000),
+)
+def test_priority_waiters_pass_plain_ones_and_the_rate_still_holds(rate, arrivals, urgent, overshoot, seed):
+    trace = simulate(rate, arrivals, overshoot=overshoot, seed=seed, urgent=urgent)
+
+    times = [t for _, t in trace.granted]
+    assert len(times) == len(arrivals)
+    assert max_in_window(times, 1.0) <= allowed_per_second(rate)
+    order = [i for i, _ in trace.granted]
+    # Each kind is served in the order it asked.
+    assert [i for i in order if i in urgent] == [i for i in trace.asked if i in urgent]
+    assert [i for i in order if i not in urgent] == [i for i in trace.asked if i not in urgent]
+    # A plain waiter is granted while a priority waiter that asked before that grant waits only
+    # as the plain ones' share: after nine priority grants in a row.
+    position = {i: k for k, i in enumerate(order)}
+    for p, t in trace.granted:
+        if p in urgent:
+            continue
+        passed = [u for u in urgent if u < len(arrivals) and trace.ask_time[u] < t - EPS]
+        if any(position[u] > position[p] for u in passed):
+            before = order[: position[p]]
+            assert len(before) >= 9 and all(i in urgent for i in before[-9:]), (p, before[-9:])
+    # And plain waiters, while they wait, get at least one grant in ten.
+    waiting_plain = 0
+    for k, i in enumerate(order):
+        if i not in urgent:
+            waiting_plain = 0
+            continue
+        plain_waiting = any(
+            j not in urgent and position[j] > k and trace.ask_time[j] < times[k] - EPS for j in order
+        )
+        waiting_plain = waiting_plain + 1 if plain_waiting else 0
+        assert waiting_plain <= 9, (k, i)
+
+
+def test_plain_waiters_keep_one_grant_in_ten_under_a_flood_of_priority_ones():
+    # Five plain waiters, then 45 priority ones, all at once: the plain ones are not held until
+    # the flood is over (a run would end first and never send them), but get every tenth grant.
+    trace = simulate(30.0, [0.0] * 50, urgent=frozenset(range(5, 50)))
+    order = [i for i, _ in trace.granted]
+    assert [order.index(p) for p in range(5)] == [9, 19, 29, 39, 49]
 
 
 @settings(max_examples=300, deadline=None)

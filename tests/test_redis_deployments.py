@@ -312,6 +312,7 @@ def test_the_demo_runs_on_it(deployment, database_url, tmp_path):
         "AND run_id = (SELECT run_id FROM refresh_run_summaries ORDER BY finished_at LIMIT 1)",
     )
     assert first[0]["n"] == enqueued
+    assert "the priority lane overtook the backlog" in done.stdout
 
 
 def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_env):
@@ -345,11 +346,49 @@ def test_queue_operations_keep_order_and_are_safe_to_repeat(deployment, worker_e
         "r4",
         b"tail",
     ]
-    assert inflight == [] and sizes == (4, 0)
+    assert inflight == [] and sizes == (4, 0, 0)
     assert markers == [True, False, False, True, True]  # waiting again: de-duplicated again
     with sync_client(settings.queue) as producer:
         assert enqueue(producer, "player", items[0].tag, keys=keys) is None
         assert enqueue(producer, "player", items[1].tag, keys=keys)
+
+
+def test_both_lanes_keep_their_order_and_their_items_on_it(deployment, worker_env):
+    """The priority lane's scripts (take from both lanes, put back to each, the lane held in the
+    in-flight list) and its de-duplication, on every deployment: on a cluster a key of another
+    slot would fail the script."""
+    settings = worker_settings(worker_env, deployment)
+    keys = deployment.keys
+    plain = [RefreshRequest(f"q{i}", "player", tag) for i, tag in enumerate(TAGS[:3])]
+    deployment.check.rpush(keys.queue, *[encode(i) for i in plain])
+    with sync_client(settings.queue) as producer:
+        urgent = [enqueue(producer, "clan", tag, keys=keys, priority=True) for tag in TAGS[3:6]]
+        assert enqueue(producer, "clan", TAGS[3], keys=keys, priority=True) is None  # waiting
+        assert enqueue(producer, "clan", TAGS[3], keys=keys) is None  # waits in the priority lane
+
+    async def go() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        client = await async_client(settings.queue)
+        try:
+            queue = RefreshQueue(client, keys)
+            taken = await queue.take(2, priority=2)
+            found = await queue.inflight()  # as recovery reads it
+            await queue.ack([taken[0], taken[2]])
+            await queue.put_back([found[3], found[1]])
+            return [(t.request_id, t.lane) for t in taken], [(t.request_id, t.lane) for t in found]
+        finally:
+            await client.aclose()
+
+    taken, found = asyncio.run(go())
+
+    assert taken == [(urgent[0], "priority"), (urgent[1], "priority"), ("q0", "queue"), ("q1", "queue")]
+    assert found == taken
+
+    def ids(key: str) -> list[str]:
+        return [orjson.loads(raw)["id"] for raw in deployment.check.lrange(key, 0, -1)]
+
+    assert ids(keys.priority) == [urgent[1], urgent[2]]
+    assert ids(keys.queue) == ["q1", "q2"]
+    assert deployment.check.llen(keys.inflight) == 0
 
 
 def test_a_unix_socket_with_a_database_works(tmp_path, worker_env, database_url, simulator):

@@ -22,6 +22,8 @@ def test_defaults():
     assert s.environment == "development" and s.log_level == "INFO"
     assert s.queue.refresh_queue_key == "{coc:refresh}:queue"
     assert s.ledger_retention_days is None
+    assert s.drain_linger_seconds == 120
+    assert Settings.from_env({**BASE, "DRAIN_LINGER_SECONDS": "0"}).drain_linger_seconds == 0
     assert Settings.from_env({**BASE, "LEDGER_RETENTION_DAYS": "30"}).ledger_retention_days == 30
     assert not s.api.has_credentials
     assert s.freshness is True
@@ -58,6 +60,9 @@ def test_defaults():
         ({"LEDGER_RETENTION_DAYS": "0"}, "LEDGER_RETENTION_DAYS"),
         ({"LEDGER_RETENTION_DAYS": "a week"}, "LEDGER_RETENTION_DAYS"),
         ({"FRESHNESS": "sometimes"}, "FRESHNESS"),
+        ({"DRAIN_LINGER_SECONDS": "-1"}, "DRAIN_LINGER_SECONDS"),
+        ({"DRAIN_LINGER_SECONDS": "901"}, "DRAIN_LINGER_SECONDS"),
+        ({"DRAIN_LINGER_SECONDS": "a while"}, "DRAIN_LINGER_SECONDS"),
     ],
 )
 def test_a_bad_setting_is_one_error_naming_the_variable(changes, variable):

@@ -15,10 +15,11 @@ locals {
 
   dashboard_widgets = [
     {
-      title = "Queue and in-flight (at the end of each run)"
+      title = "Both lanes and in-flight (at the end of each run)"
       stat  = "Maximum"
       metrics = [
         concat(local.emf, ["queue_size"], local.emf_dims, [{ label = "queued" }]),
+        concat(local.emf, ["priority_queue_size"], local.emf_dims, [{ label = "priority lane" }]),
         concat(local.emf, ["inflight_size"], local.emf_dims, [{ label = "in flight (a killed run's leftovers)" }]),
       ]
       annotations = { horizontal = [{ label = "backlog alarm", value = var.backlog_alarm_threshold }] }

@@ -67,12 +67,13 @@ locals {
   # worker's own check ("one of the two credential forms") sees exactly what was configured.
   environment_variables = merge(
     {
-      ENVIRONMENT       = var.environment
-      LOG_LEVEL         = var.log_level
-      COC_API_BASE_URL  = var.coc_api_base_url
-      COC_REQS_PER_SEC  = tostring(var.coc_reqs_per_sec)
-      REFRESH_QUEUE_KEY = var.refresh_queue_key
-      PYTHONPATH        = "/var/task:/opt/python"
+      ENVIRONMENT          = var.environment
+      LOG_LEVEL            = var.log_level
+      COC_API_BASE_URL     = var.coc_api_base_url
+      COC_REQS_PER_SEC     = tostring(var.coc_reqs_per_sec)
+      REFRESH_QUEUE_KEY    = var.refresh_queue_key
+      DRAIN_LINGER_SECONDS = tostring(var.drain_linger_seconds)
+      PYTHONPATH           = "/var/task:/opt/python"
     },
     var.database_url != null ? { DATABASE_URL = var.database_url } : {},
     var.redis_url != null ? { REDIS_URL = var.redis_url } : {},

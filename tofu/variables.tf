@@ -373,6 +373,17 @@ variable "redis_cluster" {
   default     = null
 }
 
+variable "drain_linger_seconds" {
+  description = "DRAIN_LINGER_SECONDS: how long a scheduled run that finds both lanes empty keeps its lease and waits for new requests, picking each up within about a second. The default, the schedule's 2 minutes, keeps one drainer always there (the next scheduled invocation takes over from it): a refresh lands in about a second at any hour, for about 3,650 billed seconds an hour, about $21.92 a month at 512 MB on x86_64 and $17.54 on arm64 (README, \"Linger\"). 0 returns at once: nearly free when idle, but a request made while no run is going waits for the next schedule, up to 2 minutes."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.drain_linger_seconds >= 0 && var.drain_linger_seconds <= 900
+    error_message = "drain_linger_seconds must be from 0 to 900 seconds."
+  }
+}
+
 variable "ledger_retention_days" {
   description = "LEDGER_RETENTION_DAYS: after each run, drop the ledger's daily partitions whose rows are all older than this many days. At the 30 requests/s limit with a constant backlog the ledger grows by about 5.2 million rows, about 1.6 GB with indexes, a day (two rows a request, about 306 bytes a row: bench/ledger.md), so the default 30 days hold up to about 48 GB; at the default 10/s, a third of that. null keeps all history. The database role must own refresh_ledger."
   type        = number

@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     enq.add_argument("kind", choices=KINDS)
     enq.add_argument("tags", nargs="+", metavar="TAG", help="e.g. '#2PP' (checked before any is queued)")
+    enq.add_argument(
+        "--priority",
+        action="store_true",
+        help="queue them in the priority lane (someone is waiting): taken before the queue",
+    )
 
     wait = _command(
         sub, "wait", _wait,
@@ -237,7 +242,7 @@ def _enqueue(args: argparse.Namespace, secrets: list[str]) -> int:
     try:
         client = sync_client(settings)  # a single node or a cluster, whichever REDIS_URL names
         for tag in args.tags:
-            request_id = enqueue(client, args.kind, tag, keys=keys)
+            request_id = enqueue(client, args.kind, tag, keys=keys, priority=args.priority)
             print(f"{args.kind} {tag}: {request_id or 'already queued'}")
     except (redis.ConnectionError, redis.TimeoutError, ClusterUnavailable) as exc:
         where = mask_url_password(settings.redis_url)

@@ -235,12 +235,14 @@ def run_demo(
             with sync_client(settings.queue) as client:  # a single node or a cluster, as REDIS_URL says
                 queued = _enqueue_mix(client, worker.keys, sim, requests)
                 site = _SiteRequest("player", _tag(random.Random(time.time_ns())))
-                site.request_id = enqueue(client, site.kind, site.tag, keys=worker.keys)
+                # Last of all, a user presses "refresh": the priority lane, taken before the backlog.
+                site.request_id = enqueue(client, site.kind, site.tag, keys=worker.keys, priority=True)
                 site.pushed_at = time.time()
             print(
                 f"Enqueued {queued + 1} refresh requests on {settings.queue.refresh_queue_key}; "
                 f"draining at {settings.api.coc_reqs_per_sec:g} requests/s …\n"
-                f"The last is a site's refresh of {site.kind} {site.tag}: the site LISTENs on refresh_done.\n"
+                f"The last is a user's refresh of {site.kind} {site.tag} on {worker.keys.priority}, "
+                f"and the site LISTENs on refresh_done for it.\n"
             )
             site.listen(waiter)
             status, fetched = asyncio.run(_drain_and_report(worker, queued + 1, site))
@@ -258,6 +260,22 @@ def run_demo(
     finally:
         if thread is not None:
             thread.__exit__(None, None, None)
+
+
+async def _report_priority(worker: Worker, run_id: str, urgent: str) -> None:
+    """Where the priority refresh, queued last, came among the run's calls."""
+    db = await worker.db()
+    rows = await db.fetch_all(
+        "SELECT request_id, min(id) AS first FROM refresh_ledger WHERE run_id = %(run)s "
+        "AND outcome = 'attempted' GROUP BY request_id ORDER BY 2",
+        {"run": run_id},
+    )
+    order = [r["request_id"] for r in rows]
+    if urgent in order:
+        print(
+            f"\nThe user's refresh, queued after every other request, was call {order.index(urgent) + 1} "
+            f"of the {len(order)} this run made: the priority lane overtook the backlog."
+        )
 
 
 class _SiteRequest:
@@ -314,6 +332,8 @@ async def _drain_and_report(
             if site.waited is None or not site.waited.complete:
                 print(f"The site heard nothing for {site.kind} {site.tag} (request id {site.request_id}).")
         await _report(worker, summary.run_id, failures=failures)
+        if site is not None and site.request_id is not None:
+            await _report_priority(worker, summary.run_id, site.request_id)
         rows = await (await worker.db()).fetch_all(
             "SELECT kind, tag FROM refresh_ledger WHERE run_id = %(run)s AND outcome = 'fetched'",
             {"run": summary.run_id},

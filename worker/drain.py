@@ -5,12 +5,15 @@ One run, in order:
 1. take the Redis lease (another drainer holds it: return `lease_held`, touch nothing);
 2. check Postgres (down: dequeue nothing) and log in to the API (refused: dequeue nothing);
 3. recover the in-flight list a dead run left behind;
-4. loop: prefetch items with LMOVE, write `attempted` rows for a group of calls and
-   start them, harvest results, write terminal rows and snapshots in batches (one
-   transaction each) and acknowledge what they settled;
-5. stop on an empty queue, the deadline, an open circuit, a lost lease, cancellation or an
-   internal error; put whatever is unfinished back at the head of the queue in its original
-   order with a `skipped-deadline` or `deferred` row, and record the run's summary.
+4. loop: take items from the priority lane (every time round) and the queue (a prefetch at a
+   time) into the in-flight list, write `attempted` rows for a group of calls and start them,
+   priority first with the queue's tenth kept (`worker.lanes`), harvest results, write
+   terminal rows and snapshots in batches (one transaction each) and acknowledge what they
+   settled;
+5. stop on empty lanes (a scheduled run first lingers, `DrainPolicy.linger`), the deadline, an
+   open circuit, a lost lease, cancellation or an internal error; put whatever is unfinished
+   back at the head of its lane in its original order with a `skipped-deadline` or `deferred`
+   row, and record the run's summary.
 
 Every item taken is in exactly one `worker.tracker.Stage` from the moment it is taken to the
 end of the run. Request faults become `failed` rows and the run goes on. Timeouts, 5xx and
@@ -45,7 +48,7 @@ from coclib.errors import (
     TransientError,
 )
 from coclib.lease import Lease
-from coclib.queue import RefreshQueue
+from coclib.queue import Lane, RefreshQueue
 from coclib.ratelimit import RateLimiter, Withheld
 from coclib.reasons import Reason
 from coclib.snapshots import snapshot_of
@@ -56,6 +59,7 @@ from ledger.partitions import ensure_partitions
 from ledger.writer import Entry, LedgerWriter, SummaryOrMaker, Written
 from worker.books import Books
 from worker.freshness import FreshnessGate
+from worker.lanes import LaneShare
 from worker.recovery import recover
 from worker.stopping import Stop, StopCode, Stopping
 from worker.tracker import AccountingError, Item, Stage
@@ -87,6 +91,8 @@ class DrainPolicy:
     unexpected_limit: int = 2  # a request whose call stopped this many runs is `failed`
     takeover_wait: float = 15.0  # a successor waits this long for the running drain to hand over
     freshness: bool = True  # settle requests for fresh snapshots `skipped-fresh` (FRESHNESS)
+    linger: float = 0.0  # a scheduled run with both lanes empty waits this long for new requests…
+    linger_poll: float = 0.25  # …looking at them this often (one Redis script each time)
     checks: bool = False  # check the tracker's books after every step (tests)
 
 
@@ -106,6 +112,7 @@ class RunSummary:
     items: dict[str, int] = field(default_factory=dict)  # where the taken items ended
     api_requests: int = 0
     queue_size: int | None = None
+    priority_queue_size: int | None = None
     inflight_size: int | None = None
     took_over_from: str | None = None  # the run that handed the lease to this one
     # Per kind: committed `fetched` rows and how many of them found the body changed.
@@ -138,6 +145,7 @@ class RunSummary:
             "recovered": self.recovered,
             "items": self.items,
             "queue_size": self.queue_size,
+            "priority_queue_size": self.priority_queue_size,
             "inflight_size": self.inflight_size,
             "api_requests": self.api_requests,
             # Over at least a second: one call in a 30 ms run is not a rate of 33/s.
@@ -233,7 +241,11 @@ class _Run:
         self.gate = FreshnessGate(drain.db, self.books, enabled=policy.freshness)
         self.last_flush = _now()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
-        self.queue_seen_empty = False
+        self.queue_seen_empty = False  # both lanes, at the last look at each
+        self.seen_empty = {Lane.QUEUE: False, Lane.PRIORITY: False}
+        self.lanes = LaneShare()
+        self.idle_since: float | None = None  # both lanes found empty with nothing to do, since
+        self._look_again = False
         self.prepared = False
         self._wake = asyncio.Event()
 
@@ -370,17 +382,48 @@ class _Run:
                         self.policy.max_requests is not None
                         and self.summary.taken >= self.policy.max_requests
                     )
+                    if not full and await self._linger():
+                        continue
                     self.stopping.halt(StopCode.MAX_REQUESTS if full else StopCode.QUEUE_EMPTY)
                     break
-            recording = self.items.count(Stage.RECORDING)
+            recording = self.items.in_stage(Stage.RECORDING)
             if recording and (
-                recording >= self.policy.flush_rows or _now() - self.last_flush >= self.policy.flush_interval
+                len(recording) >= self.policy.flush_rows
+                or _now() - self.last_flush >= self.policy.flush_interval
+                or any(i.taken.lane is Lane.PRIORITY for i in recording)  # someone is waiting
             ):
                 await self._flush()
             if self.policy.checks:
                 self.items.assert_accounted()
             if not self.stopped:
                 await self._wait()
+
+    async def _linger(self) -> bool:
+        """Both lanes are empty: a scheduled run keeps its lease and looks again shortly, for up
+        to `linger` seconds since it was last busy (and within its deadline); False: stop.
+
+        Waiting is on Redis, a short poll: every `linger_poll` seconds the next refill runs the
+        take script once, so a request pushed meanwhile is taken within that time. A successor
+        announcing itself or a lost lease ends the wait at once (the loop then stops)."""
+        if not self.scheduled or self.policy.linger <= 0:
+            return False
+        now = _now()
+        if self.idle_since is None:
+            self.idle_since = now
+        until = min(self.idle_since + self.policy.linger, self.soft_deadline)
+        if now >= until:
+            return False
+        if self.items.count(Stage.RECORDING):
+            await self._flush()  # what the last calls settled is not kept waiting
+        watches = [asyncio.ensure_future(e.wait()) for e in (self.lease.successor_waiting, self.lease.lost)]
+        try:
+            await asyncio.wait(watches, timeout=min(self.policy.linger_poll, until - now))
+        finally:
+            for watch in watches:
+                watch.cancel()
+        self.queue_seen_empty = False
+        self.seen_empty = dict.fromkeys(Lane, False)
+        return True
 
     # -- taking and starting work -----------------------------------------------------------
 
@@ -398,14 +441,34 @@ class _Run:
         )
         if room <= 0:
             self.queue_seen_empty = True  # as far as this run may take, it is
+            self.seen_empty = dict.fromkeys(Lane, True)
             return
-        low = self.items.count(Stage.BUFFERED) < self.max_in_flight
-        if not low or (self.queue_seen_empty and not self._idle()):
+        # The priority lane is looked at every time round, and kept a window's worth ahead:
+        # what is taken from it passes whatever the queue has buffered. The queue is taken from,
+        # a prefetch at a time, when its own buffered items run low.
+        buffered = self.items.in_stage(Stage.BUFFERED)
+        urgent = sum(1 for i in buffered if i.taken.lane is Lane.PRIORITY)
+        want = {Lane.PRIORITY: min(room, max(0, self.max_in_flight - urgent)), Lane.QUEUE: 0}
+        if len(buffered) - urgent < self.max_in_flight and not (
+            self.seen_empty[Lane.QUEUE] and not self._idle()
+        ):
+            want[Lane.QUEUE] = room
+        if not any(want.values()):
             return
-        taken = await self.queue.take(room)
+        # Only a run allowed a number of requests caps the two together.
+        most = None if limit is None else room
+        taken = await self.queue.take(want[Lane.QUEUE], priority=want[Lane.PRIORITY], most=most)
         items = [self.items.add(t) for t in taken]
         self.summary.taken += len(taken)
-        self.queue_seen_empty = len(taken) < room
+        if taken:
+            self.idle_since = None
+        got = {lane: sum(1 for t in taken if t.lane is lane) for lane in Lane}
+        if most is not None:
+            want[Lane.QUEUE] = min(want[Lane.QUEUE], most - got[Lane.PRIORITY])
+        for lane in Lane:
+            if want[lane]:
+                self.seen_empty[lane] = got[lane] < want[lane]
+        self.queue_seen_empty = all(self.seen_empty.values())
         for item in items:
             if item.taken.error is not None:
                 error = item.taken.error
@@ -455,8 +518,20 @@ class _Run:
         within = self.soft_deadline - now
         if within <= 0.2:
             return  # no call could finish before the deadline
-        group = ready[:free]
-        group += self.items.oldest(Stage.BUFFERED, free - len(group))
+        # Each lane in its order (its retries first), the priority lane first, the queue's share
+        # kept; then the freshness gate holds a repeat of a tag whose call is in flight.
+        waiting = ready + self.items.in_stage(Stage.BUFFERED)
+        urgent = [i for i in waiting if i.taken.lane is Lane.PRIORITY]
+        plain = [i for i in waiting if i.taken.lane is not Lane.PRIORITY]
+        queue_waits = not self.seen_empty[Lane.QUEUE] or any(
+            i.taken.lane is Lane.QUEUE for i in self.items.in_stage(Stage.RETRYING)
+        )
+        group = self.lanes.pick(urgent, plain, free, queue_waits=queue_waits)
+        if not group:
+            # The queue's turn, and none of its items at hand: take some at once (or, if all it
+            # has is a retry, `_wait` sleeps until that is due).
+            self._look_again = not self.seen_empty[Lane.QUEUE]
+            return
         busy = self.items.in_stage(Stage.CALLING) + self.items.in_stage(Stage.ANSWERED)
         group = self.gate.hold_or_skip(group, calling=busy)
         if not group:
@@ -479,7 +554,13 @@ class _Run:
             item: Item = entry.owner
             item.tries += 1
             request = item.taken.request
-            call = self.api.fetch(request.kind, request.tag, timeout=self.policy.call_timeout, within=within)
+            call = self.api.fetch(
+                request.kind,
+                request.tag,
+                timeout=self.policy.call_timeout,
+                within=within,
+                priority=item.taken.lane is Lane.PRIORITY,
+            )
             item.call = asyncio.create_task(call)
             item.call.add_done_callback(lambda _, item=item: self._answered(item))
             self.items.move(item, Stage.CALLING)
@@ -491,17 +572,20 @@ class _Run:
         self.items.move(item, Stage.ANSWERED)
         # Wake the loop for a dispatch group's worth of results (or the last ones), not for
         # each: every wake-up costs CPU, and fewer than a group's free slots start nothing.
-        # A fault wakes it at once: it may open the circuit.
+        # A fault wakes it at once: it may open the circuit; so does a priority call's result:
+        # someone is waiting for it.
         task = item.call
         if (
             self.items.count(Stage.ANSWERED) >= min(self.dispatch_batch, self._in_flight())
+            or item.taken.lane is Lane.PRIORITY
             or task.cancelled()
             or task.exception() is not None
         ):
             self._wake.set()
 
     async def _wait(self) -> None:
-        if self.items.count(Stage.ANSWERED) or self._idle():
+        if self.items.count(Stage.ANSWERED) or self._idle() or self._look_again:
+            self._look_again = False
             return  # results to harvest, or nothing to wait for: go straight back to the queue
         until = self.soft_deadline
         if self.items.count(Stage.RECORDING):
@@ -718,7 +802,9 @@ class _Run:
     async def _summarise(self) -> RunSummary:
         summary = self._fill(self.summary)
         try:
-            summary.queue_size, summary.inflight_size = await self.queue.sizes()
+            sizes = await self.queue.sizes()
+            summary.queue_size, summary.priority_queue_size = sizes.queued, sizes.priority
+            summary.inflight_size = sizes.inflight
         except Exception:  # the summary is still worth returning without the sizes
             log.warning("could not read the queue length", exc_info=True)
         return summary

@@ -80,6 +80,7 @@ async def check_health(
         "reasons": reasons,
         "timestamp": round(now, 3),
         "queue_size": queue.queue_size if queue else None,
+        "priority_queue_size": queue.priority_queue_size if queue else None,
         "inflight_size": queue.inflight_size if queue else None,
         "oldest_queued_age_seconds": queue.oldest_queued_age_seconds if queue else None,
         "draining": queue.draining if queue else None,
@@ -107,17 +108,20 @@ async def _read_redis(redis: Callable[[], Awaitable[AsyncRedis]], keys: QueueKey
 async def read_queue(
     redis: AsyncRedis, keys: QueueKeys, *, clock: Callable[[], float] = time.time
 ) -> QueueState:
-    """Queue and in-flight lengths, the oldest request's age, whether the lease is held. Reads only."""
-    # Four reads in one slot, pipelined: one round trip on a single node and on a cluster.
+    """Both lanes' and the in-flight lengths, the oldest request's age, whether the lease is
+    held. Reads only."""
+    # Five reads in one slot, pipelined: one round trip on a single node and on a cluster.
     async with redis.pipeline(transaction=False) as pipe:
         pipe.llen(keys.queue)
         pipe.llen(keys.inflight)
         pipe.lindex(keys.queue, 0)
         pipe.exists(keys.lease)
-        queued, inflight, head, leased = await pipe.execute()
+        pipe.llen(keys.priority)
+        queued, inflight, head, leased, urgent = await pipe.execute()
     return QueueState(
         queue_size=int(queued),
         inflight_size=int(inflight),
+        priority_queue_size=int(urgent),
         oldest_queued_age_seconds=_age_of(head, clock()),
         draining=bool(leased),
     )

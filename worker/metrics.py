@@ -9,6 +9,7 @@ permission. Metric names:
 | --- | --- | --- |
 | `processed_requests` | Count | requests settled in the run (`fetched` + `failed` + `skipped-fresh`) |
 | `queue_size` | Count | length of the queue list when the run ended |
+| `priority_queue_size` | Count | length of the priority lane when the run ended |
 | `inflight_size` | Count | length of the in-flight list when the run ended |
 | `api_requests_per_second` | Count/Second | API calls made / run duration |
 | `fetched`, `failed`, `deferred`, `skipped_deadline`, `skipped_fresh`, `attempted` | Count | rows each |
@@ -87,7 +88,7 @@ class RunMetrics:
         )
         for outcome, name in OUTCOME_METRICS.items():
             m.add_metric(name=name, unit=MetricUnit.Count, value=counts.get(outcome, 0))
-        for name in ("queue_size", "inflight_size"):
+        for name in ("queue_size", "priority_queue_size", "inflight_size"):
             if summary.get(name) is not None:
                 m.add_metric(name=name, unit=MetricUnit.Count, value=summary[name])
         for kind, change in (summary.get("fetch_changes") or {}).items():

@@ -2,7 +2,7 @@
 
 Anything in the in-flight list when a run starts belongs to a run that died: the new run holds
 the lease. A request with a settling row is done; a malformed one fails; one a run attempted
-and abandoned `interrupted_limit` times is `failed`; the rest go back to the head of the queue,
+and abandoned `interrupted_limit` times is `failed`; the rest go back to the head of their lane,
 in order. Rows Postgres refuses are narrowed down like any batch's (`worker.books`): a poisoned
 in-flight list cannot stop a run. What the ledger remembers is read through `ledger.recovery`.
 """

@@ -87,7 +87,7 @@ class Worker:
         self._on_reread = on_reread
         self.keys = QueueKeys(settings.queue.refresh_queue_key)
         self.limiter = RateLimiter(settings.api.coc_reqs_per_sec)
-        self.policy = self._with_settings(policy or DrainPolicy())
+        self.policy = self._with_settings(policy or DrainPolicy(linger=settings.drain_linger_seconds))
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()
         self._db: Database | None = None

@@ -8,6 +8,8 @@ EventBridge scheduled event is also fired every N seconds (the first one at once
 
 Like one warm Lambda container, the server runs one invocation at a time, on the handler's
 module-level event loop: an HTTP request that arrives during a scheduled drain waits for it.
+A scheduled drain lingers `DRAIN_LINGER_SECONDS` (default 120) on an empty queue, holding the
+server that long: set it to 0 here unless that is what you want to see.
 Like API Gateway, it answers 502 `{"message": "Internal server error"}` when the handler
 raises or returns something that is not a proxy response, and 504 when an HTTP invocation
 outlived the 29-second integration limit (once it has ended: the handler is not interrupted).

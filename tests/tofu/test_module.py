@@ -545,8 +545,11 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "REFRESH_QUEUE_KEY",
         "LEDGER_RETENTION_DAYS",
         "REDIS_CLUSTER",
+        "DRAIN_LINGER_SECONDS",
         "PYTHONPATH",
     }
+    assert "DRAIN_LINGER_SECONDS = tostring(var.drain_linger_seconds)" in env
+    assert mod.variables["drain_linger_seconds"]["default"] == 120  # the schedule's period
     assert "local.secret_references" in env  # the *_SECRET_ARN / *_PARAMETER variables
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env
     assert "LOG_LEVEL = var.log_level" in env and mod.variables["log_level"]["default"] == "INFO"
@@ -844,6 +847,7 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
     text = json.dumps(widgets)
     for metric in (
         "queue_size",
+        "priority_queue_size",
         "inflight_size",
         "processed_requests",
         "api_requests_per_second",
@@ -874,7 +878,13 @@ def test_dashboard_shows_what_operators_need_and_is_optional(mod):
         "${var.function_name}",
     ]
     emitted = (REPO / "worker" / "metrics.py").read_text()
-    for name in ("inflight_size", "ledger_bytes", "queue_size", "api_requests_per_second"):
+    for name in (
+        "inflight_size",
+        "ledger_bytes",
+        "queue_size",
+        "priority_queue_size",
+        "api_requests_per_second",
+    ):
         assert f'"{name}"' in emitted
 
 

@@ -390,7 +390,7 @@ def test_demo_runs_on_a_database_and_queue_named_as_scratch(empty_database_url, 
         )
 
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f"on {scratch}," in done.stdout
+        assert f"on {scratch};" in done.stdout
         assert "Outcomes of this run (refresh_ledger):" in done.stdout
         assert "stopped=queue_empty" in done.stdout
         assert re.search(r"^NOTIFY refresh_done heard by the site: player #\w+ fetched", done.stdout, re.M)

@@ -151,8 +151,8 @@ class _OperatorAtTheQueue(RefreshQueue):
     aside = "{coc:refresh}:queue:aside"
     swapped = False
 
-    async def take(self, n: int) -> list:
-        taken = await super().take(n)
+    async def take(self, n: int, **lanes) -> list:
+        taken = await super().take(n, **lanes)
         if taken and not self.swapped:
             self.swapped = True
             await self.redis.rename(self.keys.queue, self.aside)

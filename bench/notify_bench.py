@@ -55,7 +55,13 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
+from bench.report import (  # noqa: E402
+    claimed_redis_db,
+    describe_machine,
+    flush_keeping_claim,
+    provenance,
+    write_keeping_notes,
+)
 from coclib.completions import CHANNEL, SETTLED_OUTCOMES, parse_payload  # noqa: E402
 from coclib.db import Database  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
@@ -63,16 +69,13 @@ from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import enqueue  # noqa: E402
 from coclib.settings import DEFAULT_QUEUE_KEY  # noqa: E402
 from coclib.snapshots import snapshot_of  # noqa: E402
-from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database, with_redis_db  # noqa: E402
+from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database  # noqa: E402
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread, simulated_body  # noqa: E402
 from coclib.testing.tags import numbered_tag  # noqa: E402
 from ledger.outcomes import LedgerRow, Outcome  # noqa: E402
 from ledger.writer import LedgerWriter  # noqa: E402
 
 DB_NAME = "coc_bench_notify"
-REDIS_DBS = (15, 14)  # outside the test sessions' 13 down to 1
-CLAIM_KEY = "coc-tests:claimed-by"
-CLAIM = f"notify-bench:{os.getpid()}"
 TOKEN = "bench-token"
 LIMIT = 30.0
 LATENCY = (0.1, 0.3)
@@ -156,10 +159,7 @@ def _run(rate: float, seconds: float, admin: str, redis_url: str) -> Result:
     db_url = create_database(admin, DB_NAME)
     migrate(db_url)
     client = redis.Redis.from_url(redis_url)
-    with client.pipeline(transaction=True) as tx:  # flushed, the claim kept
-        tx.flushdb()
-        tx.set(CLAIM_KEY, CLAIM, ex=3600)
-        tx.execute()
+    flush_keeping_claim(client)
     keys = QueueKeys(DEFAULT_QUEUE_KEY)
     result = Result(rate, seconds)
     pushed: dict[str, float] = {}
@@ -347,15 +347,6 @@ def _cost_report(times: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def _claim_redis_db(base: str) -> str:
-    for db in REDIS_DBS:
-        url = with_redis_db(base, db)
-        with redis.Redis.from_url(url) as client:
-            if client.set(CLAIM_KEY, CLAIM, nx=True, ex=3600):
-                return url
-    raise SystemExit(f"Redis dbs {REDIS_DBS} at {base} are claimed by someone else")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -367,14 +358,9 @@ def main() -> int:
     args = parser.parse_args()
     rates = args.rate or [4.0]
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
-    redis_url = _claim_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS)
     machine = describe_machine()
-    try:
+    with claimed_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS, "notify-bench") as redis_url:
         results = [_run(rate, args.seconds, admin, redis_url) for rate in rates]
-    finally:
-        with redis.Redis.from_url(redis_url) as client:
-            if client.get(CLAIM_KEY) == CLAIM.encode():
-                client.flushdb()
     command = "python bench/notify_bench.py " + " ".join(sys.argv[1:])
     report = _report(results, machine, command)
     if args.batches:

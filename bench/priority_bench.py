@@ -50,13 +50,19 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
+from bench.report import (  # noqa: E402
+    claimed_redis_db,
+    describe_machine,
+    flush_keeping_claim,
+    provenance,
+    write_keeping_notes,
+)
 from bench.schedule_bench import TIMED_OUT, Invocation, _finish, _kill, _spawn  # noqa: E402
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode, enqueue  # noqa: E402
 from coclib.settings import DEFAULT_QUEUE_KEY  # noqa: E402
-from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database, with_redis_db  # noqa: E402
+from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database  # noqa: E402
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread  # noqa: E402
 from coclib.testing.simulator.calls import max_calls_in_window  # noqa: E402
 from coclib.testing.tags import numbered_tag  # noqa: E402
@@ -64,8 +70,6 @@ from coclib.testing.tags import numbered_tag  # noqa: E402
 DB_NAME = "coc_bench_priority"
 # A Redis db is claimed as the test sessions claim theirs (tests/conftest.py): a key in it, set
 # only if absent, so a bench never flushes a db a test session or another bench is using.
-CLAIM_KEY = "coc-tests:claimed-by"
-CLAIM = f"priority-bench:{os.getpid()}:{uuid.uuid4().hex}"
 TOKEN = "bench-token"
 LIMIT = 30.0
 LATENCY = (0.1, 0.3)
@@ -168,10 +172,7 @@ def _run(scenario: Scenario, admin: str, redis_url: str, logs: Path) -> Result:
     db_url = create_database(admin, DB_NAME)
     migrate(db_url)
     client = redis.Redis.from_url(redis_url)
-    with client.pipeline(transaction=True) as tx:
-        tx.flushdb()
-        tx.set(CLAIM_KEY, CLAIM, ex=1800)  # kept through the flush
-        tx.execute()
+    flush_keeping_claim(client)
     keys = QueueKeys(DEFAULT_QUEUE_KEY)
     _fill(client, keys.queue, scenario.queue, QUEUE_LEAD)
     _fill(client, keys.priority, scenario.priority, PRIORITY_LEAD)
@@ -297,21 +298,6 @@ def _report(results: list[Result], machine: dict[str, str], command: str) -> str
 NOTES_MARKER = "<!-- analysis: written by hand; priority_bench.py keeps everything below this line -->"
 
 
-def _claim_db(base: str) -> str:
-    for db in range(15, 0, -1):
-        url = with_redis_db(base, db)
-        with redis.Redis.from_url(url) as client:
-            if client.set(CLAIM_KEY, CLAIM, nx=True, ex=1800):
-                return url
-    raise SystemExit(f"every Redis db from 1 to 15 at {base} is claimed")
-
-
-def _release_db(url: str) -> None:
-    with redis.Redis.from_url(url) as client:
-        if client.get(CLAIM_KEY) == CLAIM.encode():
-            client.flushdb()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -328,19 +314,16 @@ def main() -> None:
     command = "python bench/priority_bench.py " + " ".join(sys.argv[1:])
     machine = describe_machine()
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
-    redis_url = _claim_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="priority-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
     results = []
-    try:
+    with claimed_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS, "priority-bench") as redis_url:
         for name in names:
             print(f"{name} ...", file=sys.stderr, flush=True)
             (logs / name).mkdir(exist_ok=True)
             result = _run(SCENARIOS[name], admin, redis_url, logs / name)
             print(_row(result), file=sys.stderr, flush=True)
             results.append(result)
-    finally:
-        _release_db(redis_url)
     report = _report(results, machine, command.strip())
     print(report)
     print(f"invocation logs: {logs}", file=sys.stderr)

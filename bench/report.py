@@ -53,3 +53,42 @@ def provenance(command: str, machine: dict[str, str]) -> list[str]:
         f"Run {now}. Machine: {machine['nproc']} CPUs ({machine['cpu']}), load average at start",
         f"{machine['load']}; Python {machine['python']}; {machine['postgres']}.",
     ]
+
+
+# The tests' claim on a Redis db (tests/conftest.py): a bench keeps off any db a test session
+# (or another bench) holds, and flushes only the db it claimed.
+REDIS_CLAIM_KEY = "coc-tests:claimed-by"
+
+
+@contextlib.contextmanager
+def claimed_redis_db(base_url: str, owner: str, *, seconds: int = 3600):
+    """A Redis db of `base_url`'s server, 15 down to 1, that nobody else has claimed; yields its
+    URL, claimed for `owner`, and flushes it on exit if the claim is still ours."""
+    import redis
+
+    from coclib.testing.services import with_redis_db
+
+    claim = f"{owner}:{os.getpid()}"
+    for db in range(15, 0, -1):
+        url = with_redis_db(base_url, db)
+        with redis.Redis.from_url(url) as client:
+            if client.set(REDIS_CLAIM_KEY, claim, nx=True, ex=seconds):
+                break
+    else:
+        raise SystemExit(f"every Redis db from 1 to 15 at {base_url} is claimed")
+    try:
+        yield url
+    finally:
+        with redis.Redis.from_url(url) as client:
+            if client.get(REDIS_CLAIM_KEY) == claim.encode():
+                client.flushdb()
+
+
+def flush_keeping_claim(client) -> None:
+    """Empty a claimed db for the next run, keeping the claim (one MULTI: never seen unclaimed)."""
+    claim = client.get(REDIS_CLAIM_KEY)
+    with client.pipeline(transaction=True) as tx:
+        tx.flushdb()
+        if claim is not None:
+            tx.set(REDIS_CLAIM_KEY, claim, ex=3600)
+        tx.execute()

@@ -52,18 +52,23 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from bench.report import describe_machine, provenance, write_keeping_notes  # noqa: E402
+from bench.report import (  # noqa: E402
+    claimed_redis_db,
+    describe_machine,
+    flush_keeping_claim,
+    provenance,
+    write_keeping_notes,
+)
 from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import RefreshRequest, encode  # noqa: E402
 from coclib.settings import DEFAULT_QUEUE_KEY  # noqa: E402
-from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database, with_redis_db  # noqa: E402
+from coclib.testing.services import LOCAL_POSTGRES, LOCAL_REDIS, create_database  # noqa: E402
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread  # noqa: E402
 from coclib.testing.simulator.calls import max_calls_in_window, tightest_span  # noqa: E402
 from coclib.testing.tags import numbered_tag  # noqa: E402
 
 DB_NAME = "coc_bench_schedule"
-REDIS_DB = 13
 TOKEN = "bench-token"
 LIMIT = 30.0
 LATENCY = (0.1, 0.3)
@@ -190,7 +195,7 @@ def _run(
     db_url = create_database(admin, DB_NAME)
     migrate(db_url)
     client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    flush_keeping_claim(client)  # never another session's db: claimed in main()
     _backlog(client, QueueKeys(DEFAULT_QUEUE_KEY).queue, int(LIMIT * seconds) + 2000)
     outcome = Outcome(mode, period, timeout, seconds)
     invocations: list[Invocation] = []
@@ -341,24 +346,24 @@ def main() -> None:
     command = "python bench/schedule_bench.py " + " ".join(sys.argv[1:])
     machine = describe_machine()
     admin = os.environ.get("TEST_DATABASE_URL") or LOCAL_POSTGRES
-    redis_url = with_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS, REDIS_DB)
     logs = args.logs or Path(tempfile.mkdtemp(prefix="schedule-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    for period, timeout, minutes in schedules:
-        for mode in modes:
-            print(
-                f"{mode}: every {period:g} s, timeout {timeout:g} s, {minutes:g} min ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            outcome = _run(mode, period, timeout, minutes, admin, redis_url, logs)
-            print(
-                json.dumps(outcome.__dict__ | {"calls_ratio": outcome.calls_ratio}),
-                file=sys.stderr,
-                flush=True,
-            )
-            outcomes.append(outcome)
+    with claimed_redis_db(os.environ.get("TEST_REDIS_URL") or LOCAL_REDIS, "schedule-bench") as redis_url:
+        for period, timeout, minutes in schedules:
+            for mode in modes:
+                print(
+                    f"{mode}: every {period:g} s, timeout {timeout:g} s, {minutes:g} min ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                outcome = _run(mode, period, timeout, minutes, admin, redis_url, logs)
+                print(
+                    json.dumps(outcome.__dict__ | {"calls_ratio": outcome.calls_ratio}),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                outcomes.append(outcome)
     report = _report(outcomes, machine, command.strip())
     print(report)
     print(f"invocation logs: {logs}", file=sys.stderr)

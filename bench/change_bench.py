@@ -36,13 +36,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coclib.db import Database  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
-from coclib.snapshots import arrays_by_kind, snapshot_of  # noqa: E402
+from coclib.snapshots import arrays_by_kind, snapshot_of, upsert_query  # noqa: E402
 from coclib.sqlfiles import load_queries  # noqa: E402
 from coclib.testing.services import create_database, drop_database, embedded_postgres  # noqa: E402
 from coclib.testing.simulator import simulated_body  # noqa: E402
@@ -52,7 +53,7 @@ from ledger.outcomes import LedgerRow, Outcome  # noqa: E402
 from ledger.writer import Entry, LedgerWriter  # noqa: E402
 
 DB_NAME = "coc_bench_change"
-HASH = load_queries()["upsert_clans"]
+HASH = load_queries()["upsert_snapshots"]
 DISTINCT = HASH.replace(
     "CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash",
     "CASE WHEN t.data IS DISTINCT FROM EXCLUDED.data",
@@ -107,13 +108,14 @@ async def _explain(
     ]
     arrays = arrays_by_kind(snaps)["clan"]
     async with db.pool.connection() as conn, conn.transaction(force_rollback=True):
-        cur = await conn.execute("EXPLAIN (ANALYZE, WAL, FORMAT JSON) " + upsert, arrays)
+        explain = sql.SQL("EXPLAIN (ANALYZE, WAL, FORMAT JSON) ") + upsert_query("clan", upsert)
+        cur = await conn.execute(explain, arrays)
         plan = (await cur.fetchone())["QUERY PLAN"][0]
     return plan["Execution Time"], plan["Plan"].get("WAL Bytes", 0)
 
 
 async def _measure(url: str, variant: str, bodies: list[tuple[str, bytes]], batch: int, rounds: int):
-    load_queries()["upsert_clans"] = VARIANTS[variant]  # the writer reads the named query
+    load_queries()["upsert_snapshots"] = VARIANTS[variant]  # the writer reads the named query
     db = await Database.open(url)
     results: dict[str, list[float]] = defaultdict(list)
     try:

@@ -53,7 +53,6 @@ from coclib.keys import QueueKeys  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
 from coclib.queue import enqueue  # noqa: E402
 from coclib.settings import Settings  # noqa: E402
-from coclib.snapshots import UPSERT_BY_KIND  # noqa: E402
 from coclib.sqlfiles import load_queries  # noqa: E402
 from coclib.testing.services import create_database, embedded_postgres, embedded_redis  # noqa: E402
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread, simulated_body  # noqa: E402
@@ -138,11 +137,12 @@ def staleness(sim: CocApiSimulator, conn, tags, now: float) -> list[float]:
 
 
 def rewriting_upserts() -> dict[str, str]:
-    """The snapshot upserts as they were before change detection: every body rewritten."""
-    queries = load_queries()
+    """The snapshot upsert as it was before change detection: every body rewritten."""
+    upsert = load_queries()["upsert_snapshots"]
     return {
-        name: re.sub(r"SET data = CASE .*? END,", "SET data = EXCLUDED.data,", queries[name], flags=re.S)
-        for name in UPSERT_BY_KIND.values()
+        "upsert_snapshots": re.sub(
+            r"SET data = CASE .*? END,", "SET data = EXCLUDED.data,", upsert, flags=re.S
+        )
     }
 
 

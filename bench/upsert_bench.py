@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from coclib.db import Database  # noqa: E402
 from coclib.migrations import migrate  # noqa: E402
-from coclib.snapshots import UPSERT_BY_KIND, Snapshot, arrays_by_kind, snapshot_of, upsert_snapshots  # noqa: E402
+from coclib.snapshots import Snapshot, arrays_by_kind, snapshot_of, upsert_query, upsert_snapshots  # noqa: E402
 from coclib.sqlfiles import load_queries  # noqa: E402
 from coclib.testing.services import LOCAL_POSTGRES, create_database, drop_database  # noqa: E402
 from coclib.testing.simulator import simulated_body  # noqa: E402
@@ -64,9 +64,9 @@ async def _rows(db: Database, conn, snapshots: list[Snapshot]) -> None:
 
 
 async def _text_array(db: Database, conn, snapshots: list[Snapshot]) -> None:
-    queries = load_queries()
+    template = load_queries()["upsert_snapshots"].replace("%(data)b", "%(data)s")
     for kind, arrays in arrays_by_kind(snapshots).items():
-        text = queries[UPSERT_BY_KIND[kind]].replace("%(data)b", "%(data)s")
+        text = upsert_query(kind, template)
         await conn.execute(text, {**arrays, "data": [bytes(d).decode() for d in arrays["data"]]})
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -29,6 +30,8 @@ from coclib.errors import DatabaseUnavailable, StorageRefused
 from coclib.errortext import describe
 
 log = logging.getLogger(__name__)
+
+Query = str | sql.Composable  # a statement: text, or composed with identifiers (psycopg.sql)
 
 STATEMENT_TIMEOUT_MS = 15_000  # the session's own, for statements with no deadline nearer
 
@@ -154,14 +157,14 @@ class Database:
             raise translate(exc) from exc
 
     async def run(
-        self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
+        self, conn: psycopg.AsyncConnection, query: Query, params: Mapping[str, Any] | None = None
     ) -> None:
         """Execute one statement on a connection from `transaction()`."""
         self._trips[0] += 1
         await conn.execute(query, params)
 
     async def fetch_all_on(
-        self, conn: psycopg.AsyncConnection, query: str, params: Mapping[str, Any] | None = None
+        self, conn: psycopg.AsyncConnection, query: Query, params: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """All rows of one statement executed on a connection from `transaction()`, as dicts."""
         self._trips[0] += 1

@@ -7,6 +7,7 @@ hash differs from the stored one, reporting per tag whether it did (`changed`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
@@ -25,7 +27,21 @@ from coclib.reasons import Reason
 from coclib.sqlfiles import load_queries
 from coclib.storable import json_problem
 
-UPSERT_BY_KIND = {"player": "upsert_players", "clan": "upsert_clans", "war": "upsert_wars"}
+# Where each kind's snapshots live: its table and key column, filled into the one upsert
+# (`sql/queries.sql`, upsert_snapshots).
+SNAPSHOT_TABLES = {"player": ("players", "tag"), "clan": ("clans", "tag"), "war": ("wars", "clan_tag")}
+
+
+def upsert_query(kind: str, template: str | None = None) -> sql.Composed:
+    """The upsert of one kind's snapshots: `template` (by default the named query
+    upsert_snapshots) with the kind's table and key column filled in."""
+    return _fill(template or load_queries()["upsert_snapshots"], *SNAPSHOT_TABLES[kind])
+
+
+@functools.cache
+def _fill(template: str, table: str, key: str) -> sql.Composed:
+    # Once per template and kind: composing costs more than the hot path should pay per batch.
+    return sql.SQL(template).format(table=sql.Identifier(table), key=sql.Identifier(key))
 
 
 class JsonText(bytes):
@@ -113,7 +129,7 @@ def arrays_by_kind(
 
     An age is how long ago the body was fetched, on this process's clock (`now`, the clock
     `fetched_at` was read from): Postgres dates the snapshot by its own clock less that age, so
-    a process whose clock is off still dates it right (sql/queries.sql, upsert_players). The
+    a process whose clock is off still dates it right (sql/queries.sql, upsert_snapshots). The
     freshness left is measured the same way, on the monotonic clock `fresh_until` was read from
     (None: not fresh), and Postgres adds it to its own clock.
     """
@@ -138,9 +154,8 @@ async def upsert_snapshots(
     Returns, per (kind, tag) stored, whether its body changed. A tag missing from the result
     was not stored: a newer fetch of it already was.
     """
-    queries = load_queries()
     changed: dict[tuple[str, str], bool] = {}
     for kind, arrays in arrays_by_kind(snapshots).items():
-        for row in await db.fetch_all_on(conn, queries[UPSERT_BY_KIND[kind]], arrays):
+        for row in await db.fetch_all_on(conn, upsert_query(kind), arrays):
             changed[(kind, row["tag"])] = row["changed"]
     return changed

@@ -2,8 +2,9 @@
 -- `-- name: <name>` and a line saying what it does. Parameters are %(name)s, or %(name)b
 -- for one psycopg must send in binary.
 
--- name: upsert_players
--- Store players' snapshots, given as parallel arrays (one round trip for a whole batch),
+-- name: upsert_snapshots
+-- Store one kind's snapshots in its table ({table}, keyed by {key}: filled in per kind by
+-- coclib.snapshots.upsert_query), given as parallel arrays (one round trip for a whole batch),
 -- unless a newer fetch is already stored; return each stored tag and whether its body changed.
 -- DISTINCT ON: a statement may touch a row once. The bodies go in binary (%(data)b): as a text
 -- array literal every quote in every body would be escaped, which costs ten times the CPU of
@@ -26,74 +27,22 @@ WITH s AS (
                 %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
     ORDER BY tag, age
 ), stored AS (
-    INSERT INTO players AS t (tag, data, fetched_at, fresh_until, data_hash)
+    INSERT INTO {table} AS t ({key}, data, fetched_at, fresh_until, data_hash)
     SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
-    ON CONFLICT (tag) DO UPDATE
+    ON CONFLICT ({key}) DO UPDATE
         SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
             data_hash = EXCLUDED.data_hash,
             fetched_at = EXCLUDED.fetched_at,
             fresh_until = EXCLUDED.fresh_until
         WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
-    RETURNING t.tag AS tag
+    RETURNING t.{key} AS tag
 )
 -- `before` reads the table as it was when the statement started (a data-modifying CTE's
 -- changes are invisible to the rest of its statement): the hash each body is compared with.
 SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
 FROM stored
 JOIN s ON s.tag = stored.tag
-LEFT JOIN players before ON before.tag = stored.tag;
-
--- name: upsert_clans
--- Store clans' snapshots, as upsert_players does players'.
-WITH s AS (
-    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
-           fresh_for, data_hash
-    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
-                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
-    ORDER BY tag, age
-), stored AS (
-    INSERT INTO clans AS t (tag, data, fetched_at, fresh_until, data_hash)
-    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
-    ON CONFLICT (tag) DO UPDATE
-        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
-            data_hash = EXCLUDED.data_hash,
-            fetched_at = EXCLUDED.fetched_at,
-            fresh_until = EXCLUDED.fresh_until
-        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
-    RETURNING t.tag AS tag
-)
--- `before` reads the table as it was when the statement started (a data-modifying CTE's
--- changes are invisible to the rest of its statement): the hash each body is compared with.
-SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
-FROM stored
-JOIN s ON s.tag = stored.tag
-LEFT JOIN clans before ON before.tag = stored.tag;
-
--- name: upsert_wars
--- Store clans' current wars, as upsert_players does players'.
-WITH s AS (
-    SELECT DISTINCT ON (tag) tag, data, clock_timestamp() - make_interval(secs => age) AS fetched_at,
-           fresh_for, data_hash
-    FROM unnest(%(tag)s::text[], %(data)b::jsonb[], %(age)s::float8[], %(fresh_for)s::float8[],
-                %(data_hash)s::bytea[]) AS s (tag, data, age, fresh_for, data_hash)
-    ORDER BY tag, age
-), stored AS (
-    INSERT INTO wars AS t (clan_tag, data, fetched_at, fresh_until, data_hash)
-    SELECT tag, data, fetched_at, now() + make_interval(secs => fresh_for), data_hash FROM s
-    ON CONFLICT (clan_tag) DO UPDATE
-        SET data = CASE WHEN t.data_hash IS DISTINCT FROM EXCLUDED.data_hash THEN EXCLUDED.data ELSE t.data END,
-            data_hash = EXCLUDED.data_hash,
-            fetched_at = EXCLUDED.fetched_at,
-            fresh_until = EXCLUDED.fresh_until
-        WHERE t.fetched_at <= EXCLUDED.fetched_at OR t.fetched_at > clock_timestamp()
-    RETURNING t.clan_tag AS tag
-)
--- `before` reads the table as it was when the statement started (a data-modifying CTE's
--- changes are invisible to the rest of its statement): the hash each body is compared with.
-SELECT stored.tag, before.data_hash IS DISTINCT FROM s.data_hash AS changed
-FROM stored
-JOIN s ON s.tag = stored.tag
-LEFT JOIN wars before ON before.clan_tag = stored.tag;
+LEFT JOIN {table} before ON before.{key} = stored.tag;
 
 -- name: insert_ledger_rows
 -- Append ledger rows given as one JSON array of objects (one round trip for a whole batch, in

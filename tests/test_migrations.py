@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from coclib.migrations import MIGRATIONS_DIR, discover, migrate
+from coclib.snapshots import SNAPSHOT_TABLES, upsert_query
 from coclib.sqlfiles import load_queries, parse_queries
 
 
@@ -70,11 +71,14 @@ def test_badly_named_or_duplicate_files_are_refused(tmp_path):
 
 def test_named_queries_parse_and_every_one_is_valid_sql(database_url):
     queries = load_queries()
-    assert {"insert_ledger_rows", "upsert_players", "settled_requests", "ping"} <= set(queries)
+    assert {"insert_ledger_rows", "upsert_snapshots", "settled_requests", "ping"} <= set(queries)
     with pytest.raises(ValueError, match="twice"):
         parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
     with psycopg.connect(database_url) as conn:
-        for name, sql in queries.items():
+        # The snapshot upsert is a template: checked as each kind fills it in.
+        texts = {name: sql for name, sql in queries.items() if name != "upsert_snapshots"}
+        texts |= {f"upsert_{kind}": upsert_query(kind).as_string(conn) for kind in SNAPSHOT_TABLES}
+        for name, sql in texts.items():
             # PREPARE checks syntax and every referenced object without running anything.
             text = sql.rstrip(";")
             text = re.sub(r"%\(\w+\)[sb]", "NULL", text)

@@ -48,9 +48,9 @@ CHANNEL = "refresh_done"
 # default 8 kB block size): 7999 is the most it takes.
 MAX_PAYLOAD_BYTES = 7999
 # The outcomes that settle a request, as the contract names them: what the worker notifies
-# and what `RefreshWaiter` looks for in the ledger. `ledger.outcomes.SETTLING` is the
-# worker's home of this set; coclib cannot import it (producers use coclib alone), so a test
-# keeps the two equal.
+# and what `RefreshWaiter` looks for in the ledger: the one home of this set, which the
+# worker's `ledger.outcomes.SETTLING` is built from (coclib cannot import ledger: producers
+# use coclib alone).
 SETTLED_OUTCOMES = ("fetched", "failed", "skipped-fresh")
 # Settlements heard that no wait wanted yet, kept for the next `wait` (a site waiting for
 # one request, then another, must not miss the second for having heard it early).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from coclib.completions import SETTLED_OUTCOMES
 from coclib.reasons import Reason
 
 
@@ -29,11 +30,11 @@ class Outcome(StrEnum):
         return self in SETTLING
 
 
-# The one definition of what settles a request: the drain, crash recovery (through the
-# queries it parameterises), the completion signal (NOTIFY refresh_done), redrive and the
-# tests all read it from here (coclib.completions.SETTLED_OUTCOMES names it for producers,
-# who use coclib alone; a test keeps the two equal).
-SETTLING = frozenset({Outcome.FETCHED, Outcome.FAILED, Outcome.SKIPPED_FRESH})
+# What settles a request, as outcomes: the drain, crash recovery (through the queries it
+# parameterises), the completion signal (NOTIFY refresh_done), redrive and the tests read it
+# here. Its one home is coclib.completions.SETTLED_OUTCOMES, the set a producer's waiter
+# (which has coclib alone) looks for: a name there that is no outcome fails at import.
+SETTLING = frozenset(Outcome(name) for name in SETTLED_OUTCOMES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,8 +241,7 @@ class _Run:
         self.gate = FreshnessGate(drain.db, self.books, enabled=policy.freshness)
         self.last_flush = _now()
         self.streak: set[str] = set()  # requests that met a transient error since the API last answered
-        self.queue_seen_empty = False  # both lanes, at the last look at each
-        self.seen_empty = {Lane.QUEUE: False, Lane.PRIORITY: False}
+        self.seen_empty = dict.fromkeys(Lane, False)  # each lane, at the last look at it
         self.lanes = LaneShare()
         self.idle_since: float | None = None  # both lanes found empty with nothing to do, since
         self._look_again = False
@@ -372,7 +371,7 @@ class _Run:
             if not self.stopped:
                 await self._dispatch()
             if not self.stopped and self._idle():
-                if not self.queue_seen_empty:
+                if not all(self.seen_empty.values()):
                     continue  # look at the queue once more before calling it empty
                 # Nothing left to learn from: the requests that ran out of tries fail, unless the
                 # API is down.
@@ -421,7 +420,6 @@ class _Run:
         finally:
             for watch in watches:
                 watch.cancel()
-        self.queue_seen_empty = False
         self.seen_empty = dict.fromkeys(Lane, False)
         return True
 
@@ -440,8 +438,7 @@ class _Run:
             self.policy.prefetch if limit is None else min(self.policy.prefetch, limit - self.summary.taken)
         )
         if room <= 0:
-            self.queue_seen_empty = True  # as far as this run may take, it is
-            self.seen_empty = dict.fromkeys(Lane, True)
+            self.seen_empty = dict.fromkeys(Lane, True)  # as far as this run may take, they are
             return
         # The priority lane is looked at every time round, and kept a window's worth ahead:
         # what is taken from it passes whatever the queue has buffered. The queue is taken from,
@@ -468,7 +465,6 @@ class _Run:
         for lane in Lane:
             if want[lane]:
                 self.seen_empty[lane] = got[lane] < want[lane]
-        self.queue_seen_empty = all(self.seen_empty.values())
         for item in items:
             if item.taken.error is not None:
                 error = item.taken.error

@@ -61,7 +61,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall: Callable[[], float] = time.time,
-        share_every: int = 10,
+        share_every: int = 9,
     ) -> None:
         if not rate > 0:
             raise ValueError("rate must be positive")

@@ -424,7 +424,7 @@ def check_run_order(world: World, run_id: str, expected: Sequence[str], *lanes: 
         assert order == sorted(order), f"run {run_id} started requests out of their lane's order: {firsts}"
 
 
-def check_lane_share(world: World, run_id: str, priority: set[str], every: int = 10) -> None:
+def check_lane_share(world: World, run_id: str, priority: set[str], every: int = 9) -> None:
     """While the queue has work, it gets at least one call in `every`: in a run's attempts (retries
     included), no more than `every` - 1 priority attempts in a row come before a first attempt of
     a queue request."""

@@ -23,7 +23,7 @@ After every step (`invariants.py` has the details):
 After every drain: each lane is exactly the old in-flight list's items of that lane plus the
 old lane, minus what is now settled (and minus what a cancelled run left in flight), in the same
 order; first attempts in the run follow each lane's order; while the queue has work, at most
-nine priority calls in a row pass it; its summary agrees with the ledger; a maintenance
+eight priority calls in a row pass it (`worker.lanes`); its summary agrees with the ledger; a maintenance
 window, a revoked key and a dead Postgres fail nothing that needed the API (a dead Postgres
 changes nothing at all). At the end of each example every fault is switched off, drains run
 until the queue is empty, and every request must have ended `fetched` or `failed` exactly once.

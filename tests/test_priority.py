@@ -81,8 +81,8 @@ def test_a_flood_of_priority_requests_leaves_the_queue_its_share(
 
     assert summary.stopped == "queue_empty" and summary.counts.get("fetched") == 98, summary
     order = first_attempts(database_url)
-    # At least one call in ten went to the queue while it had work waiting.
-    assert longest_priority_stretch_before_a_queue_call(order) <= 9, order
+    # At least one call in nine went to the queue while it had work waiting (a tenth over any stretch).
+    assert longest_priority_stretch_before_a_queue_call(order) <= 8, order
     assert [r for r in order if r.startswith("p")] == [r.id for r in flood]
     assert [r for r in order if r.startswith("q")] == [r.id for r in backlog]
 
@@ -124,9 +124,9 @@ def test_recovery_returns_each_item_to_its_own_lane_and_the_priority_lane_goes_f
     lanes=st.lists(st.booleans(), max_size=80),
     groups=st.lists(st.integers(1, 12), min_size=1, max_size=40),
 )
-def test_lane_share_keeps_each_lanes_order_and_the_queues_tenth(lanes, groups):
+def test_lane_share_keeps_each_lanes_order_and_the_queues_ninth(lanes, groups):
     """Pure: whatever the group sizes, priority first, each lane in order, and never more than
-    nine priority picks in a row while the queue has candidates."""
+    eight priority picks in a row while the queue has candidates."""
     urgent = [f"p{i}" for i, u in enumerate(lanes) if u]
     plain = [f"q{i}" for i, u in enumerate(lanes) if not u]
     share = LaneShare()
@@ -141,7 +141,7 @@ def test_lane_share_keeps_each_lanes_order_and_the_queues_tenth(lanes, groups):
         picked += group
     assert [x for x in picked if x.startswith("p")] == urgent
     assert [x for x in picked if x.startswith("q")] == plain
-    assert longest_priority_stretch_before_a_queue_call(picked) <= 9  # at least one in ten
+    assert longest_priority_stretch_before_a_queue_call(picked) <= 8  # at least one in nine
     if urgent and plain:
         assert picked[0].startswith("p")
 

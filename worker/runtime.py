@@ -30,6 +30,7 @@ from ledger.health import HealthRules
 from ledger.partitions import apply_retention, ledger_size
 from worker.drain import Drain, DrainPolicy, RunSummary, StopCode
 from worker.health import PROBE_BUDGET_SECONDS, HealthReport, check_health
+from worker.lanes import QUEUE_SHARE_EVERY
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Worker:
         self._reread = reread
         self._on_reread = on_reread
         self.keys = QueueKeys(settings.queue.refresh_queue_key)
-        self.limiter = RateLimiter(settings.api.coc_reqs_per_sec)
+        self.limiter = RateLimiter(settings.api.coc_reqs_per_sec, share_every=QUEUE_SHARE_EVERY)
         self.policy = self._with_settings(policy or DrainPolicy(linger=settings.drain_linger_seconds))
         self._queue: RefreshQueue | None = None
         self._redis_lock = asyncio.Lock()

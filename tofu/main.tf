@@ -73,6 +73,7 @@ locals {
       COC_REQS_PER_SEC     = tostring(var.coc_reqs_per_sec)
       REFRESH_QUEUE_KEY    = var.refresh_queue_key
       DRAIN_LINGER_SECONDS = tostring(var.drain_linger_seconds)
+      FRESHNESS            = var.freshness ? "on" : "off"
       PYTHONPATH           = "/var/task:/opt/python"
     },
     var.database_url != null ? { DATABASE_URL = var.database_url } : {},

@@ -384,6 +384,12 @@ variable "drain_linger_seconds" {
   }
 }
 
+variable "freshness" {
+  description = "FRESHNESS: true (the default) settles a request whose snapshot is still inside the API's own cache lifetime (max-age minus Age) as skipped-fresh, without a call, so the rate limit goes to bodies that can have changed; false calls every request (fresh_until and changed are still recorded). See the main README, \"The freshness gate and change detection\"."
+  type        = bool
+  default     = true
+}
+
 variable "ledger_retention_days" {
   description = "LEDGER_RETENTION_DAYS: after each run, drop the ledger's daily partitions whose rows are all older than this many days. At the 30 requests/s limit with a constant backlog the ledger grows by about 5.2 million rows, about 1.6 GB with indexes, a day (two rows a request, about 306 bytes a row: bench/ledger.md), so the default 30 days hold up to about 48 GB; at the default 10/s, a third of that. null keeps all history. The database role must own refresh_ledger."
   type        = number

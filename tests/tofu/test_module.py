@@ -546,9 +546,12 @@ def test_environment_variables_and_sensitive_inputs(mod):
         "LEDGER_RETENTION_DAYS",
         "REDIS_CLUSTER",
         "DRAIN_LINGER_SECONDS",
+        "FRESHNESS",
         "PYTHONPATH",
     }
     assert "DRAIN_LINGER_SECONDS = tostring(var.drain_linger_seconds)" in env
+    # The worker reads `on` or `off` (coclib.settings), not tofu's true/false.
+    assert 'FRESHNESS = var.freshness ? "on" : "off"' in env and mod.variables["freshness"]["default"] is True
     assert mod.variables["drain_linger_seconds"]["default"] == 120  # the schedule's period
     assert "local.secret_references" in env  # the *_SECRET_ARN / *_PARAMETER variables
     assert 'PYTHONPATH = "/var/task:/opt/python"' in env

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -10,6 +12,7 @@ import redis
 from psycopg.rows import dict_row
 
 from coclib.keys import QueueKeys
+from coclib.migrations import discover, migrate
 from coclib.queue import RefreshRequest, encode
 from coclib.ratelimit import RateLimiter
 from coclib.settings import Settings
@@ -82,3 +85,13 @@ class RecordingLimiter(RateLimiter):
     async def acquire(self, *, priority: bool = False) -> None:
         await super().acquire(priority=priority)
         self.starts.append(self._clock())
+
+
+def migrate_before(url: str, version: int, directory: Path) -> list[str]:
+    """Apply only the migrations older than `version`, as on a database made before it was
+    written: copies of them in `directory` (made if need be). Returns the files applied."""
+    directory.mkdir(exist_ok=True)
+    for migration in discover():
+        if migration.version < version:
+            shutil.copy(migration.path, directory)
+    return migrate(url, directory)

@@ -129,6 +129,8 @@ class World:
     priority: list[bytes] = field(default_factory=list)  # the priority lane
     # The lane of each in-flight item (`inflight` holds the items themselves, marks removed).
     inflight_lanes: list[str] = field(default_factory=list)
+    # refresh_open_attempts, read in the same snapshot as `rows`.
+    open_attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def rows_of(self, request_id: str) -> list[dict[str, Any]]:
         return self.by_request.get(request_id, [])
@@ -146,8 +148,10 @@ class World:
 
 
 def read_world(database_url: str, client: redis.Redis, keys: QueueKeys, calls: Iterable[Call]) -> World:
-    with psycopg.connect(database_url, row_factory=dict_row, autocommit=True) as conn:
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all
         rows = conn.execute("SELECT * FROM refresh_ledger ORDER BY id").fetchall()
+        open_attempts = conn.execute("SELECT * FROM refresh_open_attempts").fetchall()
         snapshots = {}
         for kind, (table, key) in TABLES.items():
             for row in conn.execute(f"SELECT {key} AS tag, data, fetched_at FROM {table}").fetchall():
@@ -172,6 +176,7 @@ def read_world(database_url: str, client: redis.Redis, keys: QueueKeys, calls: I
         lease,
         priority,
         [str(t.lane) for t in inflight],
+        open_attempts,
     )
 
 
@@ -251,6 +256,33 @@ def check_request_histories(world: World, *, finished_runs: Iterable[str] = ()) 
                 f"{request_id} has rows after it was settled ({rows[settle[0]]['outcome']}): "
                 f"{[(r['outcome'], r['reason']) for r in after]}"
             )
+    check_open_attempts(world)
+
+
+def open_attempts_of(rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, Any, str]]:
+    """The attempts with no terminal row of their request at or after them, from ledger rows
+    alone: what refresh_open_attempts must hold (migration 0012)."""
+    by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_request[row["request_id"]].append(row)
+    found: Counter[tuple[str, Any, str]] = Counter()
+    for request_id, history in by_request.items():
+        settled = [r["occurred_at"] for r in history if r["outcome"] != "attempted"]
+        last = max(settled, default=None)
+        for row in history:
+            if row["outcome"] == "attempted" and (last is None or last < row["occurred_at"]):
+                found[(request_id, row["occurred_at"], str(row["run_id"]))] += 1
+    return found
+
+
+def check_open_attempts(world: World) -> None:
+    """refresh_open_attempts, kept by a trigger, holds exactly the ledger's open attempts."""
+    kept = Counter((r["request_id"], r["occurred_at"], str(r["run_id"])) for r in world.open_attempts)
+    expected = open_attempts_of(world.rows)
+    assert kept == expected, (
+        f"refresh_open_attempts disagrees with the ledger: kept but settled {sorted(kept - expected)[:3]}, "
+        f"open but not kept {sorted(expected - kept)[:3]}"
+    )
 
 
 def check_calls(world: World, items: dict[str, Item]) -> None:

@@ -16,14 +16,18 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from coclib.queue import RefreshRequest
@@ -36,6 +40,7 @@ from ledger.health import DEGRADED, ORPHANS_COUNTED, QueueState, assess
 from ledger.values import plain
 from tests.conftest import ROOT, TEST_TOKEN, flush_redis_db
 from tests.helpers import drain, push
+from tests.invariants import open_attempts_of
 from worker.drain import DrainPolicy
 
 
@@ -290,7 +295,8 @@ def test_orphaned_attempts_finds_the_dead_runs_attempt_only(drained: Drained):
 
 
 def test_every_attempt_of_a_run_with_a_summary_has_a_terminal_row(drained: Drained):
-    """The drain's invariant that refresh_orphaned_attempts_between relies on."""
+    """The drain's invariant behind refresh_health's first test for orphans (only a run
+    without a summary can have left any)."""
     unsettled = sql(
         drained.url,
         """
@@ -544,7 +550,7 @@ def test_render_table_aligns_and_counts():
     assert table.splitlines() == ["a | n", "--+---", "x |  1", "  | 22", "(2 rows)"]
 
 
-def test_orphan_search_by_run_agrees_with_the_exact_view(database_url: str):
+def test_orphan_search_agrees_with_the_exact_view(database_url: str):
     """Crafted history: retries, settling in a later run, the grace period, a finished run."""
     dead, later, running = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     rows = [  # (request, run, outcome, minutes ago)
@@ -580,6 +586,52 @@ def test_orphan_search_by_run_agrees_with_the_exact_view(database_url: str):
     assert [r["request_id"] for r in exact] == ["b", "b", "d"]
     assert fast == exact
     assert health["orphaned_attempts"] == 3
+
+
+# A ledger row for the property below: (request, outcome, seconds before now).
+_rows = st.tuples(
+    st.sampled_from("abcd"),
+    st.sampled_from(["attempted", "attempted", "fetched", "failed", "deferred", "skipped-fresh"]),
+    st.integers(min_value=0, max_value=7200),
+)
+
+
+@hypothesis.settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(_rows, min_size=1, max_size=6), min_size=1, max_size=8))
+def test_open_attempts_are_the_ledgers_whatever_order_rows_arrive_in(database_url: str, batches):
+    """refresh_open_attempts (a trigger's work) against the ledger's own definition, for any
+    history, written in batches in any order: a terminal row may arrive before an earlier
+    attempt of its request, or settle attempts written by other statements."""
+    run = uuid.uuid4()
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        for batch in batches:
+            conn.execute(
+                "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, occurred_at) "
+                "SELECT r.request_id, %s, 'player', '#2PP', r.outcome, "
+                "       CASE WHEN r.outcome NOT IN ('attempted', 'fetched') THEN 'deadline' END, "
+                "       now() - make_interval(secs => r.ago) "
+                "FROM unnest(%s::text[], %s::text[], %s::int[]) AS r (request_id, outcome, ago)",
+                (run, *map(list, zip(*batch, strict=True))),
+            )
+        rows = conn.execute("SELECT * FROM refresh_ledger WHERE run_id = %s", (run,)).fetchall()
+        kept = conn.execute("SELECT * FROM refresh_open_attempts WHERE run_id = %s", (run,)).fetchall()
+        # The health and audit function reads the table; the view reads only the ledger.
+        fast = conn.execute(
+            "SELECT request_id, occurred_at FROM refresh_orphaned_attempts_between('-infinity', 'infinity') "
+            "WHERE run_id = %s ORDER BY 2, 1",
+            (run,),
+        ).fetchall()
+        exact = conn.execute(
+            "SELECT request_id, occurred_at FROM refresh_orphaned_attempts WHERE run_id = %s ORDER BY 2, 1",
+            (run,),
+        ).fetchall()
+        conn.rollback()
+    assert Counter((r["request_id"], r["occurred_at"], str(r["run_id"])) for r in kept) == open_attempts_of(
+        rows
+    )
+    assert fast == exact
 
 
 def test_health_counts_orphaned_attempts_up_to_a_cap_after_a_crash_storm(database_url: str):

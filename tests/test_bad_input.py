@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from pathlib import Path
 
 import orjson
@@ -21,7 +20,7 @@ from coclib.keys import QueueKeys
 from coclib.migrations import MIGRATIONS_DIR, discover, migrate
 from coclib.queue import RefreshRequest, request_id_for
 from coclib.testing.lambda_context import LambdaContext, scheduled_event
-from tests.helpers import drain, inflight_items, ledger, outcomes, push, query, queue_items
+from tests.helpers import drain, inflight_items, ledger, migrate_before, outcomes, push, query, queue_items
 from tests.invariants import fresh_tag
 from worker.drain import DrainPolicy
 
@@ -278,12 +277,7 @@ def test_the_invocation_fails_on_an_internal_error_and_the_next_one_drains(
 
 
 def test_postgres_refuses_free_text_reasons_but_keeps_older_rows(empty_database_url, tmp_path: Path):
-    before_0004 = tmp_path / "migrations"
-    before_0004.mkdir()
-    for m in discover():
-        if m.version < 4:
-            shutil.copy(m.path, before_0004)
-    migrate(empty_database_url, before_0004)
+    migrate_before(empty_database_url, 4, tmp_path / "migrations")
     insert = (
         "INSERT INTO refresh_ledger (request_id, run_id, outcome, reason) "
         "VALUES (%s, gen_random_uuid(), 'deferred', %s)"

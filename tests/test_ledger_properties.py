@@ -103,6 +103,7 @@ def _filtered(world: World, ids: set[str], runs: set[str], keys: set[tuple[str, 
         {k: v for k, v in world.snapshots.items() if k in keys},
         {k: v for k, v in world.summaries.items() if k in runs},
         world.lease,
+        open_attempts=[r for r in world.open_attempts if r["request_id"] in ids],
     )
 
 

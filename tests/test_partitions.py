@@ -4,7 +4,7 @@ partitions are made ahead, and retention drops whole old partitions and nothing 
 from __future__ import annotations
 
 import asyncio
-import shutil
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,9 +15,11 @@ import pytest
 from psycopg.rows import dict_row
 
 from coclib.db import Database
-from coclib.migrations import MIGRATIONS_DIR, discover, migrate
+from coclib.migrations import discover, migrate
 from ledger.__main__ import main as ledger_main
 from ledger.partitions import apply_retention, ensure_partitions
+from tests.helpers import migrate_before
+from tests.invariants import open_attempts_of
 
 ROW = (
     "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, occurred_at) "
@@ -59,25 +61,28 @@ def name(day: date) -> str:
     return f"refresh_ledger_p{day:%Y%m%d}"
 
 
-def rollup_matches_ledger(conn: psycopg.Connection) -> bool:
-    """Whether refresh_ledger_minutes holds exactly the ledger's counts, both ways."""
+def derived_tables_match_ledger(conn: psycopg.Connection) -> bool:
+    """Whether refresh_ledger_minutes holds exactly the ledger's counts, both ways, and
+    refresh_open_attempts exactly its open attempts."""
     counted = """
         SELECT date_bin('1 minute', occurred_at, timestamptz '2000-01-01 00:00:00+00'), run_id,
                outcome, count(*), min(occurred_at), max(occurred_at)
         FROM refresh_ledger GROUP BY 1, 2, 3"""
     kept = "SELECT minute, run_id, outcome, rows, first_at, last_at FROM refresh_ledger_minutes"
     diff = conn.execute(f"({counted} EXCEPT {kept}) UNION ALL ({kept} EXCEPT {counted})").fetchall()
-    return diff == []
+    open_kept = Counter(
+        (r["request_id"], r["occurred_at"], str(r["run_id"]))
+        for r in conn.execute("SELECT * FROM refresh_open_attempts").fetchall()
+    )
+    ledger = conn.execute("SELECT * FROM refresh_ledger").fetchall()
+    return diff == [] and open_kept == open_attempts_of(ledger)
 
 
 # -- migrating an existing ledger ----------------------------------------------------------
 
 
 def test_migrating_an_unpartitioned_ledger_keeps_every_row(empty_database_url: str, tmp_path: Path):
-    only_0001 = tmp_path / "migrations"
-    only_0001.mkdir()
-    shutil.copy(MIGRATIONS_DIR / "0001_initial.sql", only_0001)
-    assert migrate(empty_database_url, only_0001) == ["0001_initial.sql"]
+    assert migrate_before(empty_database_url, 2, tmp_path / "migrations") == ["0001_initial.sql"]
 
     now = datetime.now(UTC)
     times = [
@@ -121,7 +126,7 @@ def test_migrating_an_unpartitioned_ledger_keeps_every_row(empty_database_url: s
         c.execute(ROW, ("new", "attempted", None, now))
         new_id = c.execute("SELECT max(id) AS id FROM refresh_ledger").fetchone()["id"]
         assert new_id == last_id + 1 > max(r["id"] for r in before)
-        assert rollup_matches_ledger(c)
+        assert derived_tables_match_ledger(c)
         assert c.execute("SELECT count(*) AS n FROM refresh_run_summaries").fetchone()["n"] == 1
         assert c.execute("SELECT count(*) AS n FROM refresh_runs").fetchone()["n"] == 1
         # The views came back and read the new table.
@@ -134,6 +139,43 @@ def test_migrating_an_unpartitioned_ledger_keeps_every_row(empty_database_url: s
             )
         }
         assert gone == set()
+
+
+def test_migrating_tracks_the_attempts_already_open(empty_database_url: str, tmp_path: Path):
+    """0012 fills refresh_open_attempts from the ledger it finds; the trigger keeps it after."""
+    migrate_before(empty_database_url, 12, tmp_path / "migrations")
+    dead, later = "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333"
+    now = datetime.now(UTC)
+    rows = [  # (request, run, outcome, minutes ago)
+        ("lost", dead, "attempted", 50),
+        ("settled", dead, "attempted", 50),
+        ("settled", dead, "fetched", 49),
+        ("requeued", dead, "attempted", 48),
+        ("requeued", later, "attempted", 40),
+        ("requeued", later, "fetched", 39),
+        ("running", later, "attempted", 0),
+    ]
+    with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as c:
+        for request_id, run_id, outcome, ago in rows:
+            c.execute(
+                "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, occurred_at) "
+                "VALUES (%s, %s, 'player', '#2PP', %s, %s)",
+                (request_id, run_id, outcome, now - timedelta(minutes=ago)),
+            )
+
+    assert migrate(empty_database_url) == [m.path.name for m in discover() if m.version >= 12]
+
+    with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as c:
+        kept = c.execute("SELECT request_id FROM refresh_open_attempts ORDER BY occurred_at").fetchall()
+        assert [r["request_id"] for r in kept] == ["lost", "running"]
+        assert derived_tables_match_ledger(c)
+        c.execute(ROW, ("running", "fetched", None, datetime.now(UTC)))
+        assert derived_tables_match_ledger(c)
+        orphans = c.execute(
+            "SELECT request_id FROM refresh_orphaned_attempts_between(%s, 'infinity')",
+            (now - timedelta(hours=1),),
+        ).fetchall()
+        assert [r["request_id"] for r in orphans] == ["lost"]
 
 
 # -- immutability on every partition --------------------------------------------------------
@@ -242,6 +284,8 @@ def _aged_ledger(conn: psycopg.Connection) -> dict[str, int]:
         conn.execute(
             ROW, (f"d{ago}", "fetched", None, noon(today() - timedelta(days=ago)) + timedelta(seconds=1))
         )
+    # An attempt never settled (its run died, the request was lost): dropped with its day.
+    conn.execute(ROW, ("lost", "attempted", None, noon(today() - timedelta(days=10))))
     conn.execute(ROW, ("now", "attempted", None, datetime.now(UTC)))
     conn.execute(ROW, ("old", "failed", "not_found", datetime(2020, 1, 1, tzinfo=UTC)))
     return where(conn)
@@ -264,7 +308,7 @@ def test_retention_drops_whole_old_partitions_and_nothing_else(conn: psycopg.Con
     assert partitions(conn)["refresh_ledger_default"]["is_default"]  # recreated, empty…
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         conn.execute("TRUNCATE refresh_ledger_default")  # …and guarded
-    assert rollup_matches_ledger(conn)
+    assert derived_tables_match_ledger(conn)
     # Nothing left to drop; the ledger still refuses row changes.
     assert conn.execute("SELECT * FROM refresh_ledger_drop_partitions_older_than(7)").fetchall() == []
     with pytest.raises(psycopg.errors.FeatureNotSupported):

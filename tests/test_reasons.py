@@ -9,6 +9,7 @@ import psycopg
 
 from coclib.migrations import discover, migrate
 from coclib.reasons import Reason
+from tests.helpers import migrate_before
 
 RENAMED = "0006_api_down_reason.sql"
 
@@ -23,11 +24,8 @@ def test_no_code_begins_with_another():
 def test_the_rename_keeps_rows_written_as_upstream_and_says_so(empty_database_url, tmp_path):
     """The ledger and the run summaries are append-only: the migration may not rewrite them, so
     it must apply over rows holding `upstream`, keep them, and document the old code."""
-    renamed = next(m.path for m in discover() if m.path.name == RENAMED)
-    for migration in discover():
-        if migration.path.name < RENAMED:
-            shutil.copy(migration.path, tmp_path)
-    migrate(empty_database_url, tmp_path)
+    renamed = next(m for m in discover() if m.path.name == RENAMED)
+    migrate_before(empty_database_url, renamed.version, tmp_path)
     run_id = uuid.uuid4()
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute(
@@ -41,7 +39,7 @@ def test_the_rename_keeps_rows_written_as_upstream_and_says_so(empty_database_ur
             (run_id,),
         )
 
-    shutil.copy(renamed, tmp_path)
+    shutil.copy(renamed.path, tmp_path)
     assert migrate(empty_database_url, tmp_path) == [RENAMED]
 
     with psycopg.connect(empty_database_url, autocommit=True) as conn:

@@ -4,8 +4,8 @@
 -- (fetched, failed, skipped-deadline, deferred) for the same request at or after it: the
 -- process died between the call and the commit (Lambda timeout, OOM, kill). The next run
 -- requeues such requests, so a row here that stays here means one was lost. Same rows as
--- the view refresh_orphaned_attempts over the window, found through runs that wrote no
--- summary (see refresh_orphaned_attempts_between in sql/migrations/0003).
+-- the view refresh_orphaned_attempts over the window, read from refresh_open_attempts (the
+-- attempts nothing has settled yet, kept by a trigger: sql/migrations/0012).
 --
 -- Parameters (psql -v NAME=VALUE, all optional):
 --   since  start of the window, any timestamptz input     default: now() - 24 hours

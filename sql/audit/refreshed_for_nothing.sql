@@ -11,7 +11,7 @@
 -- Parameters (psql -v NAME=VALUE, all optional):
 --   since          start of the window, any timestamptz input   default: now() - 24 hours
 --   until          end of the window (exclusive)                default: now()
---   min_unchanged  the least number of unchanged fetches to list default: 2
+--   min_unchanged  the least number of unchanged fetches to list default: 2 (below 1: 1)
 --
 -- Example:
 --   psql -X -v min_unchanged=10 -f sql/audit/refreshed_for_nothing.sql "$DATABASE_URL"
@@ -20,24 +20,32 @@
 \if :{?until} \else \set until '' \endif
 \if :{?min_unchanged} \else \set min_unchanged 2 \endif
 
--- The window reaches the ledger through its (tag, occurred_at) index per tag listed, and
--- through the occurred_at index for the grouping.
-WITH tags AS (
-    SELECT l.kind, l.tag,
-           count(*) FILTER (WHERE l.outcome = 'fetched')                     AS fetches,
-           count(*) FILTER (WHERE l.outcome = 'fetched' AND NOT l.changed)   AS unchanged,
-           count(*) FILTER (WHERE l.outcome = 'skipped-fresh')               AS skipped_fresh,
-           max(l.occurred_at) FILTER (WHERE l.outcome = 'fetched' AND l.changed) AS last_changed_at
+-- The tags with enough unchanged fetches come from the partial index of unchanged fetches
+-- (migration 0013); each listed tag's other counts from the (tag, occurred_at) index. The
+-- bounds are written out in each scan, not joined in, so that each is pruned to the window's
+-- partitions.
+WITH unchanged AS (
+    SELECT l.kind, l.tag, count(*) AS unchanged
     FROM refresh_ledger l
-    WHERE l.outcome IN ('fetched', 'skipped-fresh')
+    WHERE l.outcome = 'fetched' AND NOT l.changed
       AND l.tag IS NOT NULL
       AND l.occurred_at >= coalesce(nullif(:'since', '')::timestamptz, now() - interval '24 hours')
       AND l.occurred_at < coalesce(nullif(:'until', '')::timestamptz, now())
     GROUP BY l.kind, l.tag
+    HAVING count(*) >= :'min_unchanged'::integer
 )
-SELECT t.kind, t.tag, t.fetches, t.unchanged,
-       round(t.unchanged::numeric / nullif(t.fetches, 0), 4) AS unchanged_share,
-       t.skipped_fresh, t.last_changed_at
-FROM tags t
-WHERE t.unchanged >= :'min_unchanged'::integer
-ORDER BY t.unchanged DESC, t.fetches DESC, t.tag;
+SELECT u.kind, u.tag, c.fetches, u.unchanged,
+       round(u.unchanged::numeric / nullif(c.fetches, 0), 4) AS unchanged_share,
+       c.skipped_fresh, c.last_changed_at
+FROM unchanged u
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE l.outcome = 'fetched')                     AS fetches,
+           count(*) FILTER (WHERE l.outcome = 'skipped-fresh')               AS skipped_fresh,
+           max(l.occurred_at) FILTER (WHERE l.outcome = 'fetched' AND l.changed) AS last_changed_at
+    FROM refresh_ledger l
+    WHERE l.tag = u.tag AND l.kind = u.kind
+      AND l.outcome IN ('fetched', 'skipped-fresh')
+      AND l.occurred_at >= coalesce(nullif(:'since', '')::timestamptz, now() - interval '24 hours')
+      AND l.occurred_at < coalesce(nullif(:'until', '')::timestamptz, now())
+) c
+ORDER BY u.unchanged DESC, c.fetches DESC, u.tag;

@@ -256,32 +256,29 @@ def check_request_histories(world: World, *, finished_runs: Iterable[str] = ()) 
                 f"{request_id} has rows after it was settled ({rows[settle[0]]['outcome']}): "
                 f"{[(r['outcome'], r['reason']) for r in after]}"
             )
-    check_open_attempts(world)
+    check_open_attempts(world.open_attempts, world.rows)
 
 
-def open_attempts_of(rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, Any, str]]:
-    """The attempts with no terminal row of their request at or after them, from ledger rows
-    alone: what refresh_open_attempts must hold (migration 0012)."""
+def check_open_attempts(kept: Iterable[dict[str, Any]], rows: Iterable[dict[str, Any]]) -> None:
+    """refresh_open_attempts' rows (`kept`, a trigger's work) are exactly the attempts of the
+    ledger `rows` with no terminal row of their request at or after them (migration 0012)."""
     by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_request[row["request_id"]].append(row)
-    found: Counter[tuple[str, Any, str]] = Counter()
-    for request_id, history in by_request.items():
-        settled = [r["occurred_at"] for r in history if r["outcome"] != "attempted"]
-        last = max(settled, default=None)
-        for row in history:
-            if row["outcome"] == "attempted" and (last is None or last < row["occurred_at"]):
-                found[(request_id, row["occurred_at"], str(row["run_id"]))] += 1
-    return found
+    expected: list[dict[str, Any]] = []
+    for history in by_request.values():
+        last = max((r["occurred_at"] for r in history if r["outcome"] != "attempted"), default=None)
+        expected += [
+            r for r in history if r["outcome"] == "attempted" and (last is None or last < r["occurred_at"])
+        ]
 
+    def keys(found: Iterable[dict[str, Any]]) -> Counter[tuple[str, Any, str]]:
+        return Counter((r["request_id"], r["occurred_at"], str(r["run_id"])) for r in found)
 
-def check_open_attempts(world: World) -> None:
-    """refresh_open_attempts, kept by a trigger, holds exactly the ledger's open attempts."""
-    kept = Counter((r["request_id"], r["occurred_at"], str(r["run_id"])) for r in world.open_attempts)
-    expected = open_attempts_of(world.rows)
-    assert kept == expected, (
-        f"refresh_open_attempts disagrees with the ledger: kept but settled {sorted(kept - expected)[:3]}, "
-        f"open but not kept {sorted(expected - kept)[:3]}"
+    settled, missing = keys(kept) - keys(expected), keys(expected) - keys(kept)
+    assert not settled and not missing, (
+        f"refresh_open_attempts disagrees with the ledger: kept but settled {sorted(settled)[:3]}, "
+        f"open but not kept {sorted(missing)[:3]}"
     )
 
 

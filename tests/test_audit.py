@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +39,7 @@ from ledger.health import DEGRADED, ORPHANS_COUNTED, QueueState, assess
 from ledger.values import plain
 from tests.conftest import ROOT, TEST_TOKEN, flush_redis_db
 from tests.helpers import drain, push
-from tests.invariants import open_attempts_of
+from tests.invariants import check_open_attempts
 from worker.drain import DrainPolicy
 
 
@@ -628,9 +627,7 @@ def test_open_attempts_are_the_ledgers_whatever_order_rows_arrive_in(database_ur
             (run,),
         ).fetchall()
         conn.rollback()
-    assert Counter((r["request_id"], r["occurred_at"], str(r["run_id"])) for r in kept) == open_attempts_of(
-        rows
-    )
+    check_open_attempts(kept, rows)
     assert fast == exact
 
 

@@ -4,7 +4,6 @@ partitions are made ahead, and retention drops whole old partitions and nothing 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from coclib.migrations import discover, migrate
 from ledger.__main__ import main as ledger_main
 from ledger.partitions import apply_retention, ensure_partitions
 from tests.helpers import migrate_before
-from tests.invariants import open_attempts_of
+from tests.invariants import check_open_attempts
 
 ROW = (
     "INSERT INTO refresh_ledger (request_id, run_id, kind, tag, outcome, reason, occurred_at) "
@@ -61,8 +60,8 @@ def name(day: date) -> str:
     return f"refresh_ledger_p{day:%Y%m%d}"
 
 
-def derived_tables_match_ledger(conn: psycopg.Connection) -> bool:
-    """Whether refresh_ledger_minutes holds exactly the ledger's counts, both ways, and
+def check_derived_tables(conn: psycopg.Connection) -> None:
+    """refresh_ledger_minutes holds exactly the ledger's counts, both ways, and
     refresh_open_attempts exactly its open attempts."""
     counted = """
         SELECT date_bin('1 minute', occurred_at, timestamptz '2000-01-01 00:00:00+00'), run_id,
@@ -70,12 +69,11 @@ def derived_tables_match_ledger(conn: psycopg.Connection) -> bool:
         FROM refresh_ledger GROUP BY 1, 2, 3"""
     kept = "SELECT minute, run_id, outcome, rows, first_at, last_at FROM refresh_ledger_minutes"
     diff = conn.execute(f"({counted} EXCEPT {kept}) UNION ALL ({kept} EXCEPT {counted})").fetchall()
-    open_kept = Counter(
-        (r["request_id"], r["occurred_at"], str(r["run_id"]))
-        for r in conn.execute("SELECT * FROM refresh_open_attempts").fetchall()
+    assert diff == [], f"refresh_ledger_minutes disagrees with the ledger: {diff[:3]}"
+    check_open_attempts(
+        conn.execute("SELECT * FROM refresh_open_attempts").fetchall(),
+        conn.execute("SELECT * FROM refresh_ledger").fetchall(),
     )
-    ledger = conn.execute("SELECT * FROM refresh_ledger").fetchall()
-    return diff == [] and open_kept == open_attempts_of(ledger)
 
 
 # -- migrating an existing ledger ----------------------------------------------------------
@@ -126,7 +124,7 @@ def test_migrating_an_unpartitioned_ledger_keeps_every_row(empty_database_url: s
         c.execute(ROW, ("new", "attempted", None, now))
         new_id = c.execute("SELECT max(id) AS id FROM refresh_ledger").fetchone()["id"]
         assert new_id == last_id + 1 > max(r["id"] for r in before)
-        assert derived_tables_match_ledger(c)
+        check_derived_tables(c)
         assert c.execute("SELECT count(*) AS n FROM refresh_run_summaries").fetchone()["n"] == 1
         assert c.execute("SELECT count(*) AS n FROM refresh_runs").fetchone()["n"] == 1
         # The views came back and read the new table.
@@ -168,9 +166,9 @@ def test_migrating_tracks_the_attempts_already_open(empty_database_url: str, tmp
     with psycopg.connect(empty_database_url, autocommit=True, row_factory=dict_row) as c:
         kept = c.execute("SELECT request_id FROM refresh_open_attempts ORDER BY occurred_at").fetchall()
         assert [r["request_id"] for r in kept] == ["lost", "running"]
-        assert derived_tables_match_ledger(c)
+        check_derived_tables(c)
         c.execute(ROW, ("running", "fetched", None, datetime.now(UTC)))
-        assert derived_tables_match_ledger(c)
+        check_derived_tables(c)
         orphans = c.execute(
             "SELECT request_id FROM refresh_orphaned_attempts_between(%s, 'infinity')",
             (now - timedelta(hours=1),),
@@ -308,7 +306,7 @@ def test_retention_drops_whole_old_partitions_and_nothing_else(conn: psycopg.Con
     assert partitions(conn)["refresh_ledger_default"]["is_default"]  # recreated, empty…
     with pytest.raises(psycopg.errors.FeatureNotSupported):
         conn.execute("TRUNCATE refresh_ledger_default")  # …and guarded
-    assert derived_tables_match_ledger(conn)
+    check_derived_tables(conn)
     # Nothing left to drop; the ledger still refuses row changes.
     assert conn.execute("SELECT * FROM refresh_ledger_drop_partitions_older_than(7)").fetchall() == []
     with pytest.raises(psycopg.errors.FeatureNotSupported):

@@ -23,9 +23,10 @@ clock (the headroom the limiter's margin leaves).
   bounded to `--naive-requests` or `--naive-seconds`; 0 requests leaves it out.
 
 Measured in the child: wall time and `time.process_time()` around the drain only, statements
-sent to Postgres (`Database.round_trips`; each transaction adds a BEGIN, a COMMIT and the
-pool's connection check). Measured by the parent: the child's user + system CPU and peak RSS
-(`os.wait4`), and what the ledger holds afterwards (every request must end `fetched`).
+sent to Postgres (`Database.round_trips`) and the round trips around them (the pool's
+connection checks, each transaction's BEGIN and COMMIT), Redis commands. Measured by the
+parent: the child's user + system CPU and peak RSS (`os.wait4`), and what the ledger holds
+afterwards (every request must end `fetched`).
 
 Not a test: pytest does not collect it. Postgres: TEST_DATABASE_URL, else the local server;
 Redis: TEST_REDIS_URL, else the local server.
@@ -51,6 +52,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # A child runs the code of the checkout it is given (a baseline's, or this one).
 sys.path.insert(0, os.environ.get("BENCH_CODE_ROOT", str(ROOT)))
+
+if "--child" in sys.argv and sys.argv[sys.argv.index("--child") + 1 :][:1] == ["worker"]:
+    # A worker child starts as a Lambda container does: by importing the handler's module, the
+    # checkout's own `lambda_function.py`, and whatever it loads (and however it loads it).
+    import lambda_function  # noqa: F401
 
 from coclib.settings import Settings  # noqa: E402
 
@@ -80,19 +86,34 @@ def _tag(n: int) -> str:
 # -- children ----------------------------------------------------------------------------------
 
 
-def _count_transactions() -> dict[str, int]:
-    """Count `Database.transaction()` entries: each is a pool checkout (with its connection
-    check), a BEGIN and a COMMIT on top of the statements it runs."""
-    from coclib.db import Database
+def _count_round_trips() -> dict[str, int]:
+    """Count what costs a round trip besides the statements `Database.round_trips` counts: the
+    pool's connection checks, transactions (a BEGIN and a COMMIT each), and Redis commands.
+    Counted in the drivers, so that the baseline's code is counted the same way as this
+    checkout's."""
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+    from redis.asyncio import Redis
 
-    counter = {"transactions": 0}
-    original = Database.transaction
+    counter = {"transactions": 0, "checks": 0, "redis": 0}
+    transaction, check = psycopg.AsyncConnection.transaction, AsyncConnectionPool.check_connection
+    command = Redis.execute_command
 
-    def transaction(self, *a, **kw):
+    def counted_transaction(self, *a, **kw):
         counter["transactions"] += 1
-        return original(self, *a, **kw)
+        return transaction(self, *a, **kw)
 
-    Database.transaction = transaction
+    async def counted_check(conn) -> None:
+        counter["checks"] += 1
+        await check(conn)
+
+    async def counted_command(self, *args, **options):
+        counter["redis"] += 1
+        return await command(self, *args, **options)
+
+    psycopg.AsyncConnection.transaction = counted_transaction
+    AsyncConnectionPool.check_connection = staticmethod(counted_check)
+    Redis.execute_command = counted_command
     return counter
 
 
@@ -125,7 +146,7 @@ def _child(kind: str, args: argparse.Namespace) -> None:
         import uvloop  # an experiment: not a dependency of the project
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    counter = _count_transactions()
+    counter = _count_round_trips()
     gc_spent = _gc_meter()
     if kind == "worker":
         from worker.runtime import Worker
@@ -185,7 +206,7 @@ def _child(kind: str, args: argparse.Namespace) -> None:
         profiler.dump_stats(f"{args.profile}.{kind}.prof")
     else:
         result = asyncio.run(go())
-    result["transactions"] = counter["transactions"]
+    result.update(counter)
     result["gc"] = {gen: [len(times), sum(times)] for gen, times in gc_spent.items()}
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
@@ -317,7 +338,8 @@ def _derived(r: dict[str, Any], limit: float) -> dict[str, float]:
         "sys_ms": 1000 * per(r["sys_s"]),
         "statements": per(r["statements"]),
         "xacts": per(r["transactions"]),
-        "trips": per(r["statements"] + 3 * r["transactions"]),
+        "trips": per(r["statements"] + r.get("checks", 0) + 2 * r["transactions"]),
+        "redis": per(r.get("redis", 0)),
     }
 
 
@@ -383,6 +405,7 @@ def _table(args, n: int, results: dict[str, dict[str, Any]], rss_at_first: float
         row("Postgres statements per request", lambda x: f"{d[x]['statements']:.3f}"),
         row("Postgres transactions per request", lambda x: f"{d[x]['xacts']:.3f}"),
         row("Postgres round trips per request", lambda x: f"{d[x]['trips']:.3f}"),
+        row("Redis commands per request", lambda x: f"{d[x]['redis']:.3f}"),
         row(
             "most calls the API saw in any second",
             lambda x: results[x]["api_seen"].get("max_calls_in_any_second", "?"),
@@ -451,9 +474,9 @@ def _report(args, runs: list[tuple[int, dict[str, dict[str, Any]]]], machine, co
         "* calls the API saw: arrival times on the simulator's clock, in its own process; a",
         "  tightest span under 1 s means limit + 1 calls in one second, i.e. a 429.",
         "* statements: the `Database.round_trips` counter (one per statement sent).",
-        "  Transactions: `Database.transaction()` entries, counted in the child. Each costs three",
-        "  more round trips (the pool's connection check, BEGIN, COMMIT), so round trips =",
-        "  statements + 3 x transactions.",
+        "  Transactions: psycopg `transaction()` blocks, counted in the child, each a BEGIN and a",
+        "  COMMIT; with the pool's connection checks, round trips = statements + checks +",
+        "  2 x transactions. Redis commands: `execute_command` calls (a script is one).",
         "* the machine is shared: CPU figures move with its load, which is why the contenders of",
         "  one table run back to back, and why several runs are compared below.",
         "",

@@ -126,9 +126,7 @@ async def naive_drain(settings: Settings, *, max_requests: int, max_seconds: flo
                     http_status=result.http_status,
                     latency_ms=result.latency_ms,
                 )
-                snapshots.append(
-                    snapshot_of(request.kind, request.tag, result.data, result.fetched_at, result.raw)
-                )
+                snapshots.append(snapshot_of(request.kind, request.tag, result.raw, result.fetched_at))
                 fetched += 1
             await writer.append([row], snapshots)
             await redis.lrem(keys.inflight, 1, raw)

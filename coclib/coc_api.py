@@ -12,8 +12,9 @@ sessions, error types) and steered where a refresh worker needs something else:
 - what comes back must be the JSON object the endpoint returns, as JSON: an HTML page,
   truncated or other JSON, an empty body, a non-JSON Content-Type (what proxies and CDNs send
   when something in front of the API fails) is a transient `bad_response`, never a crash;
-- a body is parsed once, from the bytes the API sent, and those bytes are what the snapshot
-  stores (`Fetched.raw`): serialising the parsed body again would cost as much as parsing it;
+- a body is read once, as the bytes the API sent, and those bytes are what the snapshot
+  stores (`Fetched.raw`); the whole text is validated, but only what the checks read (the
+  object's keys, its `tag` and `state`) is built as Python objects (`outline`);
 - how long the answer stays fresh is read from the response's own `Cache-Control` and `Age`
   headers (`coclib.freshness`) where the body is read: coc.py keeps only a lossy copy of
   max-age in the body (`_response_retry`, Age ignored), and that key is stripped.
@@ -33,6 +34,7 @@ from typing import Any
 import aiohttp
 import coc
 import coc.http
+import msgspec
 import orjson
 
 from coclib.errors import RequestError, SystemicError, TransientError
@@ -53,17 +55,21 @@ _MAX_RELOGINS = 1
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A successful call: the body without coc.py's injected keys, and the JSON text it was
-    parsed from, as the API sent it (None if coc.py parsed it: a call outside `fetch`)."""
+    """A successful call: the body's JSON text as the API sent it, checked (valid JSON, an object
+    naming what was asked for)."""
 
-    data: dict[str, Any]
+    raw: bytes
     http_status: int
     latency_ms: int
     fetched_at: float
-    raw: bytes | None = None
     # When the API's cached copy expires, a `time.monotonic()` value: when the call was let go
     # plus max-age minus Age (never later than the API's own expiry); None: not fresh at all.
     fresh_until: float | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The body, parsed. The drain never needs it: it stores `raw` as it is."""
+        return orjson.loads(self.raw)
 
 
 class _CallState:
@@ -156,11 +162,10 @@ _coc_json_or_text = coc.http.json_or_text
 async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
     """coc.py's `json_or_text`, reading the body once as bytes and keeping them for the call.
 
-    coc.py has aiohttp decode the body to a str and parse that; the snapshot then had to be
-    serialised again from the parsed dict. Here the bytes are parsed directly and kept, so the
-    snapshot is the API's own text. Outside a `CocApi.fetch` (no call state) coc.py's own
-    function runs. The results are the same: the parsed JSON, the text for another Content-Type,
-    None for an empty body, and the same parse errors.
+    coc.py has aiohttp decode the body to a str and parse all of it; nothing here needs more
+    than `outline(body)`, and the snapshot is the bytes themselves. Outside a `CocApi.fetch` (no
+    call state) coc.py's own function runs. As there: the text for another Content-Type, None
+    for an empty body, an error for text that is not JSON.
     """
     state = _call.get()
     if state is None:
@@ -170,11 +175,45 @@ async def _json_or_text(response: aiohttp.ClientResponse) -> Any:
     if not _JSON_CONTENT_TYPE.match(response.content_type):
         return await response.text(encoding="utf-8")
     body = await response.read()
-    if not body.strip():
+    if not body or body.isspace():
         return None
-    parsed = orjson.loads(body)
+    if not 200 <= response.status < 300:
+        return _ANY.decode(body)  # an error: coc.py reads its reason and message
+    found = outline(body)
     state.body = body
-    return parsed
+    return found
+
+
+# The object's top level, each value left as its JSON text (checked, never built).
+_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ANY = msgspec.json.Decoder()
+OUTLINED = ("tag", "state")  # the values `check_body` reads
+
+
+def outline(body: bytes) -> Any:
+    """What the checks read of a JSON text, having validated all of it: for an object, a dict of
+    its keys, with the values of `OUTLINED` parsed and every other value None; anything else
+    (an array, a string: refused by `check_body`), parsed.
+
+    A player is about 1,000 Python objects that nobody reads: building them was the drain's
+    largest single cost per request (260 µs of CPU for 23 KB, where this takes about 30:
+    bench/drain.md). Raises `msgspec.DecodeError` (not JSON; nested too deeply for the
+    interpreter) or `UnicodeDecodeError` (not UTF-8, which Postgres would refuse: msgspec does
+    not check the strings it skips).
+    """
+    if not body.isascii():
+        body.decode()
+    try:
+        top = _TOP_LEVEL.decode(body)
+    except msgspec.ValidationError:  # JSON, but not an object
+        return _ANY.decode(body)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deeply") from None
+    found = dict.fromkeys(top)
+    for key in OUTLINED:
+        if key in top:
+            found[key] = _ANY.decode(top[key])
+    return found
 
 
 # coc.py calls this module-level function from `HTTPClient.request` and offers no hook for it.
@@ -300,24 +339,25 @@ class CocApi:
         except Exception as exc:
             raise classify(exc, kind=kind, tag=tag) from None
         latency = time.monotonic() - state.sent_at
-        body = checked_body(data, kind=kind, tag=tag)
-        status = data.get("status_code", 200) if isinstance(data, dict) else 200
+        check_body(data, kind=kind, tag=tag)
+        assert state.body is not None  # a JSON object was read: `check_body` passed
+        status = data.get("status_code", 200)
         lifetime = fresh_for(state.cache_control, state.ages)
         fresh_until = None if lifetime is None else state.sent_at + lifetime
-        return Fetched(body, status, round(latency * 1000), time.time(), state.body, fresh_until)
+        return Fetched(state.body, status, round(latency * 1000), time.time(), fresh_until)
 
 
 def _bad_response(detail: str) -> TransientError:
     return TransientError(Reason.BAD_RESPONSE, detail, http_status=200)
 
 
-def checked_body(data: Any, *, kind: str, tag: str) -> dict[str, Any]:
-    """The API's JSON object without coc.py's injected keys, or `TransientError` (`bad_response`).
+def check_body(data: Any, *, kind: str, tag: str) -> None:
+    """Raise `TransientError` (`bad_response`) unless the API answered the JSON object asked for.
 
-    coc.py returns a successful answer's parsed JSON, or its text when the Content-Type was
-    not JSON (the real API never does that: something in between answered). The body must be
-    an object naming what was asked for: the player or clan with this tag, or a war with a
-    `state`.
+    coc.py returns a successful answer's `outline` (with its own keys added), or its text when
+    the Content-Type was not JSON (the real API never does that: something in between
+    answered). The body must be an object naming what was asked for: the player or clan with
+    this tag, or a war with a `state`.
     """
     if isinstance(data, str):
         # An error page says what went wrong in its text, not its markup.
@@ -336,7 +376,6 @@ def checked_body(data: Any, *, kind: str, tag: str) -> dict[str, Any]:
         found = body.get("tag")
         shown = excerpt(str(found).encode(), limit=30) if found is not None else "no tag"
         raise _bad_response(f"asked for {kind} {tag}, the API's body names {shown!r}")
-    return body
 
 
 def _raised_by_coc_http(exc: BaseException) -> bool:
@@ -390,7 +429,7 @@ def classify(exc: Exception, *, kind: str, tag: str) -> Exception:
             return TransientError(Reason.UPSTREAM_ERROR, "the API answered with a server error (5xx)")
         case aiohttp.ClientError():
             return TransientError(Reason.CONNECTION_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}")
-        case orjson.JSONDecodeError() | UnicodeDecodeError():
+        case msgspec.DecodeError() | UnicodeDecodeError():
             # The body claimed to be JSON and was not (truncated, HTML, invalid UTF-8, too deep).
             return _bad_response(f"the API's body is not valid JSON: {exc}")
         case TypeError() if _raised_by_coc_http(exc):

@@ -15,6 +15,7 @@ known to send) is capped there, so a proxy's `max-age=31536000` cannot freeze a 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -28,6 +29,7 @@ _SEPARATORS = re.compile(r"[,\s]+")
 _DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
+@functools.lru_cache(maxsize=64)  # the API sends a handful of values, each a few thousand times a run
 def max_age(cache_control: str | None) -> int | None:
     """The `max-age` of a `Cache-Control` value, capped; None when absent, unusable or refused.
 

@@ -93,19 +93,18 @@ def body_hash(document: bytes) -> bytes:
 def snapshot_of(
     kind: str,
     tag: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     fetched_at: float,
-    raw: bytes | None = None,
     *,
     fresh_until: float | None = None,
 ) -> Snapshot:
     """The snapshot of an API body, or `RequestError` (`unstorable`) if jsonb cannot hold it.
 
-    `raw` is the JSON text `body` was parsed from, if known: it is stored as it is (orjson
-    parsed it, so it is valid JSON without lone surrogates), instead of serialising `body` again.
+    `body` is the parsed body, or its JSON text as the API sent it (`Fetched.raw`, validated
+    when read: valid JSON and UTF-8): the text is stored as it is, never serialised again.
     """
-    if raw is not None:
-        document = raw
+    if isinstance(body, bytes):
+        document = body
     else:
         try:
             document = orjson.dumps(body)

@@ -102,6 +102,9 @@ class LedgerWriter:
         """
         if not rows and not snapshots and run_summary is None:
             return []
+        if not snapshots and run_summary is None:
+            await self.db.execute(self._insert, self._params(rows))  # one statement: atomic alone
+            return list(rows)
         async with self.db.transaction() as conn:
             if snapshots:
                 changed = await upsert_snapshots(self.db, conn, snapshots)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from worker.cli import main
+from worker.startup import start_up
+
+with start_up():
+    from worker.cli import main
 
 sys.exit(main())

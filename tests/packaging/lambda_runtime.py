@@ -28,6 +28,7 @@ DEPENDENCIES = (
     "psycopg",
     "psycopg_pool",
     "orjson",
+    "msgspec",
     "aws_lambda_powertools",
     "aws_lambda_powertools.logging",
     "aws_lambda_powertools.metrics",

@@ -33,7 +33,7 @@ def test_the_lock_pins_every_dependency_with_hashes():
     assert len(lock) >= 20
     for entry in lock.values():
         assert entry.hashes and all(h.startswith("sha256:") for h in entry.hashes), entry.name
-    runtime = {"coc-py", "redis", "psycopg", "psycopg-binary", "psycopg-pool", "orjson"}
+    runtime = {"coc-py", "redis", "psycopg", "psycopg-binary", "psycopg-pool", "orjson", "msgspec"}
     runtime.add("aws-lambda-powertools")
     test = {"pytest", "hypothesis", "moto", "flask", "boto3"}
     assert runtime | test <= set(lock)

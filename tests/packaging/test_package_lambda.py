@@ -55,6 +55,7 @@ RUNTIME_DEPENDENCIES = (
     "psycopg_binary",
     "psycopg_pool",
     "orjson",
+    "msgspec",
     "aws_lambda_powertools",
     "aiohttp",
 )

@@ -196,8 +196,8 @@ def outline(body: bytes) -> Any:
     (an array, a string: refused by `check_body`), parsed.
 
     A player is about 1,000 Python objects that nobody reads: building them was the drain's
-    largest single cost per request (260 µs of CPU for 23 KB, where this takes about 30:
-    bench/drain.md). Raises `msgspec.DecodeError` (not JSON; nested too deeply for the
+    largest single cost per request (orjson: 266 µs of CPU for 23 KB within a drain, where this
+    takes 62: bench/drain.md). Raises `msgspec.DecodeError` (not JSON; nested too deeply for the
     interpreter) or `UnicodeDecodeError` (not UTF-8, which Postgres would refuse: msgspec does
     not check the strings it skips).
     """

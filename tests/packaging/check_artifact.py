@@ -11,10 +11,12 @@ reader (this one asks binutils' readelf):
   Linux 2023 for python3.12 and 3.13);
 * where this machine can run the target (its architecture and this interpreter's X.Y), the
   shipped dependencies, coclib and `lambda_function` import in a clean interpreter
-  (`python -I -S`: no site-packages, only /var/task and /opt/python), as
-  tests/packaging/lambda_runtime.py does in the packaging tests. `--require-import` makes that
-  step mandatory (x86_64 in the workflow); otherwise it is reported as not run (arm64, built
-  on an x86_64 runner, gets the ELF check only).
+  (`python -I -S -B`: no site-packages, only /var/task and /opt/python, nothing written), as
+  tests/packaging/lambda_runtime.py does in the packaging tests, and when the manifest says the
+  zips carry bytecode, no module of theirs is compiled from source on the way (the cold start
+  uses the shipped .pyc). `--require-import` makes that step mandatory (x86_64 in the
+  workflow); otherwise it is reported as not run (arm64, built on an x86_64 runner, gets the
+  ELF check only).
 
 Exit status 0 when everything checked passed; 1 with the problems listed otherwise.
 """
@@ -71,8 +73,9 @@ def elf_problems(root: Path, arch: str, runtime: str) -> tuple[int, tuple[int, .
     return checked, newest, problems
 
 
-def clean_import(root: Path, runtime: str) -> list[str]:
-    """Problems importing the target in a clean interpreter (empty: it loaded)."""
+def clean_import(root: Path, runtime: str, bytecode: str | None) -> list[str]:
+    """Problems importing the target in a clean interpreter (empty: it loaded), and modules
+    compiled from source although the zips carry `bytecode` (cpython-311, say)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -85,7 +88,7 @@ def clean_import(root: Path, runtime: str) -> list[str]:
     }
     result = root / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", str(RUNTIME), str(root), "imports", str(result)],
+        [sys.executable, "-I", "-S", "-B", str(RUNTIME), str(root), "imports", str(result)],
         env=env,
         capture_output=True,
         text=True,
@@ -99,6 +102,13 @@ def clean_import(root: Path, runtime: str) -> list[str]:
         problems.append(f"psycopg's implementation is {out.get('psycopg_impl')}, not the shipped binary")
     if not out.get("handler"):
         problems.append("lambda_function.lambda_handler is not callable")
+    if bytecode:
+        problems += [
+            f"compiled from source, not the shipped {bytecode} .pyc: {path}"
+            for path in out["compiled_from_source"]
+        ]
+        if not out["loaded_from_zips"]:
+            problems.append("no module was loaded from the zips")
     return problems
 
 
@@ -127,9 +137,11 @@ def main(argv: list[str]) -> int:
         here = f"python{sys.version_info.major}.{sys.version_info.minor}"
         can_run = HOST_ARCH.get(platform.machine().lower()) == arch and here == runtime
         if can_run:
-            found = clean_import(root, runtime)
+            found = clean_import(root, runtime, manifest.get("bytecode"))
             problems += found
             print(f"{manifest['target']}: clean-interpreter import {'failed' if found else 'passed'}")
+            if not manifest.get("bytecode"):
+                print(f"{manifest['target']}: the zips carry no bytecode: cold starts compile from source")
         elif require_import:
             machine = f"{platform.machine()}, {here}"
             problems.append(f"--require-import: this machine ({machine}) cannot run {manifest['target']}")

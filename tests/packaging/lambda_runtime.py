@@ -1,10 +1,13 @@
 """Loads the unzipped artifacts the way Lambda's Python runtime does, in a clean interpreter.
 
-Run as `python -I -S lambda_runtime.py ROOT MODE OUT`, where ROOT holds `var/task` (the function
-zip) and `opt/python` (the layer). `-I` ignores PYTHON* variables, the user's site directory
-and this script's directory; `-S` leaves out site-packages too. What is importable is then
+Run as `python -I -S -B lambda_runtime.py ROOT MODE OUT`, where ROOT holds `var/task` (the
+function zip) and `opt/python` (the layer). `-I` ignores PYTHON* variables, the user's site
+directory and this script's directory; `-S` leaves out site-packages too; `-B` writes no
+bytecode, as on Lambda, where /var/task and /opt are read-only. What is importable is then
 the standard library plus the two paths Lambda puts first, in Lambda's order:
-`/var/task`, then `/opt/python`. A module loaded from anywhere else is reported.
+`/var/task`, then `/opt/python`. A module loaded from anywhere else is reported, and so is
+every module of the zips that was compiled from its source rather than loaded from the
+bytecode shipped beside it (`compiled_from_source`; `loaded_from_zips` lists them all).
 
 MODE `imports` imports the shipped dependencies, coclib and `lambda_function`, and finds the SQL files through
 coclib (which comes from the layer) although they ship in the function; MODE `scheduled`
@@ -21,6 +24,7 @@ import sys
 import sysconfig
 import time
 import uuid
+from importlib.machinery import SourceFileLoader
 
 DEPENDENCIES = (
     "coc",
@@ -77,7 +81,23 @@ def foreign_modules(allowed: list[str]) -> list[str]:
     return strays
 
 
+def count_compiles() -> list[str]:
+    """Records the path of every source the import system compiles from here on: what a cold
+    start on Lambda would compile, since it cannot use bytecode the zips do not carry (or that
+    is for another Python)."""
+    compiled: list[str] = []
+    compile_source = SourceFileLoader.source_to_code
+
+    def source_to_code(self, data, path, *args, **kwargs):
+        compiled.append(path)
+        return compile_source(self, data, path, *args, **kwargs)
+
+    SourceFileLoader.source_to_code = source_to_code
+    return compiled
+
+
 def main() -> None:
+    compiled = count_compiles()
     root, mode, result_path = sys.argv[1:4]
     task, opt = os.path.join(root, "var", "task"), os.path.join(root, "opt", "python")
     leaked = [p for p in sys.path if "site-packages" in p or "dist-packages" in p]
@@ -118,6 +138,16 @@ def main() -> None:
         sys.exit(f"unknown mode {mode!r}")
     stdlib = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")}
     out["foreign_modules"] = foreign_modules([os.path.realpath(p) + os.sep for p in (task, opt, *stdlib)])
+    zips = tuple(os.path.realpath(p) + os.sep for p in (task, opt))
+    out["loaded_from_zips"] = sorted(
+        name
+        for name, module in sys.modules.items()
+        if os.path.realpath(getattr(module, "__file__", None) or os.devnull).startswith(zips)
+        and module.__file__.endswith(".py")
+    )
+    out["compiled_from_source"] = sorted(
+        os.path.relpath(path, root) for path in compiled if os.path.realpath(path).startswith(zips)
+    )
     with open(result_path, "w") as f:
         json.dump(out, f, default=str)
 

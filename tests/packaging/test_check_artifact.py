@@ -69,6 +69,25 @@ def test_a_layer_that_does_not_import_fails(lambda_build, tmp_path):
     assert "the clean-interpreter import failed" in proc.stderr and "orjson" in proc.stderr
 
 
+def test_a_layer_whose_bytecode_goes_unused_fails(lambda_build, tmp_path):
+    """The manifest says the zips carry bytecode; a module compiled from source on import means
+    a cold start pays for it (here coclib's .pyc are left out)."""
+    manifest = copy_build(lambda_build, tmp_path / "dist")
+    layer = manifest.with_name(lambda_build.layer_zip.name)
+    kept = tmp_path / "kept.zip"
+    with zipfile.ZipFile(layer) as src, zipfile.ZipFile(kept, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.startswith("python/coclib/__pycache__/"):
+                dst.writestr(info, src.read(info))
+    kept.replace(layer)
+
+    proc = check(manifest, "--require-import")
+
+    assert proc.returncode == 1
+    tag = f"cpython-{sys.version_info.major}{sys.version_info.minor}"
+    assert f"compiled from source, not the shipped {tag} .pyc: opt/python/coclib/__init__.py" in proc.stderr
+
+
 def test_an_arm64_build_gets_the_elf_check(tmp_path):
     """The workflow builds arm64 on an x86_64 runner: every shared object is checked to be
     AArch64 and within Amazon Linux 2023's GLIBC; the import cannot run here."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from .support import PYTHON
+from .support import PYTHON, extract
 
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,8 @@ QUEUE_KEY = "{coc:refresh}:queue"
 
 
 def run_like_lambda(root: Path, mode: str, env: dict[str, str] | None = None) -> dict:
-    """Runs lambda_runtime.py under `python -I -S` with a Lambda-like environment only."""
+    """Runs lambda_runtime.py under `python -I -S -B` with a Lambda-like environment only (-B: the
+    unzipped tree stays as Lambda has it, read-only, with no bytecode but what the zips carry)."""
     lambda_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -41,7 +42,7 @@ def run_like_lambda(root: Path, mode: str, env: dict[str, str] | None = None) ->
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp, "result.json")
         proc = subprocess.run(
-            [sys.executable, "-I", "-S", str(RUNTIME), str(root), mode, str(result)],
+            [sys.executable, "-I", "-S", "-B", str(RUNTIME), str(root), mode, str(result)],
             env=lambda_env,
             capture_output=True,
             text=True,
@@ -67,6 +68,23 @@ def test_dependencies_import_from_the_layer_alone(lambda_root):
     assert out["sql_dir"] == str(lambda_root / "var" / "task" / "sql")
     assert out["migrations"] == sorted(p.name for p in (ROOT / "sql" / "migrations").glob("*.sql"))
     assert {"health", "ledger_size", "insert_ledger_rows"} <= set(out["queries"])
+
+
+def test_a_cold_import_uses_the_shipped_bytecode(lambda_build, tmp_path):
+    """Lambda's /var/task and /opt are read-only: Python cannot cache bytecode there, so every
+    module the zips carry no usable .pyc for is compiled from source on every cold start. Unzipped
+    afresh and imported with nothing written: not one module of the zips is compiled."""
+    extract(lambda_build.function_zip, tmp_path / "var" / "task")
+    extract(lambda_build.layer_zip, tmp_path / "opt")
+    unzipped = sorted(tmp_path.rglob("*"))
+
+    out = run_like_lambda(tmp_path, "imports")
+
+    assert out["compiled_from_source"] == []
+    loaded = set(out["loaded_from_zips"])
+    assert {"lambda_function", "worker.lambda_function", "coclib", "ledger"} <= loaded
+    assert {"aiohttp", "redis", "psycopg", "psycopg_pool", "coc", "aws_lambda_powertools"} <= loaded
+    assert sorted(tmp_path.rglob("*")) == unzipped  # nothing written, as on Lambda
 
 
 def test_migrate_action_builds_the_schema_from_the_shipped_sql(lambda_root, empty_database_url, redis_url):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
+import marshal
 import os
 import re
 import subprocess
@@ -81,6 +83,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# The bytecode of the target, which the tests build with an interpreter of its version.
+CACHE_TAG = f"cpython-{PYTHON.replace('.', '')}"
+
+
+def pyc_of(name: str, tag: str = CACHE_TAG) -> str:
+    """The .pyc shipped for the source `name`: __pycache__/<module>.<tag>.pyc beside it."""
+    folder, _, module = name.rpartition("/")
+    return "/".join(filter(None, (folder, "__pycache__", f"{module.removesuffix('.py')}.{tag}.pyc")))
+
+
+def with_bytecode(files: set[str]) -> set[str]:
+    return files | {pyc_of(f) for f in files if f.endswith(".py")}
+
+
+def bytecode(shipped: set[str] | list[str]) -> set[str]:
+    return {n for n in shipped if "__pycache__" in n or n.endswith((".pyc", ".pyo"))}
+
+
 def test_help_explains_the_options():
     proc = run_package("--help")
     assert proc.returncode == 0
@@ -131,16 +151,16 @@ DEV_ONLY = {"worker/demo.py", "worker/serve.py"}
 def test_function_zip_holds_the_handler_worker_ledger_and_sql_only(lambda_build):
     shipped = set(names(lambda_build.function_zip))
     assert "lambda_function.py" in shipped
-    expected = {"lambda_function.py"} | {
+    sources = {"lambda_function.py"} | {
         f for top in ("worker", "ledger", "sql") for f in repo_files(top) if f not in DEV_ONLY
     }
-    assert shipped == expected
+    # Each module with its bytecode for the target, and no other .pyc (none for the dev-only
+    # modules, none of the checkout's own caches).
+    assert shipped == with_bytecode(sources)
     assert "sql/__init__.py" in shipped  # the SQL is a package, found through importlib.resources
-    assert not [
-        n
-        for n in shipped
-        if n.startswith(("tests/", "bench/", "coclib/")) or "__pycache__" in n or n.endswith((".pyc", ".pyo"))
-    ]
+    assert f"__pycache__/lambda_function.{CACHE_TAG}.pyc" in shipped
+    assert bytecode(shipped) == {pyc_of(f) for f in sources if f.endswith(".py")}
+    assert not [n for n in shipped if n.startswith(("tests/", "bench/", "coclib/")) or n.endswith(".pyo")]
 
 
 def test_layer_holds_coclib_and_the_dependencies_under_python(lambda_build):
@@ -148,14 +168,15 @@ def test_layer_holds_coclib_and_the_dependencies_under_python(lambda_build):
     assert all(n.startswith("python/") for n in shipped)
     tops = {n.split("/")[1] for n in shipped}
     assert set(RUNTIME_DEPENDENCIES) <= tops
-    assert {f"python/{f}" for f in repo_files("coclib") if not f.startswith("coclib/testing/")} <= set(
-        shipped
-    )
+    coclib = {f"python/{f}" for f in repo_files("coclib") if not f.startswith("coclib/testing/")}
+    assert with_bytecode(coclib) <= set(shipped)
     assert not [
-        n
-        for n in shipped
-        if n.startswith(("python/coclib/testing/", "python/bin/")) or "__pycache__" in n or n.endswith(".pyc")
+        n for n in shipped if n.startswith(("python/coclib/testing/", "python/bin/")) or n.endswith(".pyo")
     ]
+    # Every module, ours and the dependencies', has its bytecode for the target, and there is no
+    # other bytecode (a wheel's own __pycache__, another version's, the simulator's).
+    sources = {n for n in shipped if n.endswith(".py")}
+    assert bytecode(shipped) == {pyc_of(n) for n in sources}
     assert not {"worker", "ledger", "sql", "tests"} & tops
     # The Lambda runtime provides the AWS SDK (Powertools' parameters utility uses it).
     assert not {"boto3", "botocore", "s3transfer"} & tops
@@ -185,6 +206,7 @@ def test_manifest_names_the_target_and_the_bytes_of_each_zip(lambda_build):
     ]
     in_layer = {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in dist_infos}
     assert manifest["dependencies"] == in_layer
+    assert manifest["bytecode"] == CACHE_TAG
     assert f"{lambda_build.manifest}: {TARGET}, lock sha256 " in lambda_build.output
 
 
@@ -197,6 +219,26 @@ def test_zip_entries_are_normalised(lambda_build):
             assert info.date_time == (1980, 1, 1, 0, 0, 0)
             assert info.compress_type == zipfile.ZIP_DEFLATED
             assert info.external_attr >> 16 in (0o100644, 0o100755), info.filename
+
+
+def test_bytecode_is_unchecked_hash_pycs_of_the_shipped_sources(lambda_build):
+    """PEP 552: the target's magic number, flags 0b01 (hash-based, unchecked: the runtime never
+    reads the source to validate it), the hash of the very source shipped beside it and no
+    mtime; compiled under the module's name in the zip, not a path of the build machine."""
+    checked = 0
+    for zip_path, prefix in ((lambda_build.function_zip, ""), (lambda_build.layer_zip, "python/")):
+        with zipfile.ZipFile(zip_path) as zf:
+            for name in bytecode(zf.namelist()):
+                folder, _, pyc = name.rpartition("__pycache__/")
+                source = folder + pyc.removesuffix(f".{CACHE_TAG}.pyc") + ".py"
+                data = zf.read(name)
+                assert data[:4] == importlib.util.MAGIC_NUMBER, name
+                assert int.from_bytes(data[4:8], "little") == 0b01, name
+                assert data[8:16] == importlib.util.source_hash(zf.read(source)), name
+                assert marshal.loads(data[16:]).co_filename == source.removeprefix(prefix), name
+                assert zf.getinfo(name).external_attr >> 16 == 0o100644, name  # data, never executed
+                checked += 1
+    assert checked > 500
 
 
 def test_sizes_are_within_targets_and_printed(lambda_build):
@@ -230,6 +272,8 @@ def test_two_builds_are_byte_identical_and_fast(tmp_path):  # manifests included
     assert sha256(a.function_zip) == sha256(b.function_zip)
     assert sha256(a.layer_zip) == sha256(b.layer_zip)
     assert sha256(a.manifest) == sha256(b.manifest)
+    # Bytecode included: compiled twice, the same bytes.
+    assert bytecode(names(a.function_zip)) and bytecode(names(a.layer_zip))
 
 
 def test_shared_objects_need_no_glibc_newer_than_the_runtime_has(lambda_build, tmp_path):
@@ -262,6 +306,17 @@ def test_arm64_python312_build_ships_aarch64_objects(tmp_path):
     assert {elf_machine(path) for path in objects} == {"AArch64"}
     assert max(v for path in objects for v in glibc_needed(path)) <= (2, 34)
     assert any("cpython-312-aarch64-linux-gnu" in p.name for p in objects)
+
+
+@pytest.mark.slow
+def test_an_interpreter_of_another_version_ships_no_bytecode_and_says_so(tmp_path):
+    """Bytecode is per Python version: packed by this interpreter for another runtime, the zips
+    carry none (Lambda would ignore it), and the build says what that costs."""
+    other = "3.13" if PYTHON == "3.12" else "3.12"
+    dist = build(tmp_path / "dist", "--python", other, target=f"python{other}-x86_64")
+    assert f"is {CACHE_TAG}, not cpython-{other.replace('.', '')}: the zips carry no bytecode" in dist.output
+    assert json.loads(dist.manifest.read_text())["bytecode"] is None
+    assert not bytecode(names(dist.function_zip)) and not bytecode(names(dist.layer_zip))
 
 
 @pytest.mark.slow
@@ -310,6 +365,18 @@ def test_build_refuses_shared_objects_lambda_cannot_load(tmp_path):
     assert "coclib/_too_new.so: needs GLIBC_2." in proc.stderr
     assert "python3.11 on Lambda has 2.26" in proc.stderr
     assert "coclib/_foreign.so: ELF machine 183, not x86_64" in proc.stderr
+    assert not list((checkout / "dist").glob("*.zip"))
+
+
+def test_a_module_of_ours_that_does_not_compile_stops_the_build(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout")
+    (checkout / "worker" / "broken.py").write_text("def broken(:\n    pass\n")
+
+    proc = run_package("--python", PYTHON, "--sha", SHA, cwd=checkout)
+
+    assert proc.returncode != 0
+    assert "package-lambda: error: could not compile worker/broken.py" in proc.stderr
+    assert 'File "worker/broken.py", line 1' in proc.stderr  # the SyntaxError, under its name in the zip
     assert not list((checkout / "dist").glob("*.zip"))
 
 

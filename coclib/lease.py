@@ -18,6 +18,13 @@ its last API call started; whoever takes it next reads the note and starts its f
 least one rate-limit spacing later, so that two drains in a row never exceed the limit
 together as the API sees it.
 
+The fence: renewing every second notices a lost lease within a second of running again, but a
+drain that stalled past its TTL (a long pause, a partition) may act before it notices, on items
+another drain has recovered and taken meanwhile. So the lease also fences the queue: a drain
+changes the in-flight list only through `RefreshQueue.fenced(lease.value)`, whose scripts check
+this key's value first and change nothing (`coclib.queue.LeaseLost`) once it is another's or gone.
+A hand-over changes the value, so the handing-over run finishes before `give_up`.
+
 Every key involved (lease, successor, seam note) is a `QueueKeys` key of the queue's slot, so
 each script below runs on the node that owns it, on a single node and on a Redis Cluster alike.
 """
@@ -143,6 +150,7 @@ class Lease:
     ) -> None:
         self.redis = client
         self.keys = keys
+        # What the lease key holds while this run owns it: its fencing token too (`RefreshQueue.fenced`).
         self.value = f"{owner} {YIELDS if yields else KEEPS}"
         self.ttl_ms = round(ttl * 1000)
         self.renew_every = renew_every

@@ -35,20 +35,37 @@ version, while cluster transactions in redis-py are recent and version-dependent
 are also safe to run twice (redis-py retries a command whose connection dropped): a retried
 take moves more items into the in-flight list, where recovery finds them; a retried put-back
 or acknowledgement moves or removes only what is still in the in-flight list.
+
+The fence: a drain holds the drain lease (`coclib.lease`) and works through
+`RefreshQueue.fenced(lease value)`, whose every change to the in-flight list (take, acknowledge,
+put back, dead-letter) is checked, inside the same script, against the lease key: if the lease
+no longer holds that value, the script changes nothing and the call raises `LeaseLost`. A drain
+that stalled past its lease's TTL (a long pause, a partition) and wakes up after another drain
+took the lease, recovered its items and took them again, holds the very same bytes as that
+drain's in-flight copies: unfenced, its acknowledgement or put-back would remove them (and its
+put-back queue them a second time), and its take would move items into the in-flight list
+behind the new holder's back. Fenced, what it held stays in flight for the holder's recovery.
+A retried fenced script is as safe as an unfenced one, with one more case: when the first try
+went through and the lease is lost before the retry, the retry raises `LeaseLost` for work that
+was done (a take's items then wait in the in-flight list for recovery, as a retried take's do).
+Unfenced use (producers, operator tools, tests) is unchanged: the fence argument is empty.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+from redis.exceptions import RedisError
 
 from coclib.errors import InvalidRequestError, RequestError
 from coclib.keys import QueueKeys
@@ -109,14 +126,22 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 return 1
 """
-# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane; ARGV[1] how many from the priority
-# lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many in all.
-# Returns {priority items, queue items}, each from the head. A priority item is pushed (marked)
-# to the in-flight list before it leaves its lane.
+# The fence, in each script that changes the in-flight list: after the type checks (a WRONGTYPE
+# is named whoever holds the lease) and before any write, the script returns false (nil to the
+# caller, which no script returns otherwise) unless the fence argument is '' (unfenced) or the
+# lease key holds exactly it.
+
+# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane, KEYS[4] lease; ARGV[1] how many from
+# the priority lane, ARGV[2] how many from the queue, ARGV[3] the priority mark, ARGV[4] how many
+# in all, ARGV[5] the fence. Returns {priority items, queue items}, each from the head. A priority
+# item is pushed (marked) to the in-flight list before it leaves its lane.
 _TAKE = (
     _LISTS_ONLY
     + """
 lists_only(KEYS[1], KEYS[2], KEYS[3])
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
+    return false
+end
 local urgent, plain = {}, {}
 for _ = 1, tonumber(ARGV[1]) do
     local item = redis.call('LINDEX', KEYS[3], 0)
@@ -133,21 +158,29 @@ end
 return {urgent, plain}
 """
 )
-# KEYS[1] in-flight; ARGV items. Returns how many were removed.
+# KEYS[1] in-flight, KEYS[2] lease; ARGV[1] the fence, then the items. Returns how many were
+# removed. (It starts with its own line, not the fence: tests cut this script by its first bytes.)
 _ACK = """
 local removed = 0
-for i = 1, #ARGV do
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return false
+end
+for i = 2, #ARGV do
     removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
 end
 return removed
 """
-# KEYS[1] in-flight, KEYS[2] dead-letter list; ARGV items. Moves those still in flight.
+# KEYS[1] in-flight, KEYS[2] dead-letter list, KEYS[3] lease; ARGV[1] the fence, then the
+# items. Moves those still in flight.
 _DEAD_LETTER = (
     _LISTS_ONLY
     + """
 lists_only(KEYS[1], KEYS[2])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
+    return false
+end
 local moved = 0
-for i = 1, #ARGV do
+for i = 2, #ARGV do
     if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
         redis.call('RPUSH', KEYS[2], ARGV[i])
         moved = moved + 1
@@ -156,18 +189,21 @@ end
 return moved
 """
 )
-# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane, KEYS[4..] pending markers; ARGV[1]
-# marker TTL, ARGV[2] the priority mark, then per item, last to first: the item as held in
-# flight, its lane's KEYS index (1 or 3) and the KEYS index of its marker (0: none). A priority
-# item goes back without its mark. An item no longer in the in-flight list is not pushed: a
-# retried call or a recovery that got there first must not queue it twice. Returns how many
-# were pushed.
+# KEYS[1] queue, KEYS[2] in-flight, KEYS[3] priority lane, KEYS[4] lease, KEYS[5..] pending
+# markers; ARGV[1] marker TTL, ARGV[2] the priority mark, ARGV[3] the fence, then per item, last
+# to first: the item as held in flight, its lane's KEYS index (1 or 3) and the KEYS index of its
+# marker (0: none). A priority item goes back without its mark. An item no longer in the
+# in-flight list is not pushed: a retried call or a recovery that got there first must not queue
+# it twice. Returns how many were pushed.
 _PUT_BACK = (
     _LISTS_ONLY
     + """
 lists_only(KEYS[1], KEYS[2], KEYS[3])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then
+    return false
+end
 local pushed = 0
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
     if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 1 then
         local lane = tonumber(ARGV[i + 1])
         local item = ARGV[i]
@@ -212,6 +248,21 @@ end
 return results
 """
 )
+
+
+class LeaseLost(RedisError):
+    """A fenced change to the in-flight list was refused: the drain lease no longer holds the
+    value the queue was fenced with (it expired, or another drain took it). Nothing changed.
+
+    A `RedisError`, so that whoever treats Redis failing a command as "leave what was taken in
+    the in-flight list for recovery" does the same here; the drain tells it apart to stop with
+    `lease_lost` rather than as a Redis outage.
+    """
+
+    def __init__(self, holder: str, operation: str) -> None:
+        self.holder = holder
+        self.operation = operation
+        super().__init__(f"the drain lease is no longer {holder!r}: {operation} refused, nothing changed")
 
 
 class Lane(StrEnum):
@@ -408,13 +459,35 @@ def requeue_dead_letters(
 
 
 class RefreshQueue:
-    """The worker's side of the queue: take, acknowledge, put back (plain or cluster client)."""
+    """The worker's side of the queue: take, acknowledge, put back (plain or cluster client).
+
+    A drain uses a `fenced` view: its changes to the in-flight list raise `LeaseLost`, changing
+    nothing, once the drain lease is no longer its own (the module's docstring: the fence).
+    """
 
     def __init__(self, client: AsyncRedis, keys: QueueKeys, *, dedupe_ttl: int = DEDUPE_TTL_SECONDS):
         self.redis = client
         self.keys = keys
         self.dedupe_ttl = dedupe_ttl
-        self._seq = 0
+        self.fence = ""  # the lease value the in-flight list's changes need ('': unfenced)
+        self._seqs = itertools.count()  # take order, shared with every fenced view
+
+    def fenced(self, holder: str) -> RefreshQueue:
+        """This queue, on the same client, whose changes to the in-flight list (`take`, `ack`,
+        `put_back`, `dead_letter`) go through only while the drain lease holds `holder` (a
+        `coclib.lease.Lease`'s value); otherwise they change nothing and raise `LeaseLost`."""
+        if not holder:
+            raise ValueError("a fence needs the lease's value")
+        view = copy.copy(self)  # shares the client and the take order
+        view.fence = holder
+        return view
+
+    async def _eval_fenced(self, operation: str, script: str, numkeys: int, *args: bytes | str | int) -> Any:
+        # The lease key is in the queue's slot (`QueueKeys`): one more key, still one script.
+        result = await self.redis.eval(script, numkeys, *args)
+        if result is None or result is False:  # the fence's `false`: nil in RESP2, false in RESP3
+            raise LeaseLost(self.fence, operation)
+        return result
 
     async def take(self, n: int, *, priority: int = 0, most: int | None = None) -> list[Taken]:
         """Move up to `priority` items from the head of the priority lane, then up to `n` from
@@ -425,8 +498,9 @@ class RefreshQueue:
         if not most or (not n and not priority):
             return []
         keys = self.keys
-        urgent, plain = await self.redis.eval(
-            _TAKE, 3, keys.queue, keys.inflight, keys.priority, min(priority, most), n, PRIORITY_MARK, most
+        lanes = (keys.queue, keys.inflight, keys.priority, keys.lease)
+        urgent, plain = await self._eval_fenced(
+            "take", _TAKE, 4, *lanes, min(priority, most), n, PRIORITY_MARK, most, self.fence
         )
         taken = self._parse(urgent, Lane.PRIORITY) + self._parse(plain, Lane.QUEUE)
         markers = [self._marker(t) for t in taken if t.request]
@@ -444,7 +518,7 @@ class RefreshQueue:
         """Forget items whose outcome is committed to the ledger."""
         held = [item.held for item in items]
         if held:
-            await self.redis.eval(_ACK, 1, self.keys.inflight, *held)
+            await self._eval_fenced("ack", _ACK, 2, self.keys.inflight, self.keys.lease, self.fence, *held)
 
     async def put_back(self, items: Sequence[Taken]) -> None:
         """Return unfinished items to the head of their lanes, in take order, atomically.
@@ -454,18 +528,17 @@ class RefreshQueue:
         """
         if not items:
             return
-        markers: dict[str, int] = {}  # marker key -> its KEYS index (from 4)
-        argv: list[bytes | str | int] = [self.dedupe_ttl, PRIORITY_MARK]
+        markers: dict[str, int] = {}  # marker key -> its KEYS index (from 5)
+        argv: list[bytes | str | int] = [self.dedupe_ttl, PRIORITY_MARK, self.fence]
         # LPUSH one by one from the last: the first taken ends up first in its lane.
         for item in sorted(items, key=lambda t: t.seq, reverse=True):
             index = 0
             if item.request:
-                index = markers.setdefault(self._marker(item), len(markers) + 4)
+                index = markers.setdefault(self._marker(item), len(markers) + 5)
             argv += [item.held, 3 if item.lane is Lane.PRIORITY else 1, index]
         keys = self.keys
-        await self.redis.eval(
-            _PUT_BACK, 3 + len(markers), keys.queue, keys.inflight, keys.priority, *markers, *argv
-        )
+        lanes = (keys.queue, keys.inflight, keys.priority, keys.lease)
+        await self._eval_fenced("put_back", _PUT_BACK, 4 + len(markers), *lanes, *markers, *argv)
 
     async def dead_letter(self, items: Sequence[Taken]) -> None:
         """Move items from the in-flight list to the dead-letter list, atomically.
@@ -475,9 +548,8 @@ class RefreshQueue:
         """
         if not items:
             return
-        await self.redis.eval(
-            _DEAD_LETTER, 2, self.keys.inflight, self.keys.dead_letter, *[t.held for t in items]
-        )
+        keys = (self.keys.inflight, self.keys.dead_letter, self.keys.lease)
+        await self._eval_fenced("dead_letter", _DEAD_LETTER, 3, *keys, self.fence, *[t.held for t in items])
 
     async def stash_summary(self, summary: bytes, *, keep: int = STASHED_SUMMARIES) -> None:
         """Keep a run's summary for the next run to record in Postgres (the newest `keep`)."""
@@ -493,11 +565,8 @@ class RefreshQueue:
 
     async def inflight(self) -> list[Taken]:
         """Everything in the in-flight list, parsed, each with its lane (for crash recovery)."""
-        found = []
-        for held in await self.redis.lrange(self.keys.inflight, 0, -1):
-            found.append(parse_held(held, self._seq))
-            self._seq += 1
-        return found
+        held = await self.redis.lrange(self.keys.inflight, 0, -1)
+        return [parse_held(h, next(self._seqs)) for h in held]
 
     async def sizes(self) -> Sizes:
         """The lengths of both lanes and the in-flight list."""
@@ -510,8 +579,4 @@ class RefreshQueue:
         return Sizes(queued, priority, inflight)
 
     def _parse(self, raws: Iterable[bytes], lane: Lane) -> list[Taken]:
-        taken = []
-        for raw in raws:
-            taken.append(parse_item(raw, self._seq, lane))
-            self._seq += 1
-        return taken
+        return [parse_item(raw, next(self._seqs), lane) for raw in raws]

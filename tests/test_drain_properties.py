@@ -12,7 +12,9 @@ Lambda container do; each run is a new `Drain.run()` (its own run id and lease).
 
 After every step (`invariants.py` has the details):
   * conservation: every request is queued, in flight, or settled exactly once; nothing is
-    duplicated; a finished run leaves the in-flight list empty;
+    duplicated; a finished run leaves the in-flight list empty, unless it lost its lease (its
+    changes to the in-flight list are fenced on the lease: what it held waits there for the
+    next run's recovery);
   * per request and run at most one terminal row, nothing after a settling row (so a
     `failed` request is never attempted again), every request a finished run attempted has
     its terminal row; the ledger only grows and old rows never change;
@@ -78,6 +80,7 @@ from tests.proxies import PostgresProxy, RedisCommandCutter, RedisProxy
 from worker.drain import Drain, DrainPolicy, StopCode
 
 CIRCUIT_OPEN, DEADLINE, QUEUE_EMPTY = StopCode.CIRCUIT_OPEN, StopCode.DEADLINE, StopCode.QUEUE_EMPTY
+LEASE_LOST = StopCode.LEASE_LOST
 
 RATE = 20  # COC_REQS_PER_SEC for these drains
 DEAD_POSTGRES = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -288,6 +291,7 @@ class DrainMachine(RuleBasedStateMachine):
             or postgres_died
             or postgres_refuses
             or redis_proxy is not None
+            or summary.stopped == LEASE_LOST
             or (
                 # A short deadline bounds every statement (issue 24): on a loaded machine the last
                 # writes can run out of time, and the run then leaves them to recovery as if
@@ -383,8 +387,12 @@ class DrainMachine(RuleBasedStateMachine):
         assert len(after.calls) == len(before.calls), "a drain without Postgres called the API"
 
     def _check_left_for_recovery(self, after, summary, *, postgres_fault: bool) -> None:
-        """A cancelled run, or one whose Postgres or Redis failed, may leave items for recovery."""
+        """A cancelled run, one whose Postgres or Redis failed, or one that lost its lease may
+        leave items for recovery."""
         self.inflight_allowed = True
+        if summary is not None and summary.stopped == LEASE_LOST:
+            # Fenced out of the in-flight list: it wrote its rows, moved nothing, and says why.
+            assert summary.cause == "lease_lost", summary
         if summary is not None and (postgres_fault or summary.stopped == CIRCUIT_OPEN):
             # An internal error keeps its stop and cause, even when Postgres dies as the run
             # winds down after it (the invocation must fail); a fault replaces any other stop.
@@ -545,6 +553,10 @@ class DrainMachine(RuleBasedStateMachine):
 
     @rule(after=st.floats(0.0, 0.8))
     def drain_whose_lease_is_taken(self, after):
+        """Its lease lapses and another drain takes it: the run stops `lease_lost`, still writes
+        its rows, and leaves what it holds in the in-flight list (the fence refuses every change
+        to it), for the next run's recovery; nothing is counted against those requests."""
+
         async def steal(task):
             await asyncio.sleep(after)
             if not task.done() and await self.aredis.exists(self.keys.lease):

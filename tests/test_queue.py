@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from coclib.errors import InvalidRequestError, InvalidTagError
 from coclib.keys import QueueKeys
-from coclib.queue import MAX_ITEM_BYTES, RefreshQueue, enqueue, parse_item, request_id_for
+from coclib.queue import (
+    MAX_ITEM_BYTES,
+    LeaseLost,
+    RefreshQueue,
+    RefreshRequest,
+    encode,
+    enqueue,
+    parse_item,
+    request_id_for,
+)
 from coclib.tags import TAG_ALPHABET, normalise_tag, parse_tag
 
 KEYS = QueueKeys("{coc:refresh}:queue")
@@ -219,3 +228,99 @@ def test_put_back_returns_each_item_to_the_head_of_its_own_lane_in_order(redis_b
     for lane in ("queue", "priority"):
         assert lanes[lane] == [r for r in raws[lane] if r in rest] + [b"tail"]
     assert inflight == []
+
+
+# -- the fence: a drain's changes to the in-flight list need its lease ---------------------
+
+
+def family(client, keys: QueueKeys) -> dict[bytes, bytes]:
+    """Every key of the queue's family (lists, markers, lease) as DUMP serialises it."""
+    return {key: client.dump(key) for key in client.keys(keys.derived("*")) + client.keys(keys.queue)}
+
+
+async def take_ack_dead_letter_put_back(queue: RefreshQueue) -> list[bytes]:
+    """Each change to the in-flight list once: take four, then acknowledge one, dead-letter one
+    and put two back. Returns what was taken, as held in flight."""
+    taken = await queue.take(3, priority=1)
+    await queue.ack(taken[:1])
+    await queue.dead_letter(taken[1:2])
+    await queue.put_back(taken[2:])
+    return [t.held for t in taken]
+
+
+def fill(client, keys: QueueKeys) -> None:
+    """The same items in both lanes of any queue, with their de-duplication markers."""
+    plain = [RefreshRequest(f"p{n}", "player", tag, 1.0) for n, tag in enumerate(("#2PP", "#2PQ", "#2PR"))]
+    client.rpush(keys.queue, *[encode(r) for r in plain])
+    client.rpush(keys.priority, encode(RefreshRequest("u0", "clan", "#2PP", 1.0)))
+    for request in plain:
+        client.set(keys.pending(request.kind, request.tag), 1)
+    client.set(keys.pending_priority("clan", "#2PP"), 1)
+
+
+@pytest.mark.parametrize("now", [b"run-b keeps", None], ids=["taken-by-another", "lapsed"])
+def test_a_fenced_queue_whose_lease_is_gone_changes_nothing_and_says_so(redis_url, redis_client, now):
+    fill(redis_client, KEYS)
+    redis_client.set(KEYS.lease, "run-a yields")
+
+    async def go():
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            queue = RefreshQueue(client, KEYS).fenced("run-a yields")
+            taken = await queue.take(2, priority=1)  # its lease still holds: taken
+            if now is None:
+                await client.delete(KEYS.lease)
+            else:
+                await client.set(KEYS.lease, now)
+            before = family(redis_client, KEYS)
+            refused = []
+            for attempt in (
+                queue.take(5, priority=5),
+                queue.ack(taken[:1]),
+                queue.dead_letter(taken[1:2]),
+                queue.put_back(taken),
+            ):
+                with pytest.raises(LeaseLost) as lost:
+                    await attempt
+                refused.append(lost.value.operation)
+                assert family(redis_client, KEYS) == before, f"a refused {refused[-1]} changed Redis"
+            return taken, refused
+        finally:
+            await client.aclose()
+
+    taken, refused = asyncio.run(go())
+
+    assert refused == ["take", "ack", "dead_letter", "put_back"]
+    assert redis_client.lrange(KEYS.inflight, 0, -1) == [t.held for t in taken]
+    assert redis_client.get(KEYS.lease) == now
+
+
+def test_a_fenced_queue_holding_its_lease_does_what_an_unfenced_one_does(redis_url, redis_client):
+    fenced_keys = QueueKeys("{coc:fenced}:queue")
+    for keys in (KEYS, fenced_keys):
+        fill(redis_client, keys)
+    redis_client.set(fenced_keys.lease, "run-a yields")
+
+    async def go():
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            plain = await take_ack_dead_letter_put_back(RefreshQueue(client, KEYS))
+            fenced = await take_ack_dead_letter_put_back(
+                RefreshQueue(client, fenced_keys).fenced("run-a yields")
+            )
+            return plain, fenced
+        finally:
+            await client.aclose()
+
+    plain, fenced = asyncio.run(go())
+
+    assert plain == fenced and len(plain) == 4
+    for name in ("queue", "priority", "inflight", "dead_letter"):
+        lists = [redis_client.lrange(getattr(keys, name), 0, -1) for keys in (KEYS, fenced_keys)]
+        assert lists[0] == lists[1], name
+    waiting = [
+        [bool(redis_client.exists(keys.pending("player", tag))) for tag in ("#2PP", "#2PQ", "#2PR")]
+        for keys in (KEYS, fenced_keys)
+    ]
+    assert waiting[0] == waiting[1] == [False, True, True]  # taken, then put back (#2PQ, #2PR)
+    assert redis_client.get(fenced_keys.lease) == b"run-a yields"  # the fence only reads it

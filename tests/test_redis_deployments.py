@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from coclib.keys import QueueKeys
 from coclib.lease import Lease
-from coclib.queue import RefreshQueue, RefreshRequest, encode, enqueue
+from coclib.queue import LeaseLost, RefreshQueue, RefreshRequest, encode, enqueue
 from coclib.redis_client import async_client, is_cluster, sync_client
 from coclib.settings import Settings
 from coclib.testing.lambda_context import rest_event
@@ -389,6 +389,50 @@ def test_both_lanes_keep_their_order_and_their_items_on_it(deployment, worker_en
     assert ids(keys.priority) == [urgent[1], urgent[2]]
     assert ids(keys.queue) == ["q1", "q2"]
     assert deployment.check.llen(keys.inflight) == 0
+
+
+def test_a_fenced_queue_works_while_its_lease_holds_and_changes_nothing_once_it_is_lost(
+    deployment, worker_env
+):
+    """The fence reads the lease key inside each script that changes the in-flight list: on a
+    cluster that key must be in the queue's slot, or every fenced script would fail."""
+    settings = worker_settings(worker_env, deployment)
+    keys = deployment.keys
+    items = [RefreshRequest(f"r{i}", "player", tag) for i, tag in enumerate(TAGS[:4])]
+    deployment.check.rpush(keys.queue, *[encode(i) for i in items])
+    deployment.check.set(keys.lease, "run-a yields")
+
+    def state() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        return (*deployment.lists(), deployment.check.lrange(keys.dead_letter, 0, -1))
+
+    async def go() -> tuple[tuple, tuple, list[str]]:
+        client = await async_client(settings.queue)
+        try:
+            queue = RefreshQueue(client, keys).fenced("run-a yields")
+            taken = await queue.take(3)
+            await queue.ack(taken[:1])
+            await queue.dead_letter(taken[1:2])
+            await queue.put_back(taken[2:3])
+            again = await queue.take(1)
+            held = state()
+            deployment.check.set(keys.lease, "run-b keeps")  # another drain took the lease
+            refused = []
+            for attempt in (queue.take(5), queue.ack(again), queue.dead_letter(again), queue.put_back(again)):
+                with pytest.raises(LeaseLost) as lost:
+                    await attempt
+                refused.append(lost.value.operation)
+            return held, state(), refused
+        finally:
+            await client.aclose()
+
+    held, after, refused = asyncio.run(go())
+
+    def ids(raws: list[bytes]) -> list[str]:
+        return [orjson.loads(raw)["id"] for raw in raws]
+
+    assert [ids(found) for found in held] == [["r3"], ["r2"], ["r1"]]  # queue, in flight, dead letters
+    assert refused == ["take", "ack", "dead_letter", "put_back"]
+    assert after == held
 
 
 def test_a_unix_socket_with_a_database_works(tmp_path, worker_env, database_url, simulator):

@@ -6,7 +6,8 @@ batch (`record`); `flush` writes the batch in one transaction, narrows down what
 refuses to the request that caused it, and `release`s each recorded item: a settled request is
 acknowledged (gone from the in-flight list), one closed for this run goes back to the head of
 the queue, one whose `failed` row even is refused goes to the dead-letter list. Whatever Redis
-fails to do is left in the in-flight list for the next run's recovery. The tracker
+fails to do, or the fence refuses once the run's lease is lost (`coclib.queue.LeaseLost`), is
+left in the in-flight list for the next run's recovery. The tracker
 (`worker.tracker`) holds every item's stage; the summary's counts are of committed rows.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from coclib.queue import RefreshQueue
+from coclib.queue import LeaseLost, RefreshQueue
 from coclib.reasons import Reason
 from ledger.outcomes import LedgerRow, Outcome
 from ledger.writer import Entry, LedgerWriter, SummaryOrMaker, Written, row_dict
@@ -122,20 +123,24 @@ class Books:
 
     async def release(self, recorded: list[Item], dead: list[Item]) -> None:
         """Take recorded items off the in-flight list: settled ones for good, the rest back to the
-        head of the queue; dead letters aside. Whatever Redis fails to do is left for recovery."""
+        head of the queue; dead letters aside. Whatever Redis fails to do (or the fence refuses)
+        is left for recovery, and the error raised."""
         settled = [i for i in recorded if i.entry.rows[-1].outcome.settles]
         closed = [i for i in recorded if not i.entry.rows[-1].outcome.settles]
-        for items, act, stage in (
+        moves = [
             (settled, self.queue.ack, Stage.ACKED),
             (closed, self.queue.put_back, Stage.RETURNED),
             (dead, self.queue.dead_letter, Stage.DEAD_LETTERED),
-        ):
+        ]
+        for n, (items, act, stage) in enumerate(moves):
             if not items:
                 continue
             try:
                 await act([i.taken for i in items])
             except RedisError:
-                self.items.move_all(items, Stage.LEFT)
+                # Nothing after this one is tried either: all of it stays in flight, recorded.
+                for rest, _, _ in moves[n:]:
+                    self.items.move_all(rest, Stage.LEFT)
                 raise
             self.items.move_all(items, stage)
 
@@ -162,9 +167,11 @@ class Books:
         unrecorded = self.items.in_stage(Stage.UNRECORDED)
         try:
             await self.queue.put_back([i.taken for i in unrecorded])
-        except RedisError:
+        except RedisError as exc:
             log.warning("could not put %d items back; they stay in flight for recovery", len(unrecorded))
             self.items.move_all(unrecorded, Stage.LEFT)
+            if isinstance(exc, LeaseLost):
+                self.stopping.redis_fault(exc)  # the run's stop says why: `lease_lost`
         else:
             self.items.move_all(unrecorded, Stage.RETURNED)
         stranded = [item for item in self.items if item.stage not in FINAL]

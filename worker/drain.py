@@ -13,7 +13,9 @@ One run, in order:
 5. stop on empty lanes (a scheduled run first lingers, `DrainPolicy.linger`), the deadline, an
    open circuit, a lost lease, cancellation or an internal error; put whatever is unfinished
    back at the head of its lane in its original order with a `skipped-deadline` or `deferred`
-   row, and record the run's summary.
+   row, and record the run's summary. A run that lost its lease writes the rows but moves
+   nothing in Redis: every change it makes to the in-flight list is fenced on its lease
+   (`RefreshQueue.fenced`), so what it held stays there for the lease holder's recovery.
 
 Every item taken is in exactly one `worker.tracker.Stage` from the moment it is taken to the
 end of the run. Request faults become `failed` rows and the run goes on. Timeouts, 5xx and
@@ -209,7 +211,6 @@ class _Run:
     def __init__(self, drain: Drain, deadline: float, policy: DrainPolicy, *, scheduled: bool) -> None:
         self.drain = drain
         self.scheduled = scheduled
-        self.queue = drain.queue
         self.policy = policy
         self.soft_deadline = deadline - policy.finish_reserve
         # Postgres waits no longer than the run may: every statement ends by the deadline less
@@ -220,6 +221,11 @@ class _Run:
         self.run_id = uuid.uuid4()
         self.summary = RunSummary(run_id=str(self.run_id), started_at=time.time())
         self.lease = Lease(drain.queue.redis, drain.queue.keys, owner=str(self.run_id), yields=scheduled)
+        # Everything this run does to the in-flight list, recovery included, is fenced on its lease:
+        # stalled past the lease's TTL and woken after another drain took over, it can no longer
+        # move, acknowledge or take behind that drain's back (`LeaseLost`; the queue's docstring).
+        # A hand-over keeps the fence: the run finishes before it gives the lease on.
+        self.queue = drain.queue.fenced(self.lease.value)
         self.api: CocApi | None = None
         self.granted_at_start = drain.limiter.granted
         # Enough calls in flight to keep the limiter busy through 500 ms of API latency, in
@@ -230,7 +236,7 @@ class _Run:
 
         self.stopping = Stopping()
         self.books = Books(
-            drain.queue,
+            self.queue,
             LedgerWriter(self.db, self.run_id),
             self.stopping,
             run_id=self.summary.run_id,
@@ -290,7 +296,8 @@ class _Run:
                 raise
             except RedisError as exc:
                 # Finishing may work (the outage may be brief); if not, what we took stays in
-                # the in-flight list for the next run to recover.
+                # the in-flight list for the next run to recover. A `LeaseLost` (the fence
+                # refused a change) stops the run `lease_lost`, and its finish moves nothing.
                 self.stopping.redis_fault(exc)
             except AccountingError:
                 raise
@@ -359,9 +366,7 @@ class _Run:
                 self.stopping.halt(StopCode.DEADLINE, Reason.DEADLINE, "the deadline buffer was reached")
                 break
             if self.lease.lost.is_set():
-                self.stopping.halt(
-                    StopCode.LEASE_LOST, Reason.LEASE_LOST, "the drain lease expired or was taken"
-                )
+                self.stopping.lease_lost("the drain lease expired or was taken")
                 break
             if self.scheduled and self.lease.successor_waiting.is_set():
                 successor = (self.lease.successor or "").split(" ")[0]

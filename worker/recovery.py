@@ -1,10 +1,12 @@
 """Crash recovery: settle or requeue what a dead run left in the in-flight list.
 
 Anything in the in-flight list when a run starts belongs to a run that died: the new run holds
-the lease. A request with a settling row is done; a malformed one fails; one a run attempted
-and abandoned `interrupted_limit` times is `failed`; the rest go back to the head of their lane,
-in order. Rows Postgres refuses are narrowed down like any batch's (`worker.books`): a poisoned
-in-flight list cannot stop a run. What the ledger remembers is read through `ledger.recovery`.
+the lease. (Or to one that stalled past its lease and may yet wake up: the fence on the in-flight
+list, `RefreshQueue.fenced`, keeps it from touching these items, or this run's copies of them.)
+A request with a settling row is done; a malformed one fails; one a run attempted and abandoned
+`interrupted_limit` times is `failed`; the rest go back to the head of their lane, in order.
+Rows Postgres refuses are narrowed down like any batch's (`worker.books`): a poisoned in-flight
+list cannot stop a run. What the ledger remembers is read through `ledger.recovery`.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ dies, a bug surfaces while the run is already handing over. The run proposes eac
 `Stopping`, which keeps the one that matters most:
 
 1. an internal error (a bug: the invocation must fail) or a cancellation;
-2. a storage fault (Postgres or Redis lost): the run's last writes may not have landed and
-   items may be left for recovery, so it outranks
+2. a storage fault (Postgres or Redis lost) or a lost lease: the run's last writes may not have
+   landed, or (the lease lost: its changes to the in-flight list are fenced on it) Redis refuses
+   them, and items are left for recovery, so it outranks
 3. any other systemic fault (the API in maintenance, a refused key, a streak of errors);
-4. everything else (queue empty, max requests, deadline, hand-over, a lost lease).
+4. everything else (queue empty, max requests, deadline, hand-over).
 
 A stop replaces an earlier one only when it ranks higher; the detail then says what the run
 was stopping for before. Among equals the first stands.
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 
 from coclib.errors import DatabaseUnavailable
 from coclib.errortext import describe
+from coclib.queue import LeaseLost
 from coclib.reasons import REDIS_FAULTS, Reason
 from coclib.redis_client import redis_fault
 from coclib.storable import storable_text
@@ -64,6 +66,8 @@ class Stop:
         """Its precedence: higher replaces lower (see the module's docstring)."""
         if self.code in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED):
             return 3
+        if self.code is StopCode.LEASE_LOST:
+            return 2
         if self.code is StopCode.CIRCUIT_OPEN:
             return 2 if self.cause in STORAGE_FAULTS else 1
         return 0
@@ -134,8 +138,17 @@ class Stopping:
 
     def redis_fault(self, exc: RedisError) -> None:
         """Redis failed a command (after the client's own quick retries): down, or refusing it
-        for how it is set up (a key of another type, out of memory, a read-only replica)."""
+        for how it is set up (a key of another type, out of memory, a read-only replica); or
+        the fence refused it (`LeaseLost`): the lease is lost, not Redis."""
+        if isinstance(exc, LeaseLost):
+            self.lease_lost(f"the drain lease expired or was taken: its {exc.operation} was refused")
+            return
         self.halt(StopCode.CIRCUIT_OPEN, *redis_fault(exc))
+
+    def lease_lost(self, detail: str) -> None:
+        """The drain lease is no longer this run's: it may change nothing more in the in-flight
+        list (the fence), and what it holds stays there for the lease holder's recovery."""
+        self.halt(StopCode.LEASE_LOST, Reason.LEASE_LOST, detail)
 
     def internal_error(self, exc: BaseException, whose: str = "") -> None:
         """A bug: the run stops, and the invocation fails once the run is wound down."""
@@ -151,5 +164,5 @@ class Stopping:
         return (
             self.database_lost
             or stop.cause in STORAGE_FAULTS
-            or stop.code in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED)
+            or stop.code in (StopCode.INTERNAL_ERROR, StopCode.CANCELLED, StopCode.LEASE_LOST)
         )

@@ -8,6 +8,7 @@ ones: to the worker, the server is gone.
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
@@ -105,13 +106,15 @@ class RedisProxy(CuttableProxy):
 
 
 class PostgresProxy(CuttableProxy):
-    """A proxy to Postgres that dies, for good, right after the server commits the k-th COMMIT.
+    """A proxy to Postgres that dies, for good, right after the server commits the k-th commit.
 
     It reads the protocol's message framing in both directions (no TLS: the URL it hands out
-    says sslmode=disable): when the server's CommandComplete for the k-th COMMIT a client sent
-    comes back, every connection is cut before that answer reaches the client, and new
-    connections are refused. The client cannot know its transaction committed: Postgres died
-    at the worst moment.
+    says sslmode=disable). A commit is a COMMIT a client sends, or a statement that writes
+    (INSERT, UPDATE, DELETE) sent outside a transaction block, which Postgres commits on its own
+    (autocommit). When the server's answer to the k-th one comes back (CommandComplete for a
+    COMMIT; ReadyForQuery, sent once the statement's implicit transaction committed, for the
+    other), every connection is cut before it reaches the client, and new connections are
+    refused. The client cannot know its transaction committed: Postgres died at the worst moment.
     """
 
     def __init__(self, conninfo: str, cut_at_commit: int) -> None:
@@ -128,25 +131,48 @@ class PostgresProxy(CuttableProxy):
     async def relay(self, client: asyncio.StreamReader, server: asyncio.StreamWriter, link: dict) -> None:
         _, body = await _message(client, typed=False)  # the startup message
         server.write(body)
+        statements: dict[bytes, bytes] = {}  # prepared statement name -> its text
         while True:
             kind, body = await _message(client)
-            if kind in (b"Q", b"P") and b"COMMIT" in body[:80]:
-                self.commits += 1
-                # This connection sent the k-th COMMIT: its answer is the one never delivered.
-                link["armed"] = link.get("armed") or self.commits == self.cut_at
+            text = b""
+            if kind == b"Q":
+                text = body[4:]
+            elif kind == b"P":  # Parse: statement name, text
+                name, text, _ = body[4:].split(b"\0", 2)
+                statements[name] = text
+            elif kind == b"B":  # Bind: portal name, statement name
+                text = statements.get(body[4:].split(b"\0", 2)[1], b"")
+            if kind in (b"Q", b"B"):
+                if text.lstrip().startswith(b"COMMIT"):
+                    self._count(link, "COMMIT")
+                elif link.get("idle", True) and _WRITES.search(text):
+                    self._count(link, "autocommit")
             server.write(kind + body)
             await server.drain()
+
+    def _count(self, link: dict, how: str) -> None:
+        self.commits += 1
+        if self.commits == self.cut_at:
+            link["armed"] = how  # this connection's answer to it is the one never delivered
 
     async def relay_back(
         self, server: asyncio.StreamReader, client: asyncio.StreamWriter, link: dict
     ) -> None:
         while True:
             kind, body = await _message(server)
-            if link.get("armed") and kind == b"C" and body[4:].startswith(b"COMMIT"):
+            armed = link.get("armed")
+            if (armed == "COMMIT" and kind == b"C" and body[4:].startswith(b"COMMIT")) or (
+                armed == "autocommit" and kind == b"Z"
+            ):
                 await self.die()  # committed on the server; the client never hears of it
                 return
+            if kind == b"Z":  # ReadyForQuery: I idle, T in a transaction block, E failed one
+                link["idle"] = body[4:5] == b"I"
             client.write(kind + body)
             await client.drain()
+
+
+_WRITES = re.compile(rb"\b(INSERT|UPDATE|DELETE)\b")
 
 
 async def _message(reader: asyncio.StreamReader, typed: bool = True) -> tuple[bytes, bytes]:

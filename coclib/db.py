@@ -227,9 +227,7 @@ class Database:
     ) -> list[dict[str, Any]]:
         """All rows of one query, as dicts."""
         async with self._connection(timeout, transaction=False) as conn:
-            self._trips[0] += 1
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
+            return await self.fetch_all_on(conn, query, params)
 
     async def fetch_one(
         self, query: str, params: Mapping[str, Any] | None = None, *, timeout: float | None = None

@@ -53,15 +53,21 @@ def test_a_foreign_or_too_new_shared_object_fails(lambda_build, tmp_path):
     assert "python/coclib/_too_new.so: needs GLIBC_2." in proc.stderr
 
 
-def test_a_layer_that_does_not_import_fails(lambda_build, tmp_path):
+def _build_whose_layer_lacks(lambda_build, tmp_path, prefix: str):
+    """A copy of the build whose layer leaves out every file under `prefix`; its manifest."""
     manifest = copy_build(lambda_build, tmp_path / "dist")
     layer = manifest.with_name(lambda_build.layer_zip.name)
     kept = tmp_path / "kept.zip"
     with zipfile.ZipFile(layer) as src, zipfile.ZipFile(kept, "w") as dst:
         for info in src.infolist():
-            if not info.filename.startswith("python/orjson"):
+            if not info.filename.startswith(prefix):
                 dst.writestr(info, src.read(info))
     kept.replace(layer)
+    return manifest
+
+
+def test_a_layer_that_does_not_import_fails(lambda_build, tmp_path):
+    manifest = _build_whose_layer_lacks(lambda_build, tmp_path, "python/orjson")
 
     proc = check(manifest, "--require-import")
 
@@ -72,14 +78,7 @@ def test_a_layer_that_does_not_import_fails(lambda_build, tmp_path):
 def test_a_layer_whose_bytecode_goes_unused_fails(lambda_build, tmp_path):
     """The manifest says the zips carry bytecode; a module compiled from source on import means
     a cold start pays for it (here coclib's .pyc are left out)."""
-    manifest = copy_build(lambda_build, tmp_path / "dist")
-    layer = manifest.with_name(lambda_build.layer_zip.name)
-    kept = tmp_path / "kept.zip"
-    with zipfile.ZipFile(layer) as src, zipfile.ZipFile(kept, "w") as dst:
-        for info in src.infolist():
-            if not info.filename.startswith("python/coclib/__pycache__/"):
-                dst.writestr(info, src.read(info))
-    kept.replace(layer)
+    manifest = _build_whose_layer_lacks(lambda_build, tmp_path, "python/coclib/__pycache__/")
 
     proc = check(manifest, "--require-import")
 

@@ -259,12 +259,26 @@ def tree(root, top, own):
 # marshal writes depend on the process, not only the code (an object something else also holds,
 # such as a string pathlib interned from a directory name, is written with a reference flag), so
 # every file starts from the same state, whatever was compiled before it and wherever it lies.
-# Prints the name of each file that does not compile, its SyntaxError on stderr.
+# As many children at once as there are CPUs. Prints the name of each file that does not
+# compile, its SyntaxError on stderr.
 COMPILER = r"""
 import os, py_compile, sys, traceback, warnings
 warnings.simplefilter("ignore")  # a SyntaxWarning in a dependency is not ours to report
 jobs = sys.stdin.buffer.read().decode().split("\0")
+running = {}  # pid: (source, name)
+
+def reap():
+    pid, status = os.wait()
+    source, name = running.pop(pid)
+    status = os.waitstatus_to_exitcode(status)
+    if status == 1:
+        print(name, flush=True)
+    elif status:
+        sys.exit(f"compiling {source} failed ({status})")
+
 for source, pyc, name in zip(jobs[0::3], jobs[1::3], jobs[2::3]):
+    if len(running) >= (os.cpu_count() or 1):
+        reap()
     pid = os.fork()
     if pid == 0:
         status = 2
@@ -280,11 +294,9 @@ for source, pyc, name in zip(jobs[0::3], jobs[1::3], jobs[2::3]):
         finally:
             sys.stderr.flush()
             os._exit(status)
-    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    if status == 1:
-        print(name, flush=True)
-    elif status:
-        sys.exit(f"compiling {source} failed ({status})")
+    running[pid] = (source, name)
+while running:
+    reap()
 """
 
 def compiled(entries, own):

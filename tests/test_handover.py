@@ -253,10 +253,11 @@ class _CancelTurnedIntoError(aioredis.Redis):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.armed = False  # set once the lease is held: the next EVAL is the renewer's
         self.in_eval = asyncio.Event()
 
     async def eval(self, script, numkeys, *args):
-        if not self.in_eval.is_set():
+        if self.armed and not self.in_eval.is_set():
             self.in_eval.set()
             try:
                 await asyncio.sleep(30)  # a command the cancellation lands in
@@ -273,6 +274,7 @@ def test_the_lease_is_given_up_even_when_the_client_swallows_the_renewers_cancel
         lease = Lease(client, keys, owner="run-1", yields=True, renew_every=0.01)
         try:
             assert await lease.acquire()
+            client.armed = True
             await client.in_eval.wait()  # the renewer is inside a command
             giving_up = asyncio.ensure_future(lease.give_up(last_start=None))
             # A bound on a hang (the renewer awaited forever), not a timing.

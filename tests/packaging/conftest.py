@@ -21,6 +21,13 @@ def lambda_build(tmp_path_factory) -> Build:
 
 
 @pytest.fixture(scope="session")
+def arm64_build(tmp_path_factory) -> Build:
+    """Function and layer zips for arm64 and python3.12, as the workflow builds them on x86_64."""
+    dist = tmp_path_factory.mktemp("dist-arm64")
+    return build(dist, "--arch", "arm64", "--python", "3.12", target="python3.12-arm64")
+
+
+@pytest.fixture(scope="session")
 def lambda_root(lambda_build, tmp_path_factory) -> Path:
     """An empty root holding var/task (the function zip) and opt/python (the layer)."""
     root = tmp_path_factory.mktemp("lambda-root")

@@ -10,7 +10,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .support import build
 from .test_package_lambda import newer_glibc_object
 
 CHECK = Path(__file__).with_name("check_artifact.py")
@@ -87,10 +86,10 @@ def test_a_layer_whose_bytecode_goes_unused_fails(lambda_build, tmp_path):
     assert f"compiled from source, not the shipped {tag} .pyc: opt/python/coclib/__init__.py" in proc.stderr
 
 
-def test_an_arm64_build_gets_the_elf_check(tmp_path):
+def test_an_arm64_build_gets_the_elf_check(arm64_build):
     """The workflow builds arm64 on an x86_64 runner: every shared object is checked to be
     AArch64 and within Amazon Linux 2023's GLIBC; the import cannot run here."""
-    dist = build(tmp_path / "dist", "--arch", "arm64", "--python", "3.12", target="python3.12-arm64")
+    dist = arm64_build
     proc = check(dist.manifest)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "python3.12-arm64:" in proc.stdout and "all checked for arm64" in proc.stdout

@@ -299,9 +299,8 @@ def test_shared_objects_need_no_glibc_newer_than_the_runtime_has(lambda_build, t
 
 
 @pytest.mark.slow
-def test_arm64_python312_build_ships_aarch64_objects(tmp_path):
-    arm = build(tmp_path / "dist", "--arch", "arm64", "--python", "3.12", target="python3.12-arm64")
-    extract(arm.layer_zip, tmp_path / "opt")
+def test_arm64_python312_build_ships_aarch64_objects(arm64_build, tmp_path):
+    extract(arm64_build.layer_zip, tmp_path / "opt")
     objects = elf_files(tmp_path / "opt")
     assert {elf_machine(path) for path in objects} == {"AArch64"}
     assert max(v for path in objects for v in glibc_needed(path)) <= (2, 34)

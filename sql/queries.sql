@@ -60,7 +60,7 @@ WITH inserted AS (
         http_status smallint, latency_ms integer, changed boolean
     )
 )
-SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS p (payload);
+SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)b::text[]) AS p (payload);
 
 -- name: settled_by_id
 -- The settling row of each of these requests that has one (the newest, were there two), for a

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from coclib import coc_api
 from coclib.coc_api import CocApi
 from coclib.errors import RequestError, SystemicError, TransientError
 from coclib.ratelimit import RateLimiter
@@ -94,6 +95,26 @@ def test_every_send_goes_through_the_limiter(simulator):
     with pytest.raises(RequestError):
         call(simulator, "player", "#2PQ", limiter=limiter)
     assert limiter.granted == len(simulator.calls) == 2
+
+
+def test_a_request_held_up_after_getting_its_connection_is_noted_as_sent_when_written(simulator, monkeypatch):
+    """The limiter spaces the next group from when a request really left (test_seam.py): a
+    pause after the connection is had and before the request is written moves that moment."""
+    now = [100.0]  # the limiter's clock, moved by hand
+    limiter = RateLimiter(30, clock=lambda: now[0], wall=lambda: 1_000.0)
+
+    class HeldUp(coc_api._PacedConnector):
+        async def connect(self, req, traces, timeout):
+            connection = await super().connect(req, traces, timeout)
+            now[0] += 0.5  # the process stalls here, before aiohttp writes the request
+            return connection
+
+    monkeypatch.setattr(coc_api, "_PacedConnector", HeldUp)
+    call(simulator, "player", "#2PP", limiter=limiter)
+    assert len(simulator.calls) == 1
+    # Unix time of the latest start: the stall's end (100.5 on the clock, 1,000 on the wall),
+    # not its beginning (999.5).
+    assert limiter.last_start() == pytest.approx(1_000.0)
 
 
 def test_email_and_password_login_creates_a_key_through_the_portal(simulator):

@@ -382,7 +382,7 @@ def _table(args, n: int, results: dict[str, dict[str, Any]], rss_at_first: float
     def row(label: str, cell, target: str = "") -> str:
         return "| " + " | ".join([label, *(str(cell(name)) for name in names), target]) + " |"
 
-    def _outside(name: str) -> str:
+    def outside(name: str) -> str:
         r = results[name]
         if "before_drain_s" not in r:
             return ""
@@ -417,7 +417,7 @@ def _table(args, n: int, results: dict[str, dict[str, Any]], rss_at_first: float
             "… of which user / system",
             lambda x: f"{d[x]['user_ms']:.2f} / {d[x]['sys_ms']:.2f} ms",
         ),
-        row("CPU outside the drain call: imports / set-up / close and exit", _outside),
+        row("CPU outside the drain call: imports / set-up / close and exit", outside),
         row(
             "**peak RSS, whole process** (wait4)",
             lambda x: f"{results[x]['process_rss_mb']:.0f} MB",

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from coclib.migrations import migrate
-from coclib.settings import Settings
+from coclib.settings import Settings, mask_url_password
 from coclib.testing.services import (
     create_database,
     drop_database,
@@ -74,27 +74,70 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     drop_database(pg_admin_url, name)
 
 
-# A test session's claim on a Redis db of a found or embedded server, kept in the db itself.
+# A test session's claim on its Redis db, kept in the db itself: "<pid>:<uuid>".
 _CLAIM_KEY = "coc-tests:claimed-by"
 _CLAIM_SECONDS = 1800  # renewed by every flush, so it outlives only a dead session
 _CLAIM = f"{os.getpid()}:{uuid.uuid4().hex}"
 
 
+def _alive(claim: bytes) -> bool:
+    """Whether the process that made `claim` still runs on this machine (if it cannot be told,
+    it is taken to be alive)."""
+    try:
+        os.kill(int(claim.split(b":", 1)[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
+
+
+def _claim(client: redis.Redis) -> bytes | None:
+    """Claim the db for this session: None once it is ours (it was free, or its claimant died
+    without letting it go), else the live claimant's claim."""
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(_CLAIM_KEY)
+            held = pipe.get(_CLAIM_KEY)
+            if held is not None and held != _CLAIM.encode() and _alive(held):
+                return held
+            pipe.multi()
+            pipe.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
+            pipe.execute()
+        except redis.WatchError:  # another session claimed it at this very moment
+            return client.get(_CLAIM_KEY) or b"?"
+    return None
+
+
 @pytest.fixture(scope="session")
 def redis_base_url() -> Iterator[str]:
+    """This session's Redis db, claimed: two sessions flushing one db would empty each other's
+    queues mid-test, which shows only as a test that fails now and then."""
     url = find_redis(STATE_DIR)
     if os.environ.get("TEST_REDIS_URL"):
-        yield url
-        return
-    # A found or embedded server: keep to a db of our own, never the default 0, and never one
-    # another test session on this machine is using (each claims its db with a key in it).
-    for db in range(13, 0, -1):
-        candidate = with_redis_db(url, db)
-        with redis.Redis.from_url(candidate) as client:
-            if client.set(_CLAIM_KEY, _CLAIM, nx=True, ex=_CLAIM_SECONDS):
-                break
+        with redis.Redis.from_url(url) as client:
+            held = _claim(client)
+        if held is not None:
+            pid = held.split(b":", 1)[0].decode(errors="replace")
+            pytest.fail(
+                f"TEST_REDIS_URL ({mask_url_password(url)}) is the Redis db of another test session (pid "
+                f"{pid}) on this machine: give each session a db of its own, or unset "
+                "TEST_REDIS_URL to have a free one found",
+                pytrace=False,
+            )
+        candidate = url
     else:
-        pytest.fail(f"every Redis db from 1 to 13 at {url} is claimed by another test session", pytrace=False)
+        # A found or embedded server: keep to a db of our own, never the default 0.
+        for db in range(13, 0, -1):
+            candidate = with_redis_db(url, db)
+            with redis.Redis.from_url(candidate) as client:
+                if _claim(client) is None:
+                    break
+        else:
+            pytest.fail(
+                f"every Redis db from 1 to 13 at {mask_url_password(url)} is claimed by another test session",
+                pytrace=False,
+            )
     yield candidate
     with redis.Redis.from_url(candidate) as client:
         if client.get(_CLAIM_KEY) == _CLAIM.encode():
@@ -110,8 +153,7 @@ def flush_redis_db(client: redis.Redis) -> None:
     """
     with client.pipeline(transaction=True) as tx:
         tx.flushdb()
-        if not os.environ.get("TEST_REDIS_URL"):
-            tx.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
+        tx.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
         tx.execute()
 
 

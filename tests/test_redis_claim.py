@@ -61,3 +61,20 @@ def test_a_claim_left_by_a_dead_session_is_taken_over_and_given_back(redis_base_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with redis.Redis.from_url(url) as client:
         assert client.get(_CLAIM_KEY) is None  # the session gave it back when it ended
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("redis://127.0.0.1:6379/0", {"host": "127.0.0.1", "port": 6379}),
+        ("rediss://:secret@cache.example:6380", {"host": "cache.example", "password": "secret"}),
+        # The embedded server's URL (a unix socket): what a machine without Redis uses.
+        ("unix:///tmp/state/redis.socket", {"path": "/tmp/state/redis.socket"}),
+        ("unix:///tmp/state/redis.socket?password=secret&db=2", {"path": "/tmp/state/redis.socket"}),
+    ],
+)
+def test_a_url_moved_to_another_db_is_read_by_redis_py_as_the_same_server(url, where):
+    options = redis.connection.parse_url(with_redis_db(url, 13))
+    assert options["db"] == 13
+    assert {key: options.get(key) for key in where} == where
+    assert options.get("password") == redis.connection.parse_url(url).get("password")

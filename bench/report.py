@@ -55,26 +55,18 @@ def provenance(command: str, machine: dict[str, str]) -> list[str]:
     ]
 
 
-# The tests' claim on a Redis db (tests/conftest.py): a bench keeps off any db a test session
-# (or another bench) holds, and flushes only the db it claimed.
-REDIS_CLAIM_KEY = "coc-tests:claimed-by"
-
-
 @contextlib.contextmanager
 def claimed_redis_db(base_url: str, owner: str, *, seconds: int = 3600):
-    """A Redis db of `base_url`'s server, 15 down to 1, that nobody else has claimed; yields its
-    URL, claimed for `owner`, and flushes it on exit if the claim is still ours."""
+    """A Redis db of `base_url`'s server, 15 down to 1, that no live test session or bench has
+    claimed (`coclib.testing.services.claim_redis_db`, the tests' own claim); yields its URL,
+    claimed for `owner`, and flushes it on exit if the claim is still ours."""
     import redis
 
-    from coclib.testing.services import with_redis_db
+    from coclib.testing.services import REDIS_CLAIM_KEY, claim_free_redis_db
 
-    claim = f"{owner}:{os.getpid()}"
-    for db in range(15, 0, -1):
-        url = with_redis_db(base_url, db)
-        with redis.Redis.from_url(url) as client:
-            if client.set(REDIS_CLAIM_KEY, claim, nx=True, ex=seconds):
-                break
-    else:
+    claim = f"{os.getpid()}:{owner}"
+    url = claim_free_redis_db(base_url, claim, seconds, range(15, 0, -1))
+    if url is None:
         raise SystemExit(f"every Redis db from 1 to 15 at {base_url} is claimed")
     try:
         yield url
@@ -86,6 +78,8 @@ def claimed_redis_db(base_url: str, owner: str, *, seconds: int = 3600):
 
 def flush_keeping_claim(client) -> None:
     """Empty a claimed db for the next run, keeping the claim (one MULTI: never seen unclaimed)."""
+    from coclib.testing.services import REDIS_CLAIM_KEY
+
     claim = client.get(REDIS_CLAIM_KEY)
     with client.pipeline(transaction=True) as tx:
         tx.flushdb()

@@ -21,11 +21,13 @@ import redis
 from coclib.migrations import migrate
 from coclib.settings import Settings, mask_url_password
 from coclib.testing.services import (
+    REDIS_CLAIM_KEY,
+    claim_free_redis_db,
+    claim_redis_db,
     create_database,
     drop_database,
     find_postgres,
     find_redis,
-    with_redis_db,
 )
 from coclib.testing.simulator import CocApiSimulator, SimulatorThread
 from tests.redis_servers import (  # noqa: F401 (fixtures: a Redis Cluster, TLS-only Redis, Valkey)
@@ -74,39 +76,10 @@ def empty_database_url(pg_admin_url: str) -> Iterator[str]:
     drop_database(pg_admin_url, name)
 
 
-# A test session's claim on its Redis db, kept in the db itself: "<pid>:<uuid>".
-_CLAIM_KEY = "coc-tests:claimed-by"
+# This session's claim on its Redis db (`coclib.testing.services.claim_redis_db`).
+_CLAIM_KEY = REDIS_CLAIM_KEY
 _CLAIM_SECONDS = 1800  # renewed by every flush, so it outlives only a dead session
 _CLAIM = f"{os.getpid()}:{uuid.uuid4().hex}"
-
-
-def _alive(claim: bytes) -> bool:
-    """Whether the process that made `claim` still runs on this machine (if it cannot be told,
-    it is taken to be alive)."""
-    try:
-        os.kill(int(claim.split(b":", 1)[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, OSError):
-        return True
-    return True
-
-
-def _claim(client: redis.Redis) -> bytes | None:
-    """Claim the db for this session: None once it is ours (it was free, or its claimant died
-    without letting it go), else the live claimant's claim."""
-    with client.pipeline() as pipe:
-        try:
-            pipe.watch(_CLAIM_KEY)
-            held = pipe.get(_CLAIM_KEY)
-            if held is not None and held != _CLAIM.encode() and _alive(held):
-                return held
-            pipe.multi()
-            pipe.set(_CLAIM_KEY, _CLAIM, ex=_CLAIM_SECONDS)
-            pipe.execute()
-        except redis.WatchError:  # another session claimed it at this very moment
-            return client.get(_CLAIM_KEY) or b"?"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -115,8 +88,7 @@ def redis_base_url() -> Iterator[str]:
     queues mid-test, which shows only as a test that fails now and then."""
     url = find_redis(STATE_DIR)
     if os.environ.get("TEST_REDIS_URL"):
-        with redis.Redis.from_url(url) as client:
-            held = _claim(client)
+        held = claim_redis_db(url, _CLAIM, _CLAIM_SECONDS)
         if held is not None:
             pid = held.split(b":", 1)[0].decode(errors="replace")
             pytest.fail(
@@ -128,12 +100,8 @@ def redis_base_url() -> Iterator[str]:
         candidate = url
     else:
         # A found or embedded server: keep to a db of our own, never the default 0.
-        for db in range(13, 0, -1):
-            candidate = with_redis_db(url, db)
-            with redis.Redis.from_url(candidate) as client:
-                if _claim(client) is None:
-                    break
-        else:
+        candidate = claim_free_redis_db(url, _CLAIM, _CLAIM_SECONDS, range(13, 0, -1))
+        if candidate is None:
             pytest.fail(
                 f"every Redis db from 1 to 13 at {mask_url_password(url)} is claimed by another test session",
                 pytrace=False,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -153,6 +153,49 @@ def with_redis_db(url: str, db: int) -> str:
         # only unix:// URLs.
         return f"unix://{parts.netloc}{parts.path}?{f'{query}&' if query else ''}db={db}"
     return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+# A test session's (or a benchmark's) claim on a Redis db of a shared server, kept in the db
+# itself as "<pid>:<who>": two of them flushing one db would empty each other's queues midway.
+REDIS_CLAIM_KEY = "coc-tests:claimed-by"
+
+
+def _claimant_alive(claim: bytes) -> bool:
+    """Whether the process that made `claim` still runs on this machine (if it cannot be told,
+    it is taken to be alive)."""
+    try:
+        os.kill(int(claim.split(b":", 1)[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True
+    return True
+
+
+def claim_redis_db(url: str, claim: str, seconds: int) -> bytes | None:
+    """Claim the db `url` names for `claim` for `seconds`: None once it is ours (it was free,
+    ours already, or its claimant died without letting it go), else the live claimant's claim."""
+    with redis.Redis.from_url(url) as client, client.pipeline() as pipe:
+        try:
+            pipe.watch(REDIS_CLAIM_KEY)
+            held = pipe.get(REDIS_CLAIM_KEY)
+            if held is not None and held != claim.encode() and _claimant_alive(held):
+                return held
+            pipe.multi()
+            pipe.set(REDIS_CLAIM_KEY, claim, ex=seconds)
+            pipe.execute()
+        except redis.WatchError:  # another claimed it at this very moment
+            return client.get(REDIS_CLAIM_KEY) or b"?"
+    return None
+
+
+def claim_free_redis_db(base_url: str, claim: str, seconds: int, dbs: Iterable[int]) -> str | None:
+    """The URL of the first of `dbs` on `base_url`'s server that `claim_redis_db` gets, or None."""
+    for db in dbs:
+        url = with_redis_db(base_url, db)
+        if claim_redis_db(url, claim, seconds) is None:
+            return url
+    return None
 
 
 def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
